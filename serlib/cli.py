@@ -1,0 +1,175 @@
+"""Command line: ``python -m serlib <command>`` (or the ``serlib`` entry point).
+
+Commands
+--------
+study       execute the notebooks headless with papermill into build/notebooks/ (the main job)
+manifest    write a corpus manifest CSV from a user's copy, or check a copy against one
+download    fetch RAVDESS / ESC-50 into a data root (needs internet)
+experiment  run one experiment (seeds x folds) from a JSON config and write run records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BANNER = "=" * 78
+
+
+def _notebooks(folder: Path, only: list[str] | None) -> list[Path]:
+    nbs = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        nbs = [p for p in nbs if any(p.name.startswith(o) or p.stem == o for o in only)]
+    return nbs
+
+
+def _offer_download(root: Path | None, assume_yes: bool) -> None:
+    from serlib.data import download
+
+    target = root or Path(os.environ.get("SERLIB_DATA", REPO / "build" / "data"))
+    if not (assume_yes or (sys.stdin is not None and sys.stdin.isatty())):
+        print(f"(no data root: run `python -m serlib download --root {target}` on a machine with internet "
+              "to fetch RAVDESS and ESC-50)")
+        return
+    if not assume_yes:
+        answer = input(f"Download RAVDESS (~208 MB) and ESC-50 (~600 MB) into {target}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            return
+    try:
+        download.download_ravdess(target)
+        download.download_esc50(target)
+        os.environ["SERLIB_DATA"] = str(target)
+    except Exception as exc:  # network absent or refused: fall back loudly, never silently
+        print(f"download failed ({type(exc).__name__}: {exc}); continuing without real data")
+
+
+def cmd_study(args) -> int:
+    import papermill as pm
+
+    from serlib.data.registry import data_root, find_corpora
+
+    root = data_root(args.data_root)
+    found = find_corpora(root) if root else {}
+    if not found:
+        _offer_download(root, args.download)
+        root = data_root(args.data_root)
+        found = find_corpora(root) if root else {}
+    corpus = "ravdess" if "ravdess" in found else ("iemocap" if "iemocap" in found else "synthetic")
+    if corpus == "synthetic":
+        print(f"{BANNER}\nNO REAL CORPUS FOUND (data root: {root}). The study runs on the embedded SYNTHETIC corpus:\n"
+              f"every number it prints is about synthetic audio, not emotional speech.\n{BANNER}")
+    else:
+        print(f"data root {root}: found {', '.join(f'{k} ({v})' for k, v in found.items())}; studies use {corpus}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    params = {"data_root": str(root) if root else None, "corpus": corpus, "profile": args.profile,
+              "results_dir": str(results.resolve())}
+    failures = []
+    for nb in _notebooks(REPO / "notebooks", args.only):
+        t0 = time.perf_counter()
+        print(f"-> {nb.name} ({args.profile} profile, corpus {corpus})", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO / "notebooks"),
+                                progress_bar=False, kernel_name=args.kernel)
+            print(f"   done in {time.perf_counter() - t0:.0f} s -> {out / nb.name}")
+        except Exception as exc:
+            failures.append(nb.name)
+            print(f"   FAILED: {type(exc).__name__}: {str(exc)[:2000]}")
+    summary = {"corpus": corpus, "data_root": params["data_root"], "profile": args.profile,
+               "notebooks": [p.name for p in _notebooks(REPO / "notebooks", args.only)], "failed": failures}
+    (out / "study.json").write_text(json.dumps(summary, indent=2))
+    print(f"records under {results}; executed notebooks under {out}")
+    return 1 if failures else 0
+
+
+def cmd_manifest(args) -> int:
+    from serlib.data.manifest import check_against_manifest, write_manifest
+    from serlib.data.registry import load_corpus
+
+    corpus = load_corpus(args.corpus, Path(args.root))
+    print(corpus.report())
+    if args.check:
+        report = check_against_manifest(corpus, args.csv, check_hashes=args.hashes)
+        print(report.summary())
+        return 0 if report.ok else 1
+    write_manifest(corpus, args.csv)
+    print(f"wrote {args.csv} ({len(corpus)} rows)")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from serlib.data import download
+
+    root = Path(args.root)
+    if "ravdess" in args.corpora:
+        print("RAVDESS ->", download.download_ravdess(root))
+    if "esc50" in args.corpora:
+        print("ESC-50 ->", download.download_esc50(root))
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from serlib.experiment import Experiment, run_experiment
+
+    cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    for kv in args.set or []:
+        key, _, value = kv.partition("=")
+        cfg[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
+    for key in ("seeds", "folds"):
+        if cfg.get(key) is not None:
+            cfg[key] = tuple(cfg[key])
+    exp = Experiment(**cfg)
+    records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun)
+    for r in records:
+        m = r["metrics"]
+        print(f"{r['split']['name']} seed {r['seed']}: UA {100 * m['ua']:.2f} WA {100 * m['wa']:.2f} -> {r.get('_path')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="serlib", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("study", help="execute the notebooks headless (the main job)")
+    s.add_argument("--data-root", default=None, help="folder holding ravdess/, esc50/, IEMOCAP_full_release/ "
+                   "(default: $SERLIB_DATA)")
+    s.add_argument("--profile", choices=["quick", "full"], default="quick")
+    s.add_argument("--out", default=str(REPO / "build" / "notebooks"))
+    s.add_argument("--results", default=str(REPO / "build" / "results"))
+    s.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
+    s.add_argument("--download", action="store_true", help="download RAVDESS / ESC-50 when no data is found")
+    s.add_argument("--kernel", default="python3")
+    s.set_defaults(fn=cmd_study)
+
+    m = sub.add_parser("manifest", help="write or check a corpus manifest")
+    m.add_argument("corpus", choices=["ravdess", "esc50", "iemocap", "custom"])
+    m.add_argument("root")
+    m.add_argument("csv")
+    m.add_argument("--check", action="store_true", help="check the copy at root against csv instead of writing")
+    m.add_argument("--hashes", action="store_true", help="also compare sha256 of every file")
+    m.set_defaults(fn=cmd_manifest)
+
+    d = sub.add_parser("download", help="download public corpora (needs internet)")
+    d.add_argument("--root", required=True)
+    d.add_argument("--corpora", nargs="+", default=["ravdess", "esc50"], choices=["ravdess", "esc50"])
+    d.set_defaults(fn=cmd_download)
+
+    e = sub.add_parser("experiment", help="run an experiment from a JSON config (fields of serlib.experiment.Experiment)")
+    e.add_argument("--config", help="JSON file")
+    e.add_argument("--set", nargs="*", help="overrides key=value (JSON values)")
+    e.add_argument("--results", default="results")
+    e.add_argument("--rerun", action="store_true", help="rerun even when a record exists")
+    e.set_defaults(fn=cmd_experiment)
+
+    args = p.parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,720 @@
+"""A model-agnostic trainer: loop, optimiser, scheduler, AMP, checkpoints, model selection, callbacks.
+
+Nothing in this file has anything to do with emotions. The experiment code hands it tensors (:class:`ArrayData`), a
+model whose ``forward(x, lengths=None)`` returns ``(logits, aux)`` (a plain logits tensor is tolerated), and
+optionally a ``score_fn`` that turns logits into metrics (e.g. segment -> utterance aggregation and UA).
+
+Data is held in memory (on the GPU when training there); batches are index slices of a permutation drawn from a
+``torch.Generator`` seeded with ``TrainConfig.seed``, so no DataLoader and no worker processes are involved. When
+``lengths`` is given, ``x`` is padded along its **last** axis (time) and each batch is cropped to its own longest item.
+
+Model selection (``TrainConfig.select``):
+
+* ``"val"`` (default): keep the weights of the epoch with the best validation score (earliest epoch on ties);
+  the test split is evaluated once, at the end, with those weights.
+* ``"last"``: the weights after the last epoch run.
+* ``"best_test"``: the epoch with the best *test* score -- the selection some papers' code makes. It is optimistic;
+  it is only used when named explicitly and :class:`FitResult` records it in ``selection``.
+
+Early stopping always watches the validation score.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("val", "last", "best_test")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = (None, "step", "plateau", "cosine")
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------------------ utilities
+def set_seed(seed: int) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other names pass through (``"cuda:1"``, ``"cpu"``).
+
+    Raises ``ValueError`` when a CUDA device is asked for and none is available.
+    """
+    if isinstance(name, torch.device):
+        dev = name
+    elif name in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} requested but CUDA is not available")
+    return dev
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class ArrayData:
+    """In-memory tensors of one split.
+
+    x:       (N, ...) features; for variable-length items padded along the last axis to T_max.
+    y:       (N,) int64 class indices.
+    lengths: (N,) int64 valid lengths along the last axis of ``x``, or None for fixed-size items.
+    groups:  (N,) int64 group of each item (e.g. the source-utterance index of each segment), or None.
+
+    numpy arrays are accepted and converted; float64 ``x`` is stored as float32.
+    """
+
+    x: Tensor
+    y: Tensor
+    lengths: Tensor | None = None
+    groups: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.x = torch.as_tensor(self.x)
+        if self.x.dtype == torch.float64:
+            self.x = self.x.float()
+        self.y = torch.as_tensor(self.y).long()
+        n = self.x.shape[0] if self.x.ndim else -1
+        if self.y.shape != (n,):
+            raise ValueError(
+                f"y has shape {tuple(self.y.shape)}, expected ({n},) to match x {tuple(self.x.shape)}"
+            )
+        if self.lengths is not None:
+            self.lengths = torch.as_tensor(self.lengths).long()
+            if self.lengths.shape != (n,):
+                raise ValueError(f"lengths has shape {tuple(self.lengths.shape)}, expected ({n},)")
+            if n and (int(self.lengths.min()) < 1 or int(self.lengths.max()) > self.x.shape[-1]):
+                raise ValueError(f"lengths must lie in [1, {self.x.shape[-1]}] (the last axis of x)")
+        if self.groups is not None:
+            self.groups = torch.as_tensor(self.groups).long()
+            if self.groups.shape != (n,):
+                raise ValueError(f"groups has shape {tuple(self.groups.shape)}, expected ({n},)")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def to(self, device: str | torch.device) -> ArrayData:
+        """The same data on ``device`` (tensors already there are not copied)."""
+        device = torch.device(device)
+        return ArrayData(
+            x=self.x.to(device),
+            y=self.y.to(device),
+            lengths=None if self.lengths is None else self.lengths.to(device),
+            groups=None if self.groups is None else self.groups.to(device),
+        )
+
+    def subset(self, idx) -> ArrayData:
+        """Items ``idx`` (integer indices or a boolean mask; list, numpy or tensor). Not cropped."""
+        idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, Tensor) else idx)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        idx = idx.long().to(self.x.device)
+        return ArrayData(
+            x=self.x[idx],
+            y=self.y[idx],
+            lengths=None if self.lengths is None else self.lengths[idx],
+            groups=None if self.groups is None else self.groups[idx],
+        )
+
+    def batch(self, idx: Tensor | slice) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(x, y, lengths)`` of items ``idx``, with ``x`` cropped to the batch's longest item when lengths exist."""
+        x, y = self.x[idx], self.y[idx]
+        if self.lengths is None:
+            return x, y, None
+        lengths = self.lengths[idx]
+        if len(lengths):
+            x = x[..., : int(lengths.max())]
+        return x, y, lengths
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (recorded with every result via :meth:`to_dict`).
+
+    Scheduler parameters: ``step`` uses ``step_size`` / ``gamma`` (stepped per epoch); ``plateau`` uses
+    ``plateau_patience`` / ``plateau_factor`` on the selection score (mode max, stepped at evaluated epochs);
+    ``cosine`` anneals over ``epochs`` (so resuming with a different ``epochs`` changes its schedule).
+    ``amp`` applies only on CUDA (float16 autocast + GradScaler). ``deterministic`` and ``flush_denormal`` apply
+    only on CPU; denormal flushing is process-wide and stays on after :meth:`Trainer.fit`.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd only
+    scheduler: str | None = None
+    step_size: int = 10
+    gamma: float = 0.1
+    plateau_patience: int = 4
+    plateau_factor: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    deterministic: bool = True
+    select: str = "val"
+    early_stopping_patience: int | None = None
+    track_test: bool = False
+    checkpoint_dir: str | None = None
+    progress: bool = True
+    flush_denormal: bool = True
+    eval_every: int = 1
+    eval_batch_size: int | None = None
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {self.scheduler!r} not in {SCHEDULERS}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select {self.select!r} not in {SELECTIONS}")
+        for name in ("epochs", "batch_size", "grad_accum", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError("early_stopping_patience must be >= 1 or None")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns.
+
+    history: one dict per epoch run: ``epoch``, ``train_loss``, ``lr`` (used during the epoch), ``seconds``,
+    ``train_seconds``, ``val`` / ``test`` (scalar metrics, when evaluated that epoch) and anything callbacks added.
+    test_metrics / test_logits: the test split evaluated once with the selected weights (logits on CPU).
+    val_metrics: the validation metrics of the selected epoch (None without a validation split).
+    """
+
+    history: list[dict]
+    best_epoch: int
+    selection: str
+    test_metrics: dict | None
+    test_logits: Tensor | None
+    timings: dict
+    device: str
+    amp: bool
+    stopped_early: bool = False
+    epochs_run: int = 0
+    val_metrics: dict | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (without the logits)."""
+        d = {k: v for k, v in asdict(self).items() if k != "test_logits"}
+        return d
+
+
+def accuracy_score(logits: Tensor, data: ArrayData) -> dict[str, float]:
+    """The default ``score_fn``: item-level accuracy (``score`` = ``accuracy``)."""
+    acc = (
+        (logits.argmax(dim=1) == data.y.to(logits.device)).float().mean().item()
+        if len(data)
+        else float("nan")
+    )
+    return {"score": acc, "accuracy": acc}
+
+
+def _split_output(out) -> tuple[Tensor, dict]:
+    """``(logits, aux)`` or a plain logits tensor -> ``(logits, aux dict)``."""
+    if isinstance(out, (tuple, list)):
+        logits = out[0]
+        aux = out[1] if len(out) > 1 and out[1] is not None else {}
+    else:
+        logits, aux = out, {}
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError(
+            f"model must return logits of shape (B, C), got {getattr(logits, 'shape', type(logits))}"
+        )
+    return logits, aux
+
+
+def _scalars(metrics: dict) -> dict:
+    """The scalar entries of a metrics dict as python numbers (lists, dicts and arrays are left out)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (bool, int, np.integer)):
+            out[k] = v if isinstance(v, bool) else int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = float(v)
+        elif isinstance(v, Tensor) and v.numel() == 1:
+            out[k] = float(v.item())
+    return out
+
+
+def _merge_aux(parts: list[dict], batch_sizes: list[int]) -> dict:
+    """Concatenate per-batch aux dicts along dim 0.
+
+    Tensors whose first dim is the batch size are concatenated (zero-padded to the largest trailing shape when
+    batches were cropped to different lengths: mask with ``lengths``); anything else is kept as a per-batch list.
+    """
+    merged: dict[str, Any] = {}
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    for k in keys:
+        vals = [p.get(k) for p in parts]
+        batchwise = all(
+            isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == b for v, b in zip(vals, batch_sizes)
+        )
+        if not batchwise or len({v.ndim for v in vals}) != 1:
+            merged[k] = [v.detach().cpu() if isinstance(v, Tensor) else v for v in vals]
+            continue
+        shape = [max(v.shape[d] for v in vals) for d in range(1, vals[0].ndim)]
+        padded = []
+        for v in vals:
+            v = v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+            pad = []
+            for d in reversed(range(1, v.ndim)):
+                pad += [0, shape[d - 1] - v.shape[d]]
+            padded.append(F.pad(v, pad) if any(pad) else v)
+        merged[k] = torch.cat(padded)
+    return merged
+
+
+@contextmanager
+def _runtime_flags(config: TrainConfig, device: torch.device):
+    """Deterministic algorithms (restored afterwards) and denormal flushing (sticky) on CPU."""
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if device.type == "cpu":
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if config.flush_denormal:
+            torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Train ``model`` on :class:`ArrayData` with ``config``.
+
+    loss_fn(logits (B, C), y (B,)) -> scalar; default cross-entropy.
+    score_fn(logits (N, C) on CPU, data: ArrayData on CPU) -> dict with key ``"score"`` (higher is better);
+    default accuracy. Only its scalar entries go into the history; the full dict is returned for the test split.
+    callbacks: objects with optional ``on_fit_start(trainer)``, ``on_epoch_end(trainer, epoch, logs)`` (return
+    ``"stop"`` to stop; ``logs`` is the history entry and may be extended) and ``on_fit_end(trainer, result)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        score_fn: Callable[[Tensor, ArrayData], dict] | None = None,
+        callbacks: Iterable[object] = (),
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self.score_fn = score_fn if score_fn is not None else accuracy_score
+        self.callbacks = list(callbacks)
+        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.epoch = 0
+        self.history: list[dict] = []
+        self._shuffle = torch.Generator()
+        self._reset_selection()
+
+    # --------------------------------------------------------------------------------------- building
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _build_scheduler(self):
+        c = self.config
+        if c.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=c.step_size, gamma=c.gamma)
+        if c.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", patience=c.plateau_patience, factor=c.plateau_factor
+            )
+        if c.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs)
+        return None
+
+    def _reset_selection(self) -> None:
+        self._sel = {
+            "best_score": -math.inf,
+            "best_epoch": 0,
+            "best_state": None,
+            "best_val_score": -math.inf,
+            "best_val_epoch": 0,
+            "stopped": False,
+        }
+
+    # --------------------------------------------------------------------------------------- forward
+    def _forward(self, x: Tensor, lengths: Tensor | None):
+        return self.model(x, lengths=lengths) if lengths is not None else self.model(x)
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return nullcontext()
+
+    @torch.no_grad()
+    def _predict(self, data: ArrayData, batch_size: int | None, with_aux: bool) -> tuple[Tensor, dict]:
+        """Logits (N, C) on the trainer's device (and merged aux) in eval mode; ``data`` already on the device."""
+        bs = batch_size or self.config.eval_batch_size or self.config.batch_size
+        self.model.eval()
+        outs, auxs, sizes = [], [], []
+        for s in range(0, len(data), bs):
+            x, _, lengths = data.batch(slice(s, s + bs))
+            with self._autocast():
+                logits, aux = _split_output(self._forward(x, lengths))
+            outs.append(logits.float())
+            if with_aux:
+                auxs.append(aux)
+                sizes.append(x.shape[0])
+        if not outs:
+            raise ValueError("cannot predict on an empty split")
+        return torch.cat(outs), (_merge_aux(auxs, sizes) if with_aux else {})
+
+    def predict(self, data: ArrayData, batch_size: int | None = None) -> Tensor:
+        """Logits (N, C) on CPU, in eval mode, without gradients."""
+        return self._predict(data.to(self.device), batch_size, False)[0].cpu()
+
+    def predict_with_aux(self, data: ArrayData, batch_size: int | None = None) -> tuple[Tensor, dict]:
+        """``(logits (N, C) on CPU, aux)``; aux tensors concatenated over batches (see ``_merge_aux``)."""
+        logits, aux = self._predict(data.to(self.device), batch_size, True)
+        return logits.cpu(), aux
+
+    def evaluate(self, data: ArrayData, *, scoring: ArrayData | None = None) -> tuple[Tensor, dict]:
+        """``(logits on CPU, metrics)``: ``loss`` (mean ``loss_fn``) plus everything ``score_fn`` returns."""
+        dev = data.to(self.device)
+        logits, _ = self._predict(dev, None, False)
+        with torch.no_grad():
+            loss = float(self.loss_fn(logits, dev.y).item())
+        logits = logits.cpu()
+        metrics = dict(self.score_fn(logits, scoring if scoring is not None else data.to("cpu")))
+        if "score" not in metrics:
+            raise KeyError("score_fn must return a dict with key 'score' (higher is better)")
+        return logits, {"loss": loss, **metrics}
+
+    # --------------------------------------------------------------------------------------- training
+    def _optimizer_step(self) -> None:
+        clip = self.config.grad_clip
+        if self.scaler is not None:
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train_epoch(self, data: ArrayData) -> float:
+        """One pass over ``data`` (on the device) in a shuffled order; returns the mean training loss per item."""
+        c = self.config
+        self.model.train()
+        n = len(data)
+        perm = torch.randperm(n, generator=self._shuffle).to(data.device)
+        n_batches = n // c.batch_size if c.drop_last and n >= c.batch_size else math.ceil(n / c.batch_size)
+        total = torch.zeros((), device=self.device)
+        seen = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for b in range(n_batches):
+            x, y, lengths = data.batch(perm[b * c.batch_size : (b + 1) * c.batch_size])
+            with self._autocast():
+                logits, _ = _split_output(self._forward(x, lengths))
+                loss = self.loss_fn(logits, y)
+            group_start = (b // c.grad_accum) * c.grad_accum
+            group_len = min(c.grad_accum, n_batches - group_start)
+            scaled = loss / group_len
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            if b + 1 - group_start == group_len:
+                self._optimizer_step()
+            total += loss.detach().float() * y.shape[0]
+            seen += y.shape[0]
+        return float((total / max(seen, 1)).item())
+
+    def _selection_score(self, entry: dict) -> float | None:
+        sel = self.config.select
+        if sel == "val":
+            return entry["val"]["score"] if "val" in entry else None
+        if sel == "best_test":
+            return entry["test"]["score"] if "test" in entry else None
+        if "val" in entry:
+            return entry["val"]["score"]
+        return -entry["train_loss"]
+
+    def fit(
+        self,
+        train: ArrayData,
+        val: ArrayData | None = None,
+        test: ArrayData | None = None,
+        *,
+        resume: bool = False,
+    ) -> FitResult:
+        """Train for ``config.epochs`` (or until early stopping), restore the selected weights, evaluate test once.
+
+        With ``resume=True`` and a checkpoint in ``config.checkpoint_dir``, continue from it (weights, optimiser,
+        scheduler, scaler, selection state, history and RNG states), so the result equals an uninterrupted run.
+        """
+        c = self.config
+        if c.select == "val" and val is None:
+            raise ValueError("select='val' needs a validation split; pass val or choose select='last'")
+        if c.select == "best_test" and test is None:
+            raise ValueError("select='best_test' needs a test split")
+        if c.early_stopping_patience is not None and val is None:
+            raise ValueError("early stopping watches the validation score; pass val")
+        if len(train) == 0:
+            raise ValueError("empty training split")
+        t_start = time.perf_counter()
+        track_test = test is not None and (c.select == "best_test" or c.track_test)
+
+        with _runtime_flags(c, self.device):
+            set_seed(c.seed)
+            self._shuffle.manual_seed(c.seed)
+            self.epoch, self.history = 0, []
+            self._reset_selection()
+            if resume:
+                self._load_checkpoint()
+            splits_dev = {"train": train.to(self.device)}
+            splits_cpu = {}
+            for name, d in (("val", val), ("test", test)):
+                if d is not None:
+                    splits_dev[name], splits_cpu[name] = d.to(self.device), d.to("cpu")
+            for cb in self.callbacks:
+                if hasattr(cb, "on_fit_start"):
+                    cb.on_fit_start(self)
+
+            bar = _progress(c, total=c.epochs, initial=self.epoch)
+            try:
+                while self.epoch < c.epochs and not self._sel["stopped"]:
+                    self._run_epoch(splits_dev, splits_cpu, track_test)
+                    bar.update(1)
+                    last = self.history[-1]
+                    bar.set_postfix(
+                        loss=f"{last['train_loss']:.4f}",
+                        **({"val": f"{last['val']['score']:.4f}"} if "val" in last else {}),
+                    )
+            finally:
+                bar.close()
+
+            if c.select != "last" and self._sel["best_state"] is not None:
+                self.model.load_state_dict(self._sel["best_state"])
+            best_epoch = self.epoch if c.select == "last" else self._sel["best_epoch"]
+            test_metrics = test_logits = None
+            t_test = time.perf_counter()
+            if test is not None:
+                test_logits, test_metrics = self.evaluate(splits_dev["test"], scoring=splits_cpu["test"])
+            t_test = time.perf_counter() - t_test
+
+        seconds = [h["seconds"] for h in self.history]
+        train_seconds = [h["train_seconds"] for h in self.history]
+        best_entry = next((h for h in self.history if h["epoch"] == best_epoch), {})
+        result = FitResult(
+            history=[dict(h) for h in self.history],
+            best_epoch=best_epoch,
+            selection=c.select,
+            test_metrics=test_metrics,
+            test_logits=test_logits,
+            timings={
+                "total_s": time.perf_counter() - t_start,
+                "epoch_mean_s": float(np.mean(seconds)) if seconds else float("nan"),
+                "train_epoch_mean_s": float(np.mean(train_seconds)) if train_seconds else float("nan"),
+                "final_test_s": t_test,
+            },
+            device=str(self.device),
+            amp=self.use_amp,
+            stopped_early=self.epoch < c.epochs,
+            epochs_run=self.epoch,
+            val_metrics=best_entry.get("val"),
+        )
+        for cb in self.callbacks:
+            if hasattr(cb, "on_fit_end"):
+                cb.on_fit_end(self, result)
+        return result
+
+    def _run_epoch(self, dev: dict[str, ArrayData], cpu: dict[str, ArrayData], track_test: bool) -> None:
+        c, s = self.config, self._sel
+        epoch = self.epoch + 1
+        t0 = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        train_loss = self.train_epoch(dev["train"])
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "lr": lr,
+            "train_seconds": time.perf_counter() - t0,
+        }
+        if not math.isfinite(train_loss):
+            log.warning("epoch %d: non-finite training loss %s", epoch, train_loss)
+        evaluated = epoch % c.eval_every == 0 or epoch == c.epochs
+        if evaluated and "val" in dev:
+            entry["val"] = _scalars(self.evaluate(dev["val"], scoring=cpu["val"])[1])
+        if evaluated and track_test:
+            entry["test"] = _scalars(self.evaluate(dev["test"], scoring=cpu["test"])[1])
+
+        score = self._selection_score(entry) if evaluated else None
+        if score is not None and score > s["best_score"]:
+            s["best_score"], s["best_epoch"] = score, epoch
+            if c.select != "last":
+                s["best_state"] = {
+                    k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                }
+        if "val" in entry and entry["val"]["score"] > s["best_val_score"]:
+            s["best_val_score"], s["best_val_epoch"] = entry["val"]["score"], epoch
+
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if score is not None:
+                self.scheduler.step(score)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+        patience = c.early_stopping_patience
+        if patience is not None and "val" in entry and epoch - s["best_val_epoch"] >= patience:
+            s["stopped"] = True
+            entry["stopped_by"] = "early_stopping"
+        entry["seconds"] = time.perf_counter() - t0
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_epoch_end", None)
+            if hook is not None and hook(self, epoch, entry) == "stop":
+                s["stopped"] = True
+                entry.setdefault("stopped_by", type(cb).__name__)
+        self.history.append(entry)
+        self.epoch = epoch
+        log.info("epoch %d: %s", epoch, {k: v for k, v in entry.items() if k != "epoch"})
+        if c.checkpoint_dir is not None:
+            self._save_checkpoint()
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return (
+            None if self.config.checkpoint_dir is None else Path(self.config.checkpoint_dir) / CHECKPOINT_NAME
+        )
+
+    def _save_checkpoint(self) -> Path:
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "history": self.history,
+            "selection": self._sel,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "shuffle": self._shuffle.get_state(),
+            },
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    def _load_checkpoint(self) -> bool:
+        """Restore from ``checkpoint_path`` if it exists (our own file: loaded with ``weights_only=False``)."""
+        path = self.checkpoint_path
+        if path is None:
+            raise ValueError("resume=True needs config.checkpoint_dir")
+        if not path.is_file():
+            log.info("no checkpoint at %s; starting from scratch", path)
+            return False
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: checkpoint format {ckpt.get('format')} != {CHECKPOINT_FORMAT}")
+        ignore = {
+            "epochs",
+            "progress",
+            "checkpoint_dir",
+            "device",
+            "track_test",
+            "eval_every",
+            "eval_batch_size",
+        }
+        old, new = ckpt["config"], self.config.to_dict()
+        changed = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+        if changed:
+            log.warning("resuming %s with changed config keys %s", path, changed)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+        self._sel = dict(ckpt["selection"])
+        rng = ckpt["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._shuffle.set_state(rng["shuffle"])
+        return True
+
+
+def _progress(config: TrainConfig, *, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    disable = not (config.progress and sys.stderr.isatty())
+    return tqdm(total=total, initial=initial, disable=disable, desc="epochs", unit="ep", leave=False)
+
+
+__all__ = ["ArrayData", "FitResult", "TrainConfig", "Trainer", "accuracy_score", "resolve_device", "set_seed"]

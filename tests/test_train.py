@@ -1,0 +1,338 @@
+"""The model-agnostic trainer: learning, selection, early stopping, determinism, resume, cropping, aux."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from serlib.train import ArrayData, TrainConfig, Trainer, resolve_device, set_seed
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+class TinyMLP(nn.Module):
+    def __init__(self, n_in: int = 4, n_classes: int = 2, hidden: int = 16, p: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, n_classes)
+        )
+
+    def forward(self, x, lengths=None):
+        return self.net(x), {}
+
+
+class SeqPool(nn.Module):
+    """Mean over the valid frames of (B, F, T); records the (T seen, max length) of every call."""
+
+    def __init__(self, n_features: int = 3, n_classes: int = 2) -> None:
+        super().__init__()
+        self.lin = nn.Linear(n_features, n_classes)
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x, lengths=None):
+        assert lengths is not None and x.ndim == 3
+        self.seen.append((x.shape[-1], int(lengths.max())))
+        mask = (torch.arange(x.shape[-1])[None, :] < lengths[:, None]).to(x.dtype)
+        pooled = (x * mask[:, None, :]).sum(-1) / lengths[:, None]
+        return self.lin(pooled), {"mask": mask, "const": 1.0}
+
+
+def blobs(n: int, *, seed: int, n_in: int = 4) -> ArrayData:
+    """Two Gaussian blobs 4 standard deviations apart along every axis."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, n_in, generator=g) + 2.0 * (2 * y[:, None] - 1)
+    return ArrayData(x=x, y=y)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=8, lr=1e-2, device="cpu", progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+class Scripted:
+    """A score_fn returning scripted val / test scores per call, told apart by split size."""
+
+    def __init__(self, val_scores, test_scores=(), *, n_val: int, n_test: int) -> None:
+        self.val_scores, self.test_scores = list(val_scores), list(test_scores)
+        self.n_val, self.n_test = n_val, n_test
+        self.calls = {"val": 0, "test": 0}
+
+    def __call__(self, logits, data):
+        part = "val" if len(data) == self.n_val else "test"
+        assert len(data) == (self.n_val if part == "val" else self.n_test)
+        scores = self.val_scores if part == "val" else self.test_scores
+        k = self.calls[part]
+        self.calls[part] += 1
+        return {"score": scores[k] if k < len(scores) else -1.0}
+
+
+class Snapshots:
+    """Callback keeping a copy of the weights after every epoch."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, dict] = {}
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.states[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_tiny_mlp_learns_separable_problem():
+    set_seed(0)
+    train, val, test = blobs(128, seed=1), blobs(32, seed=2), blobs(64, seed=3)
+    result = Trainer(TinyMLP(), cfg(epochs=8)).fit(train, val, test)
+    assert result.test_metrics["accuracy"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test_logits.shape == (64, 2) and result.test_logits.device.type == "cpu"
+    assert result.selection == "val" and 1 <= result.best_epoch <= 8
+    assert result.device == "cpu" and result.amp is False
+    assert {"epoch", "train_loss", "lr", "seconds", "val"} <= set(result.history[0])
+    assert "test" not in result.history[0]
+
+
+def test_select_val_picks_first_best_epoch_and_restores_its_weights():
+    train, val, test = blobs(16, seed=1), blobs(10, seed=2), blobs(12, seed=3)
+    score = Scripted([0.1, 0.5, 0.3, 0.5, 0.2], [0.9], n_val=10, n_test=12)
+    snaps = Snapshots()
+    set_seed(0)
+    trainer = Trainer(TinyMLP(), cfg(epochs=5), score_fn=score, callbacks=[snaps])
+    result = trainer.fit(train, val, test)
+    assert result.best_epoch == 2  # ties (epoch 4) keep the earlier epoch
+    assert same_weights(trainer.model.state_dict(), snaps.states[2])
+    assert not same_weights(snaps.states[2], snaps.states[5])
+    assert score.calls == {"val": 5, "test": 1}  # test evaluated once, at the end
+    assert result.test_metrics["score"] == 0.9
+    assert [h["val"]["score"] for h in result.history] == [0.1, 0.5, 0.3, 0.5, 0.2]
+    assert result.val_metrics["score"] == 0.5
+
+
+def test_select_last_keeps_last_weights():
+    train, test = blobs(16, seed=1), blobs(12, seed=3)
+    snaps = Snapshots()
+    set_seed(0)
+    trainer = Trainer(TinyMLP(), cfg(epochs=3, select="last"), callbacks=[snaps])
+    result = trainer.fit(train, None, test)
+    assert result.best_epoch == 3 and result.selection == "last"
+    assert same_weights(trainer.model.state_dict(), snaps.states[3])
+
+
+def test_best_test_only_when_asked():
+    train, val, test = blobs(16, seed=1), blobs(10, seed=2), blobs(12, seed=3)
+    val_scores, test_scores = [0.2, 0.6, 0.4, 0.3], [0.1, 0.2, 0.3, 0.8, 0.8]
+    set_seed(0)
+    default = Trainer(
+        TinyMLP(), cfg(epochs=4), score_fn=Scripted(val_scores, test_scores, n_val=10, n_test=12)
+    )
+    r = default.fit(train, val, test)
+    assert r.selection == "val" and r.best_epoch == 2 and r.test_metrics["score"] == 0.1  # the one test call
+
+    set_seed(0)
+    score = Scripted(val_scores, test_scores, n_val=10, n_test=12)
+    snaps = Snapshots()
+    trainer = Trainer(TinyMLP(), cfg(epochs=4, select="best_test"), score_fn=score, callbacks=[snaps])
+    r = trainer.fit(train, val, test)
+    assert r.selection == "best_test" and r.best_epoch == 4
+    assert [h["test"]["score"] for h in r.history] == test_scores[:4]
+    assert same_weights(trainer.model.state_dict(), snaps.states[4])
+    assert score.calls == {"val": 4, "test": 5}
+
+
+def test_track_test_records_curves_without_changing_selection():
+    train, val, test = blobs(16, seed=1), blobs(10, seed=2), blobs(12, seed=3)
+    set_seed(0)
+    score = Scripted([0.9, 0.1, 0.1], [0.1, 0.5, 0.9, 0.0], n_val=10, n_test=12)
+    r = Trainer(TinyMLP(), cfg(epochs=3, track_test=True), score_fn=score).fit(train, val, test)
+    assert r.best_epoch == 1 and [h["test"]["score"] for h in r.history] == [0.1, 0.5, 0.9]
+
+
+def test_early_stopping_stops_on_val():
+    train, val = blobs(16, seed=1), blobs(10, seed=2)
+    set_seed(0)
+    score = Scripted([0.1, 0.5, 0.4, 0.3, 0.2, 0.9, 0.9], n_val=10, n_test=12)
+    r = Trainer(TinyMLP(), cfg(epochs=7, early_stopping_patience=2), score_fn=score).fit(train, val)
+    assert r.epochs_run == 4 and r.stopped_early and r.best_epoch == 2
+    assert r.history[-1]["stopped_by"] == "early_stopping"
+    assert r.test_metrics is None and r.test_logits is None
+
+
+def test_callback_can_stop_and_extend_logs():
+    class StopAt2:
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["custom"] = epoch * 10
+            return "stop" if epoch == 2 else None
+
+    set_seed(0)
+    r = Trainer(TinyMLP(), cfg(epochs=5, select="last"), callbacks=[StopAt2()]).fit(blobs(16, seed=1))
+    assert r.epochs_run == 2 and [h["custom"] for h in r.history] == [10, 20]
+    assert r.history[-1]["stopped_by"] == "StopAt2"
+
+
+def test_same_seed_gives_identical_weights():
+    train, val = blobs(40, seed=1), blobs(10, seed=2)
+    states = []
+    for _ in range(2):
+        set_seed(3)
+        t = Trainer(TinyMLP(p=0.3), cfg(epochs=2, seed=3, select="last"))
+        t.fit(train, val)
+        states.append(t.model.state_dict())
+    assert same_weights(*states)
+    set_seed(3)
+    other = Trainer(TinyMLP(p=0.3), cfg(epochs=2, seed=4, select="last"))
+    other.fit(train, val)
+    assert not same_weights(states[0], other.model.state_dict())  # the seed matters (shuffle, dropout)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    train, val, test = blobs(40, seed=1), blobs(10, seed=2), blobs(12, seed=3)
+    common = dict(seed=5, scheduler="step", step_size=1, gamma=0.5, optimizer="adamw", weight_decay=1e-2)
+
+    set_seed(5)
+    full = Trainer(TinyMLP(p=0.3), cfg(epochs=4, **common))
+    r_full = full.fit(train, val, test)
+
+    ckpt = tmp_path / "ckpt"
+    set_seed(5)
+    Trainer(TinyMLP(p=0.3), cfg(epochs=2, checkpoint_dir=str(ckpt), **common)).fit(train, val, test)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]  # atomic save left no temp file
+    set_seed(123)  # a different fresh model and global RNG: everything must come from the checkpoint
+    resumed = Trainer(TinyMLP(p=0.3), cfg(epochs=4, checkpoint_dir=str(ckpt), **common))
+    r_res = resumed.fit(train, val, test, resume=True)
+
+    assert same_weights(full.model.state_dict(), resumed.model.state_dict())
+    assert [h["train_loss"] for h in r_full.history] == [h["train_loss"] for h in r_res.history]
+    assert [h["lr"] for h in r_res.history] == [1e-2, 5e-3, 2.5e-3, 1.25e-3]
+    assert r_full.best_epoch == r_res.best_epoch
+    assert torch.equal(r_full.test_logits, r_res.test_logits)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    set_seed(0)
+    t = Trainer(TinyMLP(), cfg(epochs=1, select="last", checkpoint_dir=str(tmp_path / "none")))
+    r = t.fit(blobs(16, seed=1), resume=True)
+    assert r.epochs_run == 1 and (tmp_path / "none" / "last.pt").is_file()
+
+
+def test_variable_length_batches_are_cropped():
+    g = torch.Generator().manual_seed(0)
+    n, t_max = 20, 30
+    lengths = torch.randint(3, 20, (n,), generator=g)
+    lengths[7] = t_max  # one item reaches the padded length
+    x = torch.randn(n, 3, t_max, generator=g)
+    x = x * (torch.arange(t_max)[None, :] < lengths[:, None])[:, None, :]
+    data = ArrayData(x=x, y=torch.arange(n) % 2, lengths=lengths)
+    model = SeqPool()
+    set_seed(0)
+    trainer = Trainer(model, cfg(epochs=1, batch_size=4, select="last"))
+    trainer.fit(data)
+    assert len(model.seen) == 5
+    assert all(t_seen == t_len for t_seen, t_len in model.seen)
+    assert any(t_seen < t_max for t_seen, _ in model.seen)
+
+    model.seen.clear()
+    logits, aux = trainer.predict_with_aux(data, batch_size=6)
+    assert logits.shape == (n, 2)
+    assert [s for s, _ in model.seen] == [int(lengths[i : i + 6].max()) for i in range(0, n, 6)]
+    assert aux["mask"].shape == (n, t_max)  # batches cropped differently, zero-padded back to the longest
+    assert torch.equal(aux["mask"].sum(1).long(), lengths)
+    assert aux["const"] == [1.0] * 4  # non-batch values kept per batch
+    assert torch.allclose(trainer.predict(data), logits)
+
+
+def test_plain_tensor_model_is_tolerated():
+    model = nn.Sequential(nn.Linear(4, 2))
+    set_seed(0)
+    trainer = Trainer(model, cfg(epochs=1, select="last"))
+    trainer.fit(blobs(16, seed=1))
+    logits, aux = trainer.predict_with_aux(blobs(10, seed=2))
+    assert logits.shape == (10, 2) and aux == {}
+
+
+def test_grad_accum_matches_larger_batch():
+    train = blobs(32, seed=1)
+    states = []
+    for bs, acc in ((16, 1), (8, 2)):
+        set_seed(0)
+        t = Trainer(
+            TinyMLP(),
+            cfg(epochs=2, batch_size=bs, grad_accum=acc, optimizer="sgd", momentum=0.0, select="last"),
+        )
+        t.fit(train)
+        states.append(t.model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_plateau_scheduler_reduces_lr_on_flat_score():
+    train, val = blobs(16, seed=1), blobs(10, seed=2)
+    set_seed(0)
+    score = Scripted([0.5] * 6, n_val=10, n_test=12)
+    r = Trainer(
+        TinyMLP(), cfg(epochs=6, scheduler="plateau", plateau_patience=1, plateau_factor=0.1), score_fn=score
+    ).fit(train, val)
+    lrs = [h["lr"] for h in r.history]
+    assert lrs[0] == 1e-2 and lrs[-1] < 1e-3
+
+
+def test_eval_every_skips_evaluations_but_evaluates_last_epoch():
+    train, val = blobs(16, seed=1), blobs(10, seed=2)
+    set_seed(0)
+    r = Trainer(TinyMLP(), cfg(epochs=5, eval_every=2)).fit(train, val)
+    assert ["val" in h for h in r.history] == [False, True, False, True, True]
+
+
+def test_config_and_split_checks():
+    with pytest.raises(ValueError):
+        TrainConfig(select="test")
+    with pytest.raises(ValueError):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="validation"):
+        Trainer(TinyMLP(), cfg()).fit(blobs(16, seed=1))
+    with pytest.raises(ValueError, match="test"):
+        Trainer(TinyMLP(), cfg(select="best_test")).fit(blobs(16, seed=1), blobs(10, seed=2))
+    with pytest.raises(KeyError, match="score"):
+        Trainer(TinyMLP(), cfg(), score_fn=lambda logits, d: {"ua": 1.0}).fit(
+            blobs(16, seed=1), blobs(10, seed=2)
+        )
+    d = TrainConfig().to_dict()
+    assert d["select"] == "val" and d["amp"] is True and d["track_test"] is False
+
+
+def test_array_data_checks_and_subset(rng):
+    x = rng.standard_normal((6, 2, 5))  # float64 numpy in, float32 tensor out
+    data = ArrayData(x=x, y=[0, 1, 0, 1, 0, 1], lengths=[5, 4, 3, 2, 1, 5], groups=[0, 0, 1, 1, 2, 2])
+    assert data.x.dtype == torch.float32 and data.y.dtype == torch.long and len(data) == 6
+    sub = data.subset([1, 3])
+    assert sub.y.tolist() == [1, 1] and sub.lengths.tolist() == [4, 2] and sub.groups.tolist() == [0, 1]
+    assert data.subset(torch.tensor([True, False] * 3)).groups.tolist() == [0, 1, 2]
+    xb, _, lb = data.batch(torch.tensor([2, 3]))
+    assert xb.shape == (2, 2, 3) and lb.tolist() == [3, 2]
+    with pytest.raises(ValueError):
+        ArrayData(x=x, y=[0, 1])
+    with pytest.raises(ValueError):
+        ArrayData(x=x, y=[0] * 6, lengths=[6] * 6)  # longer than the padded axis
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError):
+            resolve_device("cuda")
+
+
+@pytest.mark.requires_cuda
+def test_one_training_step_agrees_between_cpu_and_cuda():
+    train = blobs(16, seed=1)
+    states = []
+    for device in ("cpu", "cuda"):
+        set_seed(0)
+        t = Trainer(TinyMLP(), cfg(epochs=1, batch_size=16, device=device, amp=False, select="last"))
+        t.fit(train)
+        states.append({k: v.cpu() for k, v in t.model.state_dict().items()})
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5)
