@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compute-dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument(
-        "--out", default=None, help="JSON path (default results/benchmarks/features_<preset>.json)"
+        "--out", default=None, help="JSON path (default results/benchmarks/features_<preset>[_float64].json)"
     )
     args = ap.parse_args(argv)
 
@@ -157,7 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
             "max_abs_diff": max(diffs),
             "max_diff_relative_to_range": max(rel),
             "unit": "dB" if preset.kind == "logmel" else "coefficient",
-            "tolerance": F.LOGMEL_ATOL_DB if preset.kind == "logmel" else F.MFCC_RTOL_RANGE,
+            "tolerance": F.parity_tolerance(preset.kind, cdt),
+            "tolerance_unit": "dB"
+            if preset.kind == "logmel"
+            else "fraction of each clip's coefficient range",
+            "within_tolerance": (max(diffs) if preset.kind == "logmel" else max(rel))
+            <= F.parity_tolerance(preset.kind, cdt),
             "compared": "valid frames of every clip",
         },
         "settings": {
@@ -182,7 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
         "git_revision": git_revision(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    out = Path(args.out) if args.out else REPO / "results" / "benchmarks" / f"features_{preset.name}.json"
+    suffix = "" if args.compute_dtype == "float32" else f"_{args.compute_dtype}"
+    out = (
+        Path(args.out)
+        if args.out
+        else REPO / "results" / "benchmarks" / f"features_{preset.name}{suffix}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(

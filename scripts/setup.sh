@@ -10,11 +10,14 @@ stamp=.venv/.serlib-installed
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+log=.venv/serlib-install.log
+run() { "$@" >>"$log" 2>&1 || { cat "$log"; echo "setup failed: $*" >&2; exit 1; }; }
+echo "installing serlib into .venv (log: $log)"
+run .venv/bin/python -m pip install --upgrade pip
 # A CPU build of torch: pinned exactly, since an open range pulls a multi-GB CUDA build.
 # GPU users: install the CUDA wheel of torch 2.5-2.13 into .venv first; it is kept.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  run .venv/bin/python -m pip install "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+run .venv/bin/python -m pip install -e ".[dev]"
 touch "$stamp"

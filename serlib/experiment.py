@@ -34,7 +34,7 @@ from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
 from serlib.records import make_record, record_path, write_record
-from serlib.train import ArrayData, Trainer, TrainConfig
+from serlib.train import ArrayData, TrainConfig, Trainer
 
 FEATURE_FORMAT = 1  # bump when the cached layout changes
 
@@ -211,7 +211,7 @@ def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
         std = x.std(dim=(0, 2), keepdim=True)
     else:
         mask = (torch.arange(x.shape[-1])[None, :] < lengths[:, None]).to(x.dtype)[:, None, :]
-        n = mask.sum() 
+        n = mask.sum()
         mean = (x * mask).sum(dim=(0, 2), keepdim=True) / n
         std = (((x - mean) * mask) ** 2).sum(dim=(0, 2), keepdim=True).div(n).sqrt()
     return mean[0:1], std[0:1].clamp(min=1e-5)
@@ -220,7 +220,7 @@ def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
 def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
     preset = F.PRESETS[exp.features]
     tr_idx, va_idx, te_idx = split.indices(corpus)
-    y_all = torch.as_tensor(corpus.y)
+    y_all = torch.tensor(corpus.y)
     counts: dict = {"utterances": {"train": len(tr_idx), "val": len(va_idx), "test": len(te_idx)}}
     durations = corpus.table["duration"].to_numpy()
     keep = np.ones(len(corpus), bool)

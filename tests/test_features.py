@@ -15,6 +15,23 @@ from serlib.data.audio import load_audio
 
 SR = 16_000
 ALL = sorted(F.PRESETS)
+pytestmark = pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")  # librosa, on tiny clips
+
+
+@pytest.fixture(scope="module")
+def ravdess_clip(ravdess_root) -> np.ndarray:
+    # of all 1440 clips, the one where float32 compute is furthest from librosa (eca_v1: 2.2e-3 dB)
+    path = ravdess_root / "Audio_Speech_Actors_01-24" / "Actor_15" / "03-01-06-01-01-01-15.wav"
+    return load_audio(path if path.exists() else sorted(ravdess_root.rglob("*.wav"))[0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP waits on the shared 2-core machine (0.4 ms vs ~190 ms per clip)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def chirp_noise(rng: np.random.Generator, seconds: float = 1.3, scale: float = 0.5) -> np.ndarray:
@@ -39,13 +56,17 @@ def librosa_features(p: F.FeaturePreset, y: np.ndarray) -> np.ndarray:
     return m / np.linalg.norm(m, axis=0, keepdims=True) if p.frame_l2norm else m
 
 
-def assert_parity(p: F.FeaturePreset, ours: np.ndarray, ref: np.ndarray) -> None:
+def assert_parity(p: F.FeaturePreset, ours: np.ndarray, ref: np.ndarray, cdt=torch.float32) -> None:
     assert ours.shape == ref.shape
     err = np.abs(ours - ref).max()
+    tol = F.parity_tolerance(p.kind, cdt)
     if p.kind == "logmel":
-        assert err <= F.LOGMEL_ATOL_DB, f"{p.name}: {err:.2e} dB"
+        assert err <= tol, f"{p.name}: {err:.2e} dB"
     else:
-        assert err <= F.MFCC_RTOL_RANGE * np.ptp(ref), f"{p.name}: {err:.2e} vs range {np.ptp(ref):.2f}"
+        assert err <= tol * np.ptp(ref), f"{p.name}: {err:.2e} vs range {np.ptp(ref):.2f}"
+
+
+DTYPES = pytest.mark.parametrize("cdt", [torch.float32, torch.float64], ids=["f32", "f64"])
 
 
 # ------------------------------------------------------------------------------------------------- presets
@@ -53,9 +74,17 @@ def test_required_presets_and_paper_settings():
     needed = {"head_fusion_mfcc", "faca_mfcc", "caser_mfcc", "moma_fbank23", "logmel64"}
     assert needed | {f"eca_v{v}" for v in range(1, 9)} <= set(F.PRESETS)
     hf = F.PRESETS["head_fusion_mfcc"]
-    assert (hf.n_fft, hf.win_length, hf.hop_length, hf.n_mfcc, hf.n_mels, hf.top_db) == (2048, 2048, 512, 26, 128, 80)
+    assert (hf.n_fft, hf.win_length, hf.hop_length, hf.n_mfcc, hf.n_mels, hf.top_db) == (
+        2048,
+        2048,
+        512,
+        26,
+        128,
+        80.0,
+    )
     cs = F.PRESETS["caser_mfcc"]
-    assert (cs.n_mfcc, cs.hop_length, cs.n_fft, cs.htk, cs.pre_emphasis, cs.frame_l2norm) == (40, 160, 2048, True, 0.97, True)
+    assert (cs.n_mfcc, cs.hop_length, cs.n_fft, cs.htk) == (40, 160, 2048, True)
+    assert cs.pre_emphasis == 0.97 and cs.frame_l2norm
     assert F.PRESETS["moma_fbank23"].n_features == 23
     for v, win_ms in enumerate(range(15, 55, 5), start=1):
         e = F.PRESETS[f"eca_v{v}"]
@@ -71,10 +100,16 @@ def test_to_dict_is_json_and_leaves_out_notes():
     assert F.FeaturePreset(**d) == p  # round trip
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [dict(kind="cqt"), dict(kind="mfcc", n_mfcc=200), dict(win_length=4096), dict(ref="median"), dict(hop_length=0)],
-)
+BAD = [
+    dict(kind="cqt"),
+    dict(kind="mfcc", n_mfcc=200),
+    dict(win_length=4096),
+    dict(ref="median"),
+    dict(hop_length=0),
+]
+
+
+@pytest.mark.parametrize("bad", BAD)
 def test_invalid_presets_raise(bad):
     base = dict(name="x", kind="logmel", n_fft=512, hop_length=160, n_mels=40)
     with pytest.raises(ValueError):
@@ -87,20 +122,21 @@ def test_unknown_preset_names_the_known_ones():
 
 
 # -------------------------------------------------------------------------------------------------- parity
+@DTYPES
 @pytest.mark.parametrize("name", ALL)
-def test_parity_with_librosa_synthetic(name, rng):
+def test_parity_with_librosa_synthetic(name, cdt, rng):
     p = F.PRESETS[name]
     y = chirp_noise(rng)
-    assert_parity(p, F.compute(p, y)[0].numpy(), librosa_features(p, y))
+    assert_parity(p, F.compute(p, y, compute_dtype=cdt)[0].numpy(), librosa_features(p, y), cdt)
 
 
 @pytest.mark.realdata
+@DTYPES
 @pytest.mark.parametrize("name", ALL)
-def test_parity_with_librosa_real_ravdess_clip(name, ravdess_root):
-    path = sorted(ravdess_root.rglob("*.wav"))[0]
-    y = load_audio(path)
+def test_parity_with_librosa_real_ravdess_clip(name, cdt, ravdess_clip):
     p = F.PRESETS[name]
-    assert_parity(p, F.compute(p, y)[0].numpy(), librosa_features(p, y))
+    y = ravdess_clip
+    assert_parity(p, F.compute(p, y, compute_dtype=cdt)[0].numpy(), librosa_features(p, y), cdt)
 
 
 def test_head_fusion_equals_the_papers_literal_librosa_call(rng):
@@ -132,12 +168,12 @@ def test_ref_max_and_no_top_db_variants_match_librosa(rng):
         assert_parity(p, F.compute(p, y)[0].numpy(), librosa_features(p, y))
 
 
-def test_float64_compute_is_closer_still(rng):
+def test_float64_compute_matches_float64_librosa_closely(rng):
     p = F.PRESETS["eca_v1"]
     y = chirp_noise(rng)
     ref = librosa_features(p, y.astype(np.float64))
     ours = F.compute(p, y, compute_dtype=torch.float64, dtype=torch.float64)[0].numpy()
-    assert np.abs(ours - ref).max() < 1e-5
+    assert np.abs(ours - ref).max() < 1e-6
 
 
 def test_preemphasis_matches_librosa_first_sample_convention(rng):
@@ -162,7 +198,8 @@ def test_batched_equals_per_clip(name, rng):
 @pytest.mark.parametrize("name", ["head_fusion_mfcc", "caser_mfcc", "eca_v3"])
 def test_lengths_aware_batch_equals_per_clip_on_valid_frames(name, ref, rng):
     p = dataclasses.replace(F.PRESETS[name], ref=ref)
-    clips = [chirp_noise(rng, seconds=s, scale=a) for s, a in [(0.4, 1.0), (1.0, 1e-3), (0.25, 0.3), (0.05, 2.0)]]
+    sizes = [(0.4, 1.0), (1.0, 1e-3), (0.25, 0.3), (0.05, 2.0)]  # (seconds, level)
+    clips = [chirp_noise(rng, seconds=s, scale=a) for s, a in sizes]
     padded, lengths = F.pad_batch(clips)
     padded[1, lengths[1] :] = 7.0  # junk beyond a clip's length must be ignored
     feats, frames = F.compute_with_lengths(p, padded, lengths=lengths, batch_size=3)
@@ -223,7 +260,7 @@ def test_convenience_functions_match_librosa(rng):
     ref = librosa.power_to_db(
         librosa.feature.melspectrogram(y=y, sr=SR, n_mels=40, n_fft=400, hop_length=100), ref=np.max
     )
-    assert lm.shape == (2, *ref.shape) and np.abs(lm[1].numpy() - ref).max() <= F.LOGMEL_ATOL_DB
+    assert lm.shape == (2, *ref.shape) and np.abs(lm[1].numpy() - ref).max() <= F.LOGMEL_ATOL_DB_FLOAT32
 
 
 @pytest.mark.requires_cuda

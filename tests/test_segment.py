@@ -47,7 +47,9 @@ def test_short_clip_policies():
     y = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     assert fixed_windows(y, win=8, step=4, short="drop").shape == (0, 8)
     np.testing.assert_array_equal(fixed_windows(y, win=8, step=4, short="pad"), [[1, 2, 3, 0, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(fixed_windows(y, win=8, step=4, short="keep_one"), [[1, 2, 3, 1, 2, 3, 1, 2]])
+    np.testing.assert_array_equal(
+        fixed_windows(y, win=8, step=4, short="keep_one"), [[1, 2, 3, 1, 2, 3, 1, 2]]
+    )
     with pytest.raises(ValueError, match="short must be"):
         fixed_windows(y, win=8, step=4, short="zero")
     with pytest.raises(ValueError, match="1-D"):

@@ -11,8 +11,8 @@ import pytest
 from serlib.data.corpus import Corpus
 from serlib.data.splits import (
     PROTOCOLS,
-    Split,
     SpeakerOverlapError,
+    Split,
     assert_partition,
     assert_speaker_disjoint,
     kfold_train_val_test,
@@ -43,8 +43,16 @@ def ravdess_like() -> Corpus:
     rows = []
     for a in range(1, 25):
         for k, lab in enumerate(per_actor):
-            rows.append(dict(path=f"Actor_{a:02d}/{k}.wav", utt_id=f"A{a:02d}_{k:02d}", label=lab,
-                             speaker=f"Actor_{a:02d}", gender="M" if a % 2 else "F", session=""))  # fmt: skip
+            rows.append(
+                dict(
+                    path=f"Actor_{a:02d}/{k}.wav",
+                    utt_id=f"A{a:02d}_{k:02d}",
+                    label=lab,
+                    speaker=f"Actor_{a:02d}",
+                    gender="M" if a % 2 else "F",
+                    session="",
+                )
+            )
     return _corpus(rows, RAV_LABELS, "ravdess_like")
 
 
@@ -57,8 +65,16 @@ def iemocap_like() -> Corpus:
         for g in ("F", "M"):
             labs = rng.choice(IEM_LABELS, size=30, p=[0.35, 0.3, 0.2, 0.15])
             for k, lab in enumerate(labs):
-                rows.append(dict(path=f"S{s}/{g}{k}.wav", utt_id=f"Ses0{s}_{g}{k:03d}", label=str(lab),
-                                 speaker=f"Ses0{s}{g}", gender=g, session=str(s)))  # fmt: skip
+                rows.append(
+                    dict(
+                        path=f"S{s}/{g}{k}.wav",
+                        utt_id=f"Ses0{s}_{g}{k:03d}",
+                        label=str(lab),
+                        speaker=f"Ses0{s}{g}",
+                        gender=g,
+                        session=str(s),
+                    )
+                )
     return _corpus(rows, IEM_LABELS, "iemocap_like")
 
 

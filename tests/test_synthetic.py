@@ -30,7 +30,9 @@ CLASSES = ("neutral", "happy", "sad", "angry")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "c", n_speakers=4, n_per_class_per_speaker=6, seed=0)
+    return make_synthetic(
+        tmp_path_factory.mktemp("syn") / "c", n_speakers=4, n_per_class_per_speaker=6, seed=0
+    )
 
 
 def _stats(path) -> tuple[float, float, float, float]:
@@ -83,6 +85,15 @@ def test_layout_counts_and_manifest(corpus):
     assert all(p.startswith(s + "/") for p, s in zip(manifest["path"], manifest["speaker"]))
     info = sf.info(str(corpus.paths[0]))
     assert info.samplerate == SR and info.channels == 1 and info.subtype == "PCM_16" and info.format == "WAV"
+
+
+def test_manifest_reads_back_through_the_custom_loader(corpus):
+    custom = pytest.importorskip("serlib.data.custom")
+    back = custom.load_custom(corpus.root / "manifest.csv", labels=CLASSES)
+    cols = ["path", "utt_id", "label", "speaker", "session", "gender", "sample_rate", "channels"]
+    pd.testing.assert_frame_equal(back.table[cols], corpus.table[cols], check_dtype=False)
+    np.testing.assert_allclose(back.table["duration"], corpus.table["duration"])
+    assert back.skipped == []
 
 
 def test_durations_in_range_and_match_files(corpus):

@@ -7,6 +7,7 @@ and returns float32 mono at the requested rate. A file whose container does not 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -56,9 +57,44 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioError(p, f"not readable as audio ({type(exc).__name__}: {exc})") from None
     if info.frames <= 0:
         raise AudioError(p, "audio has no samples")
+    if info.format == "WAV":
+        reason = wav_truncation(p)
+        if reason:
+            raise AudioError(p, reason)
     expected = _EXT_FORMAT.get(p.suffix.lower())
     mismatch = expected is not None and info.format != expected
     return AudioInfo(str(p), int(info.samplerate), int(info.channels), int(info.frames), info.format, mismatch)
+
+
+def wav_truncation(path: Path) -> str | None:
+    """Reason string when a RIFF/WAVE file's ``data`` chunk declares more bytes than the file holds.
+
+    libsndfile silently clamps such files to the bytes present, so neither ``audio_info`` nor decoding notices;
+    this reads only the chunk headers. Returns None for intact, non-RIFF or streaming (unknown length) files.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            hdr = f.read(8)
+            cid, csize = hdr[:4], struct.unpack(endian + "I", hdr[4:8])[0]
+            if cid == b"data":
+                if csize in (0, 0xFFFFFFFF):
+                    return None  # written as a stream: length unknown, nothing to compare
+                avail = size - (pos + 8)
+                if avail < csize:
+                    return (
+                        f"truncated: the WAV header declares {csize} bytes of audio but the file holds {avail} "
+                        f"({100 * avail / csize:.1f}%)"
+                    )
+                return None
+            pos += 8 + csize + (csize & 1)
+    return None
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

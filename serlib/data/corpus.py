@@ -84,6 +84,7 @@ class Corpus:
         """A hash of the table's identity columns: what feature caches and run records key on."""
         cols = ["path", "utt_id", "label", "speaker", "session", "sample_rate", "channels"]
         blob = self.table[cols].astype(str).to_csv(index=False).encode()
+        blob += self.table["duration"].round(4).astype(str).str.cat(sep=",").encode()  # content changes move it
         blob += ("|".join(self.labels)).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,46 +56,9 @@ REPO_MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 # Header-only probing used by every adapter
 
 
-def _wav_truncation(path: Path) -> str | None:
-    """Reason string when a RIFF/WAVE file's ``data`` chunk declares more bytes than the file holds.
-
-    libsndfile silently clamps such files to the bytes present, so neither ``audio_info`` nor decoding notices;
-    this reads only the chunk headers. Returns None for intact, non-RIFF or streaming (unknown length) files.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
-            return None
-        endian = "<" if head[:4] == b"RIFF" else ">"
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            hdr = f.read(8)
-            cid, csize = hdr[:4], struct.unpack(endian + "I", hdr[4:8])[0]
-            if cid == b"data":
-                if csize in (0, 0xFFFFFFFF):
-                    return None  # written as a stream: length unknown, nothing to compare
-                avail = size - (pos + 8)
-                if avail < csize:
-                    return (
-                        f"truncated: the WAV header declares {csize} bytes of audio but the file holds {avail} "
-                        f"({100 * avail / csize:.1f}%)"
-                    )
-                return None
-            pos += 8 + csize + (csize & 1)
-    return None
-
-
 def probe_audio(path: str | Path) -> AudioInfo:
-    """``audio_info`` plus a truncation check of WAV headers; raises :class:`AudioError` naming the file."""
-    p = Path(path)
-    info = audio_info(p)
-    if info.format == "WAV":
-        reason = _wav_truncation(p)
-        if reason:
-            raise AudioError(p, reason)
-    return info
+    """``audio_info`` (which checks WAV headers for truncation); raises :class:`AudioError` naming the file."""
+    return audio_info(path)
 
 
 def probe_or_skip(root: Path, rel: str, skipped: list[dict]) -> AudioInfo | None:

@@ -88,8 +88,10 @@ def segment_batch(
     segs, groups, counts, too_short = [], [], [], []
     for i, y in enumerate(waves):
         y = np.asarray(y, dtype=np.float32)
-        w = np.zeros((0, win), np.float32) if min_len is not None and len(y) <= min_len else fixed_windows(
-            y, win=win, step=step, short=short
+        w = (
+            np.zeros((0, win), np.float32)
+            if min_len is not None and len(y) <= min_len
+            else fixed_windows(y, win=win, step=step, short=short)
         )
         counts.append(len(w))
         if len(w) == 0:

@@ -236,7 +236,9 @@ def _group_values(corpus: Corpus, column: str) -> np.ndarray:
         raise ValueError(f"corpus {corpus.name} has no column {column!r}")
     g = corpus.table[column].astype(str).to_numpy()
     if (g == "").any() or (g == "nan").any():
-        raise ValueError(f"corpus {corpus.name}: {int(((g == '') | (g == 'nan')).sum())} rows have no {column}")
+        raise ValueError(
+            f"corpus {corpus.name}: {int(((g == '') | (g == 'nan')).sum())} rows have no {column}"
+        )
     return g
 
 
@@ -256,7 +258,9 @@ def _match_group(groups: Sequence[str], wanted: str, column: str) -> str:
         return str(wanted)
     nums = re.findall(r"\d+", str(wanted))
     if nums:
-        hits = [g for g in groups if re.findall(r"\d+", g) and int(re.findall(r"\d+", g)[-1]) == int(nums[-1])]
+        hits = [
+            g for g in groups if re.findall(r"\d+", g) and int(re.findall(r"\d+", g)[-1]) == int(nums[-1])
+        ]
         if len(hits) == 1:
             return hits[0]
     raise ValueError(f"no unique {column} matching {wanted!r} among {groups}")
@@ -265,7 +269,9 @@ def _match_group(groups: Sequence[str], wanted: str, column: str) -> str:
 # -------------------------------------------------------------------------------------------------- protocols
 
 
-def random_holdout(corpus: Corpus, *, test_frac: float = 0.2, val_frac: float = 0.0, seed: int = 0) -> list[Split]:
+def random_holdout(
+    corpus: Corpus, *, test_frac: float = 0.2, val_frac: float = 0.0, seed: int = 0
+) -> list[Split]:
     """Head Fusion protocol: one random utterance-level split, stratified by label; speakers are shared.
 
     ``test_frac`` and ``val_frac`` are fractions of the whole corpus (0.2 / 0.1 gives 70/10/20); the validation
@@ -280,12 +286,24 @@ def random_holdout(corpus: Corpus, *, test_frac: float = 0.2, val_frac: float = 
     train, val = _carve(rest, y, int(round(val_frac * n)), seed + 1)
     protocol = f"random_{round(100 * (1 - test_frac))}_{round(100 * test_frac)}"
     return [
-        _make(corpus, protocol, 0, seed, train, val, test, speaker_independent=False,
-              test_frac=test_frac, val_frac=val_frac)
-    ]  # fmt: skip
+        _make(
+            corpus,
+            protocol,
+            0,
+            seed,
+            train,
+            val,
+            test,
+            speaker_independent=False,
+            test_frac=test_frac,
+            val_frac=val_frac,
+        )
+    ]
 
 
-def kfold_train_val_test(corpus: Corpus, *, k: int = 5, seed: int = 0, groups: str | None = None) -> list[Split]:
+def kfold_train_val_test(
+    corpus: Corpus, *, k: int = 5, seed: int = 0, groups: str | None = None
+) -> list[Split]:
     """FACA protocol: k random stratified folds; split i has fold i as test, fold (i+1) % k as validation and the
     other k-2 folds as training (5 folds: 3/1/1, 10 folds: 8/1/1).
 
@@ -302,7 +320,9 @@ def kfold_train_val_test(corpus: Corpus, *, k: int = 5, seed: int = 0, groups: s
         test, val = folds[i], folds[(i + 1) % k]
         train = np.sort(np.concatenate([folds[j] for j in range(k) if j not in (i, (i + 1) % k)]))
         indep = bool(groups) and not _speaker_overlap(corpus, {"train": train, "val": val, "test": test})
-        out.append(_make(corpus, protocol, i, seed, train, val, test, speaker_independent=indep, k=k, groups=groups))
+        out.append(
+            _make(corpus, protocol, i, seed, train, val, test, speaker_independent=indep, k=k, groups=groups)
+        )
     return out
 
 
@@ -317,8 +337,20 @@ def random_kfold(corpus: Corpus, *, k: int = 5, seed: int = 0, val_frac: float =
     for i in range(k):
         rest = np.sort(np.concatenate([folds[j] for j in range(k) if j != i]))
         train, val = _carve(rest, y, int(round(val_frac * n)), seed + 1000 + i)
-        out.append(_make(corpus, f"random_kfold{k}", i, seed, train, val, folds[i], speaker_independent=False,
-                         k=k, val_frac=val_frac))  # fmt: skip
+        out.append(
+            _make(
+                corpus,
+                f"random_kfold{k}",
+                i,
+                seed,
+                train,
+                val,
+                folds[i],
+                speaker_independent=False,
+                k=k,
+                val_frac=val_frac,
+            )
+        )
     return out
 
 
@@ -365,9 +397,21 @@ def leave_one_group_out(
         train, vpart = rest[~in_val], rest[in_val]
         indep = not _speaker_overlap(corpus, {"train": train, "val": vpart, "test": test})
         out.append(
-            _make(corpus, f"loso_{column}", i, seed, train, vpart, test, speaker_independent=indep,
-                  column=column, test_group=grp, val_policy=str(val), val_groups=vals if kind == "groups" else [])
-        )  # fmt: skip
+            _make(
+                corpus,
+                f"loso_{column}",
+                i,
+                seed,
+                train,
+                vpart,
+                test,
+                speaker_independent=indep,
+                column=column,
+                test_group=grp,
+                val_policy=str(val),
+                val_groups=vals if kind == "groups" else [],
+            )
+        )
     return out
 
 
@@ -396,9 +440,20 @@ def session_holdout(
     train, vpart = rest[~in_val], rest[in_val]
     indep = not _speaker_overlap(corpus, {"train": train, "val": vpart, "test": test})
     return [
-        _make(corpus, f"session{test_session}_test", 0, seed, train, vpart, test, speaker_independent=indep,
-              test_group=tgrp, val_policy=str(val), val_groups=vgrp)
-    ]  # fmt: skip
+        _make(
+            corpus,
+            f"session{test_session}_test",
+            0,
+            seed,
+            train,
+            vpart,
+            test,
+            speaker_independent=indep,
+            test_group=tgrp,
+            val_policy=str(val),
+            val_groups=vgrp,
+        )
+    ]
 
 
 def _default_n_folds(n_speakers: int) -> int:
@@ -413,7 +468,9 @@ def _default_n_folds(n_speakers: int) -> int:
 def _speaker_table(corpus: Corpus) -> pd.DataFrame:
     t = corpus.table[["speaker", "gender", "session"]].astype(str)
     return t.groupby("speaker", sort=False).agg(
-        gender=("gender", lambda s: s.mode().iloc[0]), n_sessions=("session", "nunique"), session=("session", "first")
+        gender=("gender", lambda s: s.mode().iloc[0]),
+        n_sessions=("session", "nunique"),
+        session=("session", "first"),
     )
 
 
@@ -466,11 +523,22 @@ def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int
         train = np.flatnonzero((row_fold != i) & (row_fold != j))
         genders = {g: int((spk.loc[fold_speakers[i], "gender"] == g).sum()) for g in ("M", "F")}
         out.append(
-            _make(corpus, "speaker_independent", i, seed, train, val, test, speaker_independent=True,
-                  mode=mode, n_folds=k, test_genders=genders,
-                  test_sessions=sessions[i:i + 1] if mode == "session" else [],
-                  folds=[list(f) for f in fold_speakers])
-        )  # fmt: skip
+            _make(
+                corpus,
+                "speaker_independent",
+                i,
+                seed,
+                train,
+                val,
+                test,
+                speaker_independent=True,
+                mode=mode,
+                n_folds=k,
+                test_genders=genders,
+                test_sessions=sessions[i : i + 1] if mode == "session" else [],
+                folds=[list(f) for f in fold_speakers],
+            )
+        )
     return out
 
 
@@ -510,7 +578,11 @@ def assert_partition(split: Split, corpus: Corpus) -> None:
         for b in range(a + 1, 3):
             common = parts[a] & parts[b]
             if common:
-                raise AssertionError(f"split {split.name}: {PARTS[a]} and {PARTS[b]} share {sorted(common)[:5]}")
+                raise AssertionError(
+                    f"split {split.name}: {PARTS[a]} and {PARTS[b]} share {sorted(common)[:5]}"
+                )
     missing = set(corpus.table["utt_id"].astype(str)) - set().union(*parts)
     if missing:
-        raise AssertionError(f"split {split.name}: {len(missing)} utterances in no part, e.g. {sorted(missing)[:5]}")
+        raise AssertionError(
+            f"split {split.name}: {len(missing)} utterances in no part, e.g. {sorted(missing)[:5]}"
+        )

@@ -40,7 +40,9 @@ MANIFEST = "manifest.csv"
 SETTINGS = "synthetic.json"
 
 # vowel formants (F1, F2, F3) of an adult male voice, Hz
-VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]])
+VOWELS = np.array(
+    [[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]]
+)
 FORMANT_SIGMA = np.array([110.0, 150.0, 220.0])
 FORMANT_GAIN = np.array([1.0, 0.6, 0.35])
 
@@ -57,7 +59,7 @@ class ClassStyle:
 
 
 CLASS_STYLES: dict[str, ClassStyle] = {
-    "neutral": ClassStyle(1.00, 1.5, 3.8, 0.0, 1.6, 0.03, 0.12),
+    "neutral": ClassStyle(1.00, 1.5, 3.8, 0.0, 1.65, 0.03, 0.12),
     "happy": ClassStyle(1.28, 4.5, 5.0, 2.0, 1.25, 0.03, 0.08),
     "sad": ClassStyle(0.86, 0.8, 2.7, -4.0, 2.3, 0.06, 0.20),
     "angry": ClassStyle(1.15, 3.0, 5.4, 5.0, 0.8, 0.04, 0.07),
@@ -74,9 +76,14 @@ def class_style(name: str) -> ClassStyle:
         return CLASS_STYLES[name]
     r = np.random.default_rng(zlib.crc32(name.encode()))
     return ClassStyle(
-        float(r.uniform(0.85, 1.4)), float(r.uniform(0.8, 5.0)), float(r.uniform(2.8, 5.5)),
-        float(r.uniform(-4, 5)), float(r.uniform(0.9, 2.2)), float(r.uniform(0.02, 0.07)), float(r.uniform(0.07, 0.2)),
-    )  # fmt: skip
+        float(r.uniform(0.85, 1.4)),
+        float(r.uniform(0.8, 5.0)),
+        float(r.uniform(2.8, 5.5)),
+        float(r.uniform(-4, 5)),
+        float(r.uniform(0.9, 2.2)),
+        float(r.uniform(0.02, 0.07)),
+        float(r.uniform(0.07, 0.2)),
+    )
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,15 @@ def _speaker(seed: int, i: int) -> Speaker:
     gender = "M" if i % 2 == 0 else "F"
     f0 = r.normal(110, 10) if gender == "M" else r.normal(210, 18)
     scale = r.normal(1.0, 0.04) if gender == "M" else r.normal(1.15, 0.04)
-    return Speaker(f"spk{i + 1:02d}", gender, str(i // 2 + 1), float(f0), float(scale),
-                   float(r.uniform(-0.2, 0.2)), float(r.uniform(-2, 2)))  # fmt: skip
+    return Speaker(
+        f"spk{i + 1:02d}",
+        gender,
+        str(i // 2 + 1),
+        float(f0),
+        float(scale),
+        float(r.uniform(-0.1, 0.1)),
+        float(r.uniform(-2, 2)),
+    )
 
 
 def _raised_cosine_envelope(n: int, attack: int, release: int) -> np.ndarray:
@@ -121,8 +135,17 @@ def _pink_noise(r: np.random.Generator, n: int) -> np.ndarray:
     return y / np.sqrt(np.mean(y**2))
 
 
-def _syllable(r: np.random.Generator, n: int, f0: float, st: ClassStyle, spk: Speaker, tilt: float,
-              f0_range: float, sr: int, t0: float) -> np.ndarray:  # fmt: skip
+def _syllable(
+    r: np.random.Generator,
+    n: int,
+    f0: float,
+    st: ClassStyle,
+    spk: Speaker,
+    tilt: float,
+    f0_range: float,
+    sr: int,
+    t0: float,
+) -> np.ndarray:
     """One voiced syllable of ``n`` samples (unit voiced RMS before the envelope)."""
     t = np.arange(n) / sr
     u = np.linspace(0.0, 1.0, n)
@@ -148,7 +171,9 @@ def _syllable(r: np.random.Generator, n: int, f0: float, st: ClassStyle, spk: Sp
     return out
 
 
-def synth_utterance(r: np.random.Generator, *, style: ClassStyle, spk: Speaker, duration: float, sr: int) -> np.ndarray:
+def synth_utterance(
+    r: np.random.Generator, *, style: ClassStyle, spk: Speaker, duration: float, sr: int
+) -> np.ndarray:
     """One clip of ``round(duration * sr)`` samples, float64 in [-1, 1]."""
     n_total = int(round(duration * sr))
     y = np.zeros(n_total)
@@ -176,7 +201,9 @@ def synth_utterance(r: np.random.Generator, *, style: ClassStyle, spk: Speaker, 
         f0_syl = f0_utt * 2.0 ** (-decl * pos / n_total / 12.0) * r.normal(1.0, 0.03)
         voiced = _syllable(r, syl_n, f0_syl, style, spk, tilt, f0_range, sr, pos / sr)
         voiced += style.breath * _highpass_noise(r, syl_n)
-        env = _raised_cosine_envelope(syl_n, int(syl_n * r.uniform(0.1, 0.25)), int(syl_n * r.uniform(0.2, 0.4)))
+        env = _raised_cosine_envelope(
+            syl_n, int(syl_n * r.uniform(0.1, 0.25)), int(syl_n * r.uniform(0.2, 0.4))
+        )
         y[pos : pos + syl_n] += voiced * env * r.uniform(0.6, 1.0)
         pos += syl_n + int(r.exponential(style.pause) * sr) + int(0.02 * sr)
     gain_db = style.level_db + spk.level_db + r.uniform(-GAIN_DB, GAIN_DB)
@@ -199,10 +226,13 @@ def default_synthetic_root() -> Path:
     return base / "synthetic"
 
 
-def _corpus_from_manifest(root: Path, manifest: pd.DataFrame, labels: tuple[str, ...], sr: int,
-                          frames: list[int]) -> Corpus:  # fmt: skip
+def _corpus_from_manifest(
+    root: Path, manifest: pd.DataFrame, labels: tuple[str, ...], sr: int, frames: list[int]
+) -> Corpus:
     t = manifest.copy()
-    t.insert(1, "utt_id", [Path(p).stem for p in t["path"]])
+    t.insert(
+        1, "utt_id", [str(Path(p).with_suffix("").as_posix()) for p in t["path"]]
+    )  # as the custom loader
     t["duration"] = np.asarray(frames, dtype=np.float64) / sr
     t["sample_rate"] = sr
     t["channels"] = 1
@@ -236,8 +266,14 @@ def make_synthetic(
     lo, hi = float(duration[0]), float(duration[1])
     if not 0 < lo <= hi:
         raise ValueError(f"bad duration range {duration}")
-    settings = _settings(n_speakers=n_speakers, n_per_class_per_speaker=n_per_class_per_speaker,
-                         classes=list(classes), sr=sr, seed=seed, duration=[lo, hi])  # fmt: skip
+    settings = _settings(
+        n_speakers=n_speakers,
+        n_per_class_per_speaker=n_per_class_per_speaker,
+        classes=list(classes),
+        sr=sr,
+        seed=seed,
+        duration=[lo, hi],
+    )
     cached = _load_cached(root, settings, classes, sr)
     if cached is not None:
         return cached
@@ -259,13 +295,22 @@ def make_synthetic(
                 tmp = root / (rel + ".tmp")
                 sf.write(str(tmp), pcm, sr, subtype="PCM_16", format="WAV")
                 os.replace(tmp, root / rel)
-                rows.append({"path": rel, "label": label, "speaker": spk.speaker, "session": spk.session,
-                             "gender": spk.gender})  # fmt: skip
+                rows.append(
+                    {
+                        "path": rel,
+                        "label": label,
+                        "speaker": spk.speaker,
+                        "session": spk.session,
+                        "gender": spk.gender,
+                    }
+                )
                 frames.append(len(pcm))
     manifest = pd.DataFrame(rows, columns=["path", "label", "speaker", "session", "gender"])
     manifest.to_csv(root / MANIFEST, index=False, lineterminator="\n")
     speakers = [asdict(_speaker(seed, i)) for i in range(n_speakers)]
-    (root / SETTINGS).write_text(json.dumps({**settings, "speakers": speakers}, indent=1, sort_keys=True) + "\n")
+    (root / SETTINGS).write_text(
+        json.dumps({**settings, "speakers": speakers}, indent=1, sort_keys=True) + "\n"
+    )
     return _corpus_from_manifest(root, manifest, classes, sr, frames)
 
 

@@ -1,0 +1,144 @@
+"""An on-disk cache of named numpy arrays, keyed by the settings that produced them; atomic, no pickles.
+
+    spec = {"corpus": corpus.fingerprint(), "features": preset.to_dict(), "segment_s": 2.0, "format": 1}
+    arrays = cached_arrays(spec, lambda: {"x": feats, "y": labels})
+
+``<root>/<key>.npz`` holds the arrays and ``<root>/<key>.json`` the spec, creation time and array shapes, so a
+cache file can always be traced to its settings. Files are written to a temporary name in the same folder and
+renamed with ``os.replace``: a process killed mid-write leaves at most a temporary file, which is never read.
+A cache file that does not load (truncated, corrupt) or lacks arrays its ``.json`` lists is reported with a warning
+naming it and rebuilt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEY_CHARS = 20  # hex characters of sha256 kept in the file name
+CACHE_FORMAT = 1  # layout of the .npz / .json pair, recorded in the .json
+
+
+def cache_dir() -> Path:
+    """``$SERLIB_CACHE`` if set, else ``~/.cache/serlib``."""
+    env = os.environ.get("SERLIB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "serlib"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    raise TypeError(f"cache spec value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def canonical_json(spec: Mapping[str, Any]) -> str:
+    """Sorted keys, no whitespace, no NaN: the same settings always give the same text."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def cache_key(spec: Mapping[str, Any]) -> str:
+    """First :data:`KEY_CHARS` hex digits of the sha256 of the spec's canonical JSON."""
+    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()[:KEY_CHARS]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(fileobj)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """The ``np.savez`` layout (one ``<name>.npy`` member each, uncompressed), any array name, never a pickle."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
+
+
+def _load(npz: Path, meta: Path) -> dict[str, np.ndarray]:
+    """Every array of ``npz`` read in full (so truncation surfaces here); checked against ``meta`` if present."""
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    if meta.exists():
+        expected = json.loads(meta.read_text())["arrays"]
+        missing = sorted(set(expected) - set(arrays))
+        if missing:
+            raise KeyError(f"arrays {missing} listed in {meta.name} are missing")
+        bad = [n for n, info in expected.items() if list(arrays[n].shape) != info["shape"]]
+        if bad:
+            raise ValueError(f"arrays {bad} differ in shape from {meta.name}")
+    return arrays
+
+
+def _checked(built: Any) -> dict[str, np.ndarray]:
+    if not isinstance(built, Mapping) or not built:
+        raise TypeError(f"build() must return a non-empty dict of arrays, got {type(built).__name__}")
+    arrays = {}
+    for name, value in built.items():
+        arr = np.asarray(value)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"array names must be non-empty strings, got {name!r}")
+        if arr.dtype.hasobject:
+            raise TypeError(
+                f"array {name!r} has dtype object: it would need pickling, which this cache refuses"
+            )
+        arrays[name] = arr
+    return arrays
+
+
+def cached_arrays(
+    spec: Mapping[str, Any],
+    build: Callable[[], Mapping[str, np.ndarray]],
+    *,
+    root: str | Path | None = None,
+    refresh: bool = False,
+) -> dict[str, np.ndarray]:
+    """The arrays cached under ``spec``, or ``build()``'s, written atomically for next time.
+
+    ``root`` defaults to :func:`cache_dir`. ``refresh`` rebuilds even when a valid file exists. An exception in
+    ``build`` propagates and leaves no cache file.
+    """
+    folder = Path(root) if root is not None else cache_dir()
+    key = cache_key(spec)
+    npz, meta = folder / f"{key}.npz", folder / f"{key}.json"
+    if npz.exists() and not refresh:
+        try:
+            return _load(npz, meta)
+        except Exception as exc:  # truncated zip, bad CRC, missing member, unreadable sidecar, ...
+            warnings.warn(
+                f"cache file {npz} is unusable ({type(exc).__name__}: {exc}); rebuilding it", stacklevel=2
+            )
+    arrays = _checked(build())
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(npz, lambda f: _write_npz(f, arrays))
+    record = {
+        "key": key,
+        "format": CACHE_FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec": json.loads(canonical_json(spec)),
+        "arrays": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()},
+    }
+    _atomic_write(meta, lambda f: f.write((json.dumps(record, indent=2, sort_keys=True) + "\n").encode()))
+    return arrays
