@@ -46,6 +46,17 @@ def git_revision() -> str:
         return "uncommitted"
 
 
+def git_dirty() -> bool | None:
+    """Whether the working tree differs from the revision (then the revision alone does not pin the code)."""
+    try:
+        st = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        return bool(st.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "git_revision": git_revision(),
+        "git_dirty": git_dirty(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     suffix = "" if args.compute_dtype == "float32" else f"_{args.compute_dtype}"
