@@ -59,6 +59,7 @@ class Experiment:
     short: str = "pad"  # clips shorter than one window: "pad" (one zero-padded window) or "drop" (counted)
     min_len_s: float = 0.0  # drop utterances not longer than this (the Head Fusion code drops <= 2 s)
     fixed_s: float = 6.0
+    augment_features: tuple[str, ...] = ()  # "fixed" view: extra presets whose training copies join the train set
     normalize: bool = True  # per-feature-bin mean / std from the training part only
     model: str = "reference"
     model_kwargs: dict = field(default_factory=dict)
@@ -71,6 +72,7 @@ class Experiment:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["seeds"], d["folds"] = list(self.seeds), None if self.folds is None else list(self.folds)
+        d["augment_features"] = list(self.augment_features)
         return d
 
     def replace(self, **kw) -> Experiment:
@@ -279,6 +281,17 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
         train, test = make(tr_idx), make(te_idx)
         val = make(va_idx) if len(va_idx) else None
         counts.update(failed_audio=len(failed))
+        if exp.augment_features:  # STFT augmentation: the same training utterances in other STFT versions
+            parts = [train]
+            for name in exp.augment_features:
+                extra = fixed_features(corpus, F.PRESETS[name], seconds=exp.fixed_s, device=device)
+                if extra["x"].shape[1:] != store["x"].shape[1:]:
+                    raise ValueError(f"augment preset {name}: shape {extra['x'].shape[1:]} != {store['x'].shape[1:]}")
+                parts.append(ArrayData(x=torch.as_tensor(extra["x"][train.groups.numpy()]), y=train.y,
+                                       lengths=None, groups=train.groups))
+            train = ArrayData(x=torch.cat([p.x for p in parts]), y=torch.cat([p.y for p in parts]), lengths=None,
+                              groups=torch.cat([p.groups for p in parts]))
+            counts["augment_copies"] = len(parts)
     else:
         raise ValueError(f"unknown view {exp.view!r}: segments, sequence or fixed")
 
@@ -344,6 +357,12 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         best = [h for h in result.history if h["epoch"] == result.best_epoch]
         if best and "val" in best[0]:
             metrics["val"] = best[0]["val"]
+    tested = [h for h in result.history if "test" in h]
+    if tested:  # per-epoch test curves were tracked (train={"track_test": True}): keep the authors' figure too
+        best = max(tested, key=lambda h: h["test"]["score"])
+        metrics["best_test_epoch"] = {**best["test"], "epoch": best["epoch"],
+                                      "note": "checkpoint selected on the TEST set (the authors' protocol)"}
+        metrics["last_epoch"] = {**tested[-1]["test"], "epoch": tested[-1]["epoch"]}
     counts = {**views.counts, "skipped_at_scan": len(corpus.skipped)}
     record = make_record(
         kind=exp.name, config={**exp.to_dict(), "model_resolved": model_cfg, "train_resolved": tcfg.to_dict()},

@@ -199,12 +199,13 @@ class _HeadFusionPoints(torch.autograd.Function):
         qt = proj[h0:h1, :d, i]  # (n, d, P)
         kp = kpad[:n]
         kp[..., :p].copy_(proj[h0:h1, d : 2 * d, i])
+        q = qt.transpose(1, 2).contiguous()  # (n, P, d): the GEMM is faster on a dense operand
         alpha = d**-0.5 * _LOG2E  # scores in log2 units: exp(s) = exp2(log2(e) s)
         if bias is None:
-            e = torch.bmm(qt.transpose(1, 2), kp).mul_(alpha)
+            e = torch.bmm(q, kp).mul_(alpha)
             e[..., p:] = float("-inf")
         else:
-            e = torch.baddbmm(bias[i].view(1, 1, -1), qt.transpose(1, 2), kp, alpha=alpha)
+            e = torch.baddbmm(bias[i].view(1, 1, -1), q, kp, alpha=alpha)
         e.sub_(e.amax(dim=-1, keepdim=True)).exp2_()
         return e, e.sum(dim=-1, keepdim=True), qt
 
@@ -223,7 +224,7 @@ class _HeadFusionPoints(torch.autograd.Function):
             e, r, _ = _HeadFusionPoints._maps(proj, bias, i, h0, h1, d, kpad)
             inv = r.reciprocal_()
             row = inv if w is None else inv * w[i].view(1, p, 1)
-            c[h0:h1, i] = (e * row).sum(dim=1)[:, :p]
+            c[h0:h1, i] = torch.bmm(row.transpose(1, 2), e)[:, 0, :p]  # c_j = sum_i w_i A_ij
             vp = vpad[:n]
             vp[..., :p].copy_(proj[h0:h1, 2 * d :, i])
             if dv == 1:
