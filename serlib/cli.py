@@ -6,6 +6,7 @@ study       execute the notebooks headless with papermill into build/notebooks/ 
 manifest    write a corpus manifest CSV from a user's copy, or check a copy against one
 download    fetch RAVDESS / ESC-50 into a data root (needs internet)
 experiment  run one experiment (seeds x folds) from a JSON config and write run records
+reproduce   run a paper's study (its protocol and ours) through the resumable sweep runner
 """
 
 from __future__ import annotations
@@ -132,6 +133,34 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from serlib.experiment import build_views
+    from serlib.studies import head_fusion as hf
+
+    if args.paper != "head_fusion":
+        raise SystemExit(f"unknown study {args.paper!r}")
+    train = {"track_test": True} if args.track_test else {}
+    exps = []
+    if "paper" in args.protocols:
+        exps.append(hf.paper_experiment(args.corpus, args.data_root, profile=args.profile, selection="val",
+                                        train=train))
+    if "speaker_independent" in args.protocols:
+        exps.append(hf.speaker_independent_experiment(args.corpus, args.data_root, profile=args.profile))
+    if args.seeds:
+        exps = [e.replace(seeds=tuple(args.seeds)) for e in exps]
+    if args.folds:
+        exps = [e.replace(folds=tuple(args.folds)) for e in exps]
+    for exp in exps:  # build the feature caches once, before the workers start
+        corpus = hf._corpus_for(exp)
+        build_views(exp, corpus, hf._split_for(exp, corpus, 0))
+    records = hf.run_study(exps, results_dir=args.results, n_jobs=args.n_jobs, progress=False)
+    print(hf.table([r for r in records if r.get("status", "ok") != "error"]).to_string())
+    errors = [r for r in records if r.get("status") == "error"]
+    for r in errors:
+        print("ERROR", r.get("task"), r.get("error", "")[-2000:])
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="serlib", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--results", default="results")
     e.add_argument("--rerun", action="store_true", help="rerun even when a record exists")
     e.set_defaults(fn=cmd_experiment)
+
+    r = sub.add_parser("reproduce", help="run a paper's study (paper protocol and speaker-independent)")
+    r.add_argument("paper", choices=["head_fusion"])
+    r.add_argument("--corpus", default="ravdess")
+    r.add_argument("--data-root", default=None)
+    r.add_argument("--protocols", nargs="+", default=["paper", "speaker_independent"],
+                   choices=["paper", "speaker_independent"])
+    r.add_argument("--profile", choices=["quick", "full"], default="full")
+    r.add_argument("--seeds", nargs="*", type=int)
+    r.add_argument("--folds", nargs="*", type=int)
+    r.add_argument("--n-jobs", type=int, default=1)
+    r.add_argument("--no-track-test", dest="track_test", action="store_false",
+                   help="do not evaluate the test split every epoch (then no best-test-epoch figure)")
+    r.add_argument("--results", default="results")
+    r.set_defaults(fn=cmd_reproduce)
 
     args = p.parse_args(argv)
     return int(args.fn(args) or 0)

@@ -54,10 +54,12 @@ still taken row-wise, over keys) in cache-sized blocks of heads, with a hand-wri
 block's maps instead of storing them. Two float-level tricks, neither changing the maths: ``exp(s - max) = 2 ** (log2(e)
 (s - max))`` with ``log2(e)`` folded into the score GEMM (torch's ``exp2`` is ~4x faster than its ``exp`` on CPU), and
 keys padded to a multiple of 32 with ``-inf`` scores (torch's row max is ~5x faster on such rows). The Q/K/V 1x1 conv is
-run as one GEMM on the channels-last map. Measured on the 2-core CPU this project runs on (batch 32, 26 x 63, n_head 4,
-n_size 64, one thread): a training step went from 0.82 s (``scaled_dot_product_attention`` with V padded to
-``head_dim``) to about 0.2 s; ``benchmarks/head_fusion.py`` measures whole epochs. ``forward(...,
-return_attention=True)`` computes the maps explicitly for plots and tests.
+run as one GEMM. Measured on the shared 2-core CPU of this project (batch 32, 26 x 63, n_head 4, n_size 64, with
+flush-denormal): a training step went from 0.82 s to 0.37 s on one thread and from ~0.49 s to ~0.22 s on two
+(``scaled_dot_product_attention`` with V padded to ``head_dim`` before); about 21 s per RAVDESS epoch including the test
+pass (``benchmarks/head_fusion.py``). The step is now bound by the Q/K/V projection GEMM (~6 GFLOP forward + backward)
+and the 2 x 8192 90 x 90 maps per batch. ``forward(..., return_attention=True)`` computes the maps explicitly for
+plots and tests.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def _received(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor
 
 _LOG2E = math.log2(math.e)
 KEY_PAD = 32  # key axis padded to a multiple of this (torch's last-axis max is much faster then)
-BLOCK_HEADS = 128  # maps per block (heads of one sample): 128 x 90 x 96 floats = 4.4 MB, cache-sized
+BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 2.2 MB, near cache-sized
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -193,21 +195,23 @@ class _HeadFusionPoints(torch.autograd.Function):
     """
 
     @staticmethod
-    def _maps(proj, bias, i, h0, h1, d, kpad):
-        """One block: unnormalised maps E (n, P, Pk) = exp(s - max s) via exp2, row sums r (n, P, 1), q^T (n, d, P)."""
+    def _maps(proj, bias, i, h0, h1, d, kpad, qbuf, rowmax=None):
+        """One block: unnormalised maps E (n, P, Pk) = exp(s - max_j s) (computed as exp2 of log2(e) s), the row
+        maxima (n, P, 1) in log2 units and q^T (n, d, P). With ``rowmax`` given (backward), it is reused."""
         n, p = h1 - h0, proj.shape[-1]
         qt = proj[h0:h1, :d, i]  # (n, d, P)
         kp = kpad[:n]
         kp[..., :p].copy_(proj[h0:h1, d : 2 * d, i])
-        q = qt.transpose(1, 2).contiguous()  # (n, P, d): the GEMM is faster on a dense operand
-        alpha = d**-0.5 * _LOG2E  # scores in log2 units: exp(s) = exp2(log2(e) s)
+        q = torch.mul(qt.transpose(1, 2), d**-0.5 * _LOG2E, out=qbuf[:n])  # dense (n, P, d), log2(e) / sqrt(d) folded in
         if bias is None:
-            e = torch.bmm(q, kp).mul_(alpha)
-            e[..., p:] = float("-inf")
+            e = torch.bmm(q, kp)
+            e[..., p:] = float("-inf")  # padding keys
         else:
-            e = torch.baddbmm(bias[i].view(1, 1, -1), q, kp, alpha=alpha)
-        e.sub_(e.amax(dim=-1, keepdim=True)).exp2_()
-        return e, e.sum(dim=-1, keepdim=True), qt
+            e = torch.baddbmm(bias[i].view(1, 1, -1), q, kp)
+        if rowmax is None:
+            rowmax = e.amax(dim=-1, keepdim=True)
+        e.sub_(rowmax).exp2_()
+        return e, rowmax, qt
 
     @staticmethod
     def forward(ctx, proj, w, bias, d: int, block: int):
@@ -215,33 +219,37 @@ class _HeadFusionPoints(torch.autograd.Function):
         dv = ch - 2 * d
         pk = -(-p // KEY_PAD) * KEY_PAD
         c = proj.new_empty(gh, b, p)
-        u = proj.new_empty(gh, b, p, dv)
+        u = proj.new_empty(b, gh, p, dv)
+        rowmax = proj.new_empty(gh, b, p, 1)
+        rowsum = proj.new_empty(gh, b, p, 1)
         n_max = min(gh, block)
         kpad = proj.new_zeros(n_max, d, pk)
         vpad = proj.new_zeros(n_max, dv, pk)
+        qbuf = proj.new_empty(n_max, p, d)
         for i, h0, h1 in _blocks(b, gh, block):
             n = h1 - h0
-            e, r, _ = _HeadFusionPoints._maps(proj, bias, i, h0, h1, d, kpad)
-            inv = r.reciprocal_()
+            e, rowmax[h0:h1, i], _ = _HeadFusionPoints._maps(proj, bias, i, h0, h1, d, kpad, qbuf)
+            r = rowsum[h0:h1, i] = e.sum(dim=-1, keepdim=True)
+            inv = r.reciprocal()
             row = inv if w is None else inv * w[i].view(1, p, 1)
             c[h0:h1, i] = torch.bmm(row.transpose(1, 2), e)[:, 0, :p]  # c_j = sum_i w_i A_ij
             vp = vpad[:n]
             vp[..., :p].copy_(proj[h0:h1, 2 * d :, i])
             if dv == 1:
-                u[h0:h1, i] = (e * vp).sum(dim=-1, keepdim=True).mul_(inv)
+                u[i, h0:h1] = (e * vp).sum(dim=-1, keepdim=True).mul_(inv)
             else:
-                u[h0:h1, i] = torch.bmm(e, vp.transpose(1, 2)).mul_(inv)
+                u[i, h0:h1] = torch.bmm(e, vp.transpose(1, 2)).mul_(inv)
         if w is None:
             c.div_(p)
         points = torch.einsum("gbp,gebp->bge", c, proj[:, 2 * d :])
         ctx.d, ctx.block = d, block
-        ctx.save_for_backward(proj, w, bias, c)
+        ctx.save_for_backward(proj, w, bias, c, rowmax, rowsum)
         ctx.mark_non_differentiable(u)
-        return points, u.transpose(0, 1)
+        return points, u
 
     @staticmethod
     def backward(ctx, dpoints, du):
-        proj, w, bias, c = ctx.saved_tensors
+        proj, w, bias, c, rowmax, rowsum = ctx.saved_tensors
         d, block = ctx.d, ctx.block
         gh, ch, b, p = proj.shape
         pk = -(-p // KEY_PAD) * KEY_PAD
@@ -253,9 +261,11 @@ class _HeadFusionPoints(torch.autograd.Function):
         n_max = min(gh, block)
         kpad = proj.new_zeros(n_max, d, pk)
         zpad = proj.new_zeros(n_max, 1, pk)
+        qbuf = proj.new_empty(n_max, p, d)
         for i, h0, h1 in _blocks(b, gh, block):
             n = h1 - h0
-            e, r, qt = _HeadFusionPoints._maps(proj, bias, i, h0, h1, d, kpad)
+            e, _, qt = _HeadFusionPoints._maps(proj, bias, i, h0, h1, d, kpad, qbuf, rowmax[h0:h1, i])
+            r = rowsum[h0:h1, i]
             zp = zpad[:n]
             zp[:, 0, :p] = z[h0:h1, i]
             t = e * zp  # E_ij z_j

@@ -1,0 +1,1 @@
+"""Paper studies: experiment definitions, runners and summary tables for the notebooks and the CLI."""

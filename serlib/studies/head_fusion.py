@@ -1,0 +1,366 @@
+"""Head Fusion (Xu, Zhang, Zhang 2021) study: the paper's protocol, ours, sweeps, ablations, tables, a widget.
+
+Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing runs until :func:`run_study`):
+
+* :func:`paper_experiment`: the paper protocol. Random 80/20 utterance split (speakers shared), 2-s segments (train
+  step 1 s, test step 0.4 s), utterances <= 2 s dropped as in the authors' code (none on RAVDESS: the shortest is
+  2.94 s, so 1152 train / 288 test utterances, 2505 training segments), MFCC 26 x 63, head fusion n_head 4 /
+  n_size 64, Adam lr 1e-3, weight decay 1e-6, batch 32, 50 epochs, lr / 10 every 10 epochs, seeds 111111, 123456,
+  0, 999999, 987654. Two model selections:
+
+  - ``"best_test"``: the authors' code's choice, the epoch with the best *test* UA. Optimistic; named explicitly.
+  - ``"val"``: ours. ``random_holdout`` carves the test part first and the validation part from the rest with
+    another seed, so ``val_frac=0.1`` keeps the paper's 20 % test part identical (the same 288 RAVDESS utterances)
+    and takes 10 % of the corpus (144 utterances, 12.5 % of the paper's training part) for validation: train 70 /
+    val 10 / test 20. The val-selected model therefore trains on 1008 instead of 1152 utterances.
+
+* :func:`speaker_independent_experiment`: the same model and training on our speaker-independent folds (RAVDESS: 6
+  folds of 4 actors, fold i test, fold i+1 validation), selected on validation.
+* :func:`sweep_experiments` (Fig. 5 / 6: n_head x n_size) and :func:`ablation_experiments` (Tables 5 / 6: attention
+  kind, number of middle convs).
+
+:func:`run_study` runs experiments x seeds x folds through :func:`serlib.sweep.run_sweep` (one task per run,
+records at :func:`serlib.experiment.experiment_record_path`, finished runs skipped). :func:`table` summarises records,
+:func:`paper_reference` holds the published numbers (quoted, not measured). :func:`make_widget` is a small
+interactive panel for the notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from serlib.experiment import (
+    Experiment,
+    build_views,
+    experiment_record_path,
+    load_experiment_corpus,
+    run_one,
+    utterance_scores,
+)
+
+PAPER_SEEDS: tuple[int, ...] = (111111, 123456, 0, 999999, 987654)
+PAPER_MODEL: dict = {"attention": "head_fusion", "n_head": 4, "n_size": 64}
+PAPER_TRAIN: dict = {
+    "epochs": 50,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 1e-6,
+    "optimizer": "adam",
+    "scheduler": "step",
+    "step_size": 10,
+    "gamma": 0.1,
+    "progress": False,
+}
+# min_len_s drops utterances <= 2 s (authors' code) before segmenting, so the default short="pad" never applies and
+# the feature cache is shared with other segment experiments
+SEGMENTS: dict = {"view": "segments", "win_s": 2.0, "train_step_s": 1.0, "test_step_s": 0.4, "min_len_s": 2.0}
+QUICK_TRAIN: dict = {"epochs": 2}
+QUICK_MODEL: dict = {"n_head": 2, "n_size": 16}
+SELECTIONS = ("best_test", "val")
+SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
+SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
+N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
+
+
+def _apply_profile(exp: Experiment, profile: str) -> Experiment:
+    if profile == "full":
+        return exp
+    if profile != "quick":
+        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
+    return exp.replace(train={**exp.train, **QUICK_TRAIN}, model_kwargs={**exp.model_kwargs, **QUICK_MODEL},
+                       seeds=exp.seeds[:1])
+
+
+def _with_overrides(exp: Experiment, overrides: dict) -> Experiment:
+    """Experiment fields replaced; ``train`` / ``model_kwargs`` / ``protocol_kwargs`` dicts are merged, not replaced."""
+    merged = {}
+    for key, value in overrides.items():
+        if key in ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs") and isinstance(value, dict):
+            merged[key] = {**getattr(exp, key), **value}
+        else:
+            merged[key] = tuple(value) if key in ("seeds", "folds") and value is not None else value
+    return exp.replace(**merged)
+
+
+def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
+                     selection: str = "best_test", **overrides) -> Experiment:
+    """The paper's protocol (see the module docstring). ``selection`` ``"best_test"`` (the authors') or ``"val"``
+    (ours: 70 / 10 / 20 with the paper's test part unchanged). ``profile="quick"``: 2 epochs, 1 seed, n_head 2,
+    n_size 16. ``overrides`` replace Experiment fields (``train`` / ``model_kwargs`` dicts are merged)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    exp = Experiment(
+        name=f"head_fusion_paper_{selection}",
+        corpus=corpus,
+        data_root=data_root,
+        protocol="random_80_20",
+        protocol_kwargs={"val_frac": 0.1} if selection == "val" else {},
+        split_seed=0,
+        features="head_fusion_mfcc",
+        **SEGMENTS,
+        model="head_fusion",
+        model_kwargs=dict(PAPER_MODEL),
+        train={**PAPER_TRAIN, "select": selection},
+        seeds=PAPER_SEEDS,
+        aggregate="mean_prob",
+    )
+    return _with_overrides(_apply_profile(exp, profile), overrides)
+
+
+def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | None = None, *,
+                                   profile: str = "full", **overrides) -> Experiment:
+    """Paper model and training on our speaker-independent folds (every fold), selected on the validation fold."""
+    exp = paper_experiment(corpus, data_root, profile="full", selection="val").replace(
+        name="head_fusion_speaker_independent", protocol="speaker_independent", protocol_kwargs={})
+    return _with_overrides(_apply_profile(exp, profile), overrides)
+
+
+def sweep_experiments(base: Experiment, n_heads: Iterable[int] = SWEEP_N_HEADS,
+                      n_sizes: Iterable[int] = SWEEP_N_SIZES) -> list[Experiment]:
+    """Fig. 5 / 6: one experiment per (n_head, n_size), named ``<base>__nh<h>_ns<s>``."""
+    return [base.replace(name=f"{base.name}__nh{h}_ns{s}", model_kwargs={**base.model_kwargs, "n_head": int(h),
+                                                                         "n_size": int(s)})
+            for h in n_heads for s in n_sizes]
+
+
+def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head_fusion", "self_attention", "none"),
+                         n_middle_convs: Sequence[int] = (2, 3, 5)) -> list[Experiment]:
+    """Table 5 (attention: head fusion / conventional self-attention / none) and Table 6 (middle conv layers; the
+    paper's model has 4, which is the ``head_fusion`` row)."""
+    out = [base.replace(name=f"{base.name}__att-{a}", model_kwargs={**base.model_kwargs, "attention": a})
+           for a in attentions]
+    out += [base.replace(name=f"{base.name}__convs{n}", model_kwargs={**base.model_kwargs, "attention": "head_fusion",
+                                                                      "n_middle_convs": int(n)})
+            for n in n_middle_convs]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ running
+_CORPUS_MEMO: dict[str, object] = {}
+
+
+def _experiment_from_dict(d: dict) -> Experiment:
+    d = dict(d)
+    d["seeds"] = tuple(d["seeds"])
+    d["folds"] = None if d.get("folds") is None else tuple(d["folds"])
+    return Experiment(**d)
+
+
+def _corpus_for(exp: Experiment):
+    key = json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
+    if key not in _CORPUS_MEMO:
+        _CORPUS_MEMO.clear()
+        _CORPUS_MEMO[key] = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
+    return _CORPUS_MEMO[key]
+
+
+def _split_for(exp: Experiment, corpus, fold: int):
+    from serlib.data.splits import make_splits
+
+    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
+    return next(s for s in splits if s.fold == fold)
+
+
+def _run_task(task) -> dict:
+    """Sweep worker (top-level, importable by spawn workers): one (experiment, seed, fold) run -> its record."""
+    from serlib.records import to_jsonable
+
+    exp = _experiment_from_dict(task.config["experiment"])
+    corpus = _corpus_for(exp)
+    split = _split_for(exp, corpus, int(task.fold))
+    record = run_one(exp, corpus, split, int(task.seed), results_dir=None)
+    return to_jsonable(record, rounded=True)
+
+
+def study_tasks(exps: Sequence[Experiment], results_dir: str | Path):
+    """``[(SweepTask, record path)]``: one task per (experiment, seed, fold); folds from the protocol when unset."""
+    from serlib.data.splits import make_splits
+    from serlib.sweep import SweepTask
+
+    out = []
+    for exp in exps:
+        corpus = _corpus_for(exp)
+        splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
+        if exp.folds is not None:
+            splits = [splits[f] for f in exp.folds]
+        for split in splits:
+            for seed in exp.seeds:
+                task = SweepTask(exp.name, {"experiment": exp.to_dict()}, seed=int(seed), fold=int(split.fold))
+                out.append((task, experiment_record_path(exp, corpus, split, int(seed), results_dir)))
+    return out
+
+
+def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path, n_jobs: int = 1,
+              backend: str = "process", progress: bool = False) -> list[dict]:
+    """Run every (experiment, seed, fold) not yet recorded under ``results_dir``; return all their records.
+
+    ``n_jobs`` > 1 runs tasks in spawn worker processes (each with cpu_count // n_jobs torch threads); features come
+    from the shared cache (``$SERLIB_CACHE``), so set it before starting.
+    """
+    from serlib.sweep import run_sweep
+
+    exps = [exps] if isinstance(exps, Experiment) else list(exps)
+    pairs = study_tasks(exps, results_dir)
+    tasks = [t for t, _ in pairs]
+    paths = {t.task_id: Path(p).resolve() for t, p in pairs}
+    return run_sweep(_run_task, tasks, out_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress,
+                     path_fn=lambda t: paths[t.task_id])
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _frame(records) -> pd.DataFrame:
+    from serlib.records import flatten_record
+
+    if isinstance(records, pd.DataFrame):
+        return records
+    rows = [flatten_record(r, r.get("_path")) for r in records
+            if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r]
+    return pd.DataFrame(rows)
+
+
+def table(records, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean / std (ddof 1, over seeds and folds) of UA and WA in percent, per configuration.
+
+    records: run records (list of dicts, e.g. from :func:`run_study`) or a :func:`serlib.records.load_records` frame.
+    by: grouping columns (default: experiment name, corpus, protocol, selection). Model settings are shown beside.
+    """
+    df = _frame(records)
+    if df.empty:
+        return pd.DataFrame()
+    by = list(by or ["kind", "corpus", "protocol", "selection"])
+    shown = [c for c in ("config.model_kwargs.attention", "config.model_kwargs.n_head", "config.model_kwargs.n_size",
+                         "config.model_kwargs.n_middle_convs", "config.train.epochs") if c in df.columns]
+    rows = []
+    for key, part in df.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for col in shown:
+            if col not in by:
+                row[col.split(".")[-1]] = part[col].iloc[0]
+        for metric in ("ua", "wa"):
+            v = 100 * part[metric].astype(float)
+            row[f"{metric.upper()} mean (%)"] = v.mean()
+            row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row["n runs"] = len(part)
+        row["seeds"] = ",".join(str(s) for s in sorted(part["seed"].unique()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_reference() -> pd.DataFrame:
+    """Published / previously measured Head Fusion numbers, QUOTED from /work/shared/docs/PAPERS.md (not measured by
+    this code). Percentages."""
+    src = "quoted from PAPERS.md (not measured by serlib)"
+    rows = [
+        {"source": "paper (Xu et al. 2021), as cited by FACA Table 2", "corpus": "ravdess", "protocol": "random_80_20",
+         "selection": "best_test", "WA (%)": 77.8, "UA (%)": 77.4, "UA std (%)": None, "note": src},
+        {"source": "paper (Xu et al. 2021)", "corpus": "iemocap (improvised, 4 classes)", "protocol": "random_80_20",
+         "selection": "best_test", "WA (%)": 76.18, "UA (%)": 76.36, "UA std (%)": None, "note": src},
+        {"source": "authors' code on our RAVDESS, 5 seeds", "corpus": "ravdess", "protocol": "random_80_20",
+         "selection": "best_test", "WA (%)": 64.1, "UA (%)": 61.1, "UA std (%)": 1.9, "note": src},
+        {"source": "authors' code on our RAVDESS, 5 seeds", "corpus": "ravdess", "protocol": "random_80_20",
+         "selection": "last", "WA (%)": None, "UA (%)": 59.3, "UA std (%)": 2.1, "note": src},
+    ]
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ widget
+def make_state(exp: Experiment | None = None, *, corpus=None, fold: int = 0, device=None) -> dict:
+    """Corpus, one split and its cached feature views, for :func:`widget_callback` (features computed once)."""
+    from serlib.data.splits import make_splits
+
+    exp = exp or paper_experiment(profile="quick")
+    corpus = corpus if corpus is not None else _corpus_for(exp)
+    split = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)[fold]
+    return {"exp": exp, "corpus": corpus, "split": split, "views": build_views(exp, corpus, split, device=device)}
+
+
+def widget_callback(state: dict, n_head: int, n_size: int, epochs: int, *, seed: int = 0) -> dict:
+    """Train head fusion (n_head, n_size) for ``epochs`` on the state's cached training view (last-epoch weights),
+    evaluate on its test view. Returns ``ua``, ``wa``, ``confusion``, ``labels``, ``history``, and for the first test
+    utterance its ``fused_map`` (H, W), ``head_maps`` (n_head, H, W), ``mfcc`` (F, T) and ``label``."""
+    from serlib.evaluate import aggregate, classification_metrics
+    from serlib.models.registry import build_model
+    from serlib.train import TrainConfig, Trainer
+
+    exp, views, labels = state["exp"], state["views"], tuple(state["corpus"].labels)
+    torch.manual_seed(seed)
+    model, _ = build_model("head_fusion", n_classes=len(labels), n_features=views.train.x.shape[1],
+                           **{**exp.model_kwargs, "attention": "head_fusion", "n_head": int(n_head),
+                              "n_size": int(n_size)})
+    train = {**exp.train, "epochs": int(epochs), "select": "last", "progress": False, "seed": seed,
+             "checkpoint_dir": None}
+    trainer = Trainer(model, TrainConfig(**train), score_fn=utterance_scores(labels, exp.aggregate))
+    result = trainer.fit(views.train, None, views.test)
+    utt, gid = aggregate(result.test_logits, views.test.groups, how=exp.aggregate)
+    y_true = state["corpus"].y[gid]
+    m = classification_metrics(y_true, utt.argmax(1), labels=list(labels))
+    first = views.test.groups == views.test.groups.min()  # the segments of the first test utterance
+    seg = views.test.subset(first)
+    _, aux = trainer.predict_with_aux(seg)
+    return {"ua": m["ua"], "wa": m["wa"], "confusion": m["confusion"], "labels": list(labels),
+            "history": result.history, "fused_map": aux["fused_map"].mean(0).numpy(),
+            "head_maps": aux["head_maps"].mean(0).numpy(), "mfcc": seg.x[0].numpy(),
+            "label": labels[int(seg.y[0])], "n_segments": int(len(seg))}
+
+
+def make_widget(state: dict):
+    """An ipywidgets panel: n_head, n_size, epochs sliders, a Train button and an Output with the confusion matrix
+    and the fused attention map of one test utterance. ``panel.on_train`` is the button handler (callable directly)."""
+    import ipywidgets as W
+    from IPython.display import Image
+
+    from serlib import plots
+    from serlib.plots_attention import attention_maps, figure_png
+
+    n_head = W.IntSlider(value=4, min=1, max=8, description="n_head")
+    n_size = W.SelectionSlider(options=list(N_SIZE_CHOICES), value=64, description="n_size")
+    epochs = W.IntSlider(value=3, min=1, max=50, description="epochs")
+    button = W.Button(description="Train", button_style="primary")
+    out = W.Output()
+
+    def on_train(_=None):
+        out.outputs = ()
+        button.disabled = True
+        try:
+            res = widget_callback(state, n_head.value, n_size.value, epochs.value)
+        finally:
+            button.disabled = False
+        out.append_stdout(f"n_head={n_head.value} n_size={n_size.value} epochs={epochs.value}: "
+                          f"UA {100 * res['ua']:.1f} %, WA {100 * res['wa']:.1f} % (test, last epoch)\n")
+        fig = plots.confusion(res["confusion"], res["labels"], title="test confusion (recall)")
+        out.append_display_data(Image(data=figure_png(fig)))
+        fig = attention_maps(res["fused_map"], res["head_maps"], mfcc=res["mfcc"],
+                             title=f"first test utterance ({res['label']}), mean over its "
+                                   f"{res['n_segments']} segments")
+        out.append_display_data(Image(data=figure_png(fig)))
+        return res
+
+    button.on_click(on_train)
+    panel = W.VBox([W.HBox([n_head, n_size, epochs, button]), out])
+    panel.on_train = on_train
+    panel.controls = {"n_head": n_head, "n_size": n_size, "epochs": epochs, "button": button, "output": out}
+    return panel
+
+
+__all__ = [
+    "PAPER_MODEL",
+    "PAPER_SEEDS",
+    "PAPER_TRAIN",
+    "ablation_experiments",
+    "make_state",
+    "make_widget",
+    "paper_experiment",
+    "paper_reference",
+    "run_study",
+    "speaker_independent_experiment",
+    "study_tasks",
+    "sweep_experiments",
+    "table",
+    "widget_callback",
+]

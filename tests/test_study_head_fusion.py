@@ -1,0 +1,203 @@
+"""Head Fusion study: paper config, split choice, sweep / ablation builders, run_study (write + skip), tables, widget;
+and the model's fast Eq. 1-2 path against an explicit autograd computation (values and gradients)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from serlib.data.splits import make_splits
+from serlib.experiment import load_experiment_corpus
+from serlib.models.head_fusion import KEY_PAD, HeadFusionACNN, HeadFusionConfig, _HeadFusionPoints
+from serlib.studies import head_fusion as hf
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_experiment_corpus("synthetic")
+
+
+def _tiny(selection="best_test", **kw):
+    return hf.paper_experiment("synthetic", profile="quick", selection=selection,
+                               train={"epochs": 1}, model_kwargs={"n_head": 1, "n_size": 4}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------- configs
+def test_paper_experiment_matches_paper():
+    exp = hf.paper_experiment()
+    assert exp.protocol == "random_80_20" and exp.protocol_kwargs == {}
+    assert exp.features == "head_fusion_mfcc" and exp.view == "segments"
+    assert (exp.win_s, exp.train_step_s, exp.test_step_s, exp.min_len_s) == (2.0, 1.0, 0.4, 2.0)
+    assert exp.model == "head_fusion"
+    assert exp.model_kwargs == {"attention": "head_fusion", "n_head": 4, "n_size": 64}
+    t = exp.train
+    assert (t["lr"], t["weight_decay"], t["batch_size"], t["epochs"]) == (1e-3, 1e-6, 32, 50)
+    assert (t["optimizer"], t["scheduler"], t["step_size"], t["gamma"]) == ("adam", "step", 10, 0.1)
+    assert t["select"] == "best_test" and exp.name == "head_fusion_paper_best_test"
+    assert exp.seeds == (111111, 123456, 0, 999999, 987654)
+    assert exp.aggregate == "mean_prob"
+
+    val = hf.paper_experiment(selection="val")
+    assert val.train["select"] == "val" and val.protocol_kwargs == {"val_frac": 0.1}
+    assert val.name != exp.name
+    quick = hf.paper_experiment(profile="quick")
+    assert quick.seeds == (111111,) and quick.train["epochs"] < 5 and quick.model_kwargs["n_size"] < 64
+    over = hf.paper_experiment(train={"epochs": 7}, seeds=[1, 2])
+    assert over.train["epochs"] == 7 and over.train["lr"] == 1e-3 and over.seeds == (1, 2)
+    with pytest.raises(ValueError):
+        hf.paper_experiment(selection="test")
+    with pytest.raises(ValueError):
+        hf.paper_experiment(profile="fast")
+
+
+def test_val_selection_keeps_the_paper_test_part(synthetic):
+    paper = make_splits("random_80_20", synthetic, seed=0)[0]
+    ours = make_splits("random_80_20", synthetic, seed=0, val_frac=0.1)[0]
+    assert ours.test == paper.test
+    assert set(ours.train) | set(ours.val) == set(paper.train)
+    assert len(ours.val) == round(0.1 * len(synthetic))
+
+
+def test_speaker_independent_sweep_and_ablation():
+    si = hf.speaker_independent_experiment()
+    assert si.protocol == "speaker_independent" and si.train["select"] == "val" and si.folds is None
+    assert si.train["lr"] == 1e-3 and si.model_kwargs["n_size"] == 64
+    base = hf.paper_experiment()
+    sweep = hf.sweep_experiments(base, n_heads=[1, 4], n_sizes=[32, 64, 128])
+    assert len(sweep) == 6 and len({e.name for e in sweep}) == 6
+    assert {(e.model_kwargs["n_head"], e.model_kwargs["n_size"]) for e in sweep} == {
+        (h, s) for h in (1, 4) for s in (32, 64, 128)}
+    abl = hf.ablation_experiments(base)
+    kinds = [e.model_kwargs["attention"] for e in abl]
+    assert kinds[:3] == ["head_fusion", "self_attention", "none"]
+    assert sorted(e.model_kwargs.get("n_middle_convs", 4) for e in abl) == [2, 3, 4, 4, 4, 5]
+    assert all(e.train == base.train for e in sweep + abl)
+
+
+# ----------------------------------------------------------------------------------------------------- running
+def test_run_study_writes_records_and_skips_them(tmp_path, synthetic, monkeypatch):
+    exps = [_tiny(), _tiny().replace(name="tiny_b", model_kwargs={"n_head": 2, "n_size": 4})]
+    recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    files = sorted(tmp_path.rglob("*.json"))
+    assert len(files) == 2
+    assert {r["kind"] for r in recs} == {"head_fusion_paper_best_test", "tiny_b"}
+    assert all(r["selection"] == "best_test" and 0 <= r["metrics"]["ua"] <= 1 for r in recs)
+    assert recs[0]["counts"]["dropped_min_len"] == int((synthetic.table["duration"] <= 2.0).sum())
+
+    def boom(*a, **k):
+        raise AssertionError("a recorded run was run again")
+
+    monkeypatch.setattr(hf, "run_one", boom)
+    again = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert [r["metrics"]["ua"] for r in again] == [r["metrics"]["ua"] for r in recs]
+
+    tab = hf.table(again)
+    assert len(tab) == 2 and set(tab["n runs"]) == {1}
+    assert {"UA mean (%)", "WA mean (%)", "n_head", "n_size"} <= set(tab.columns)
+    assert tab["UA mean (%)"].between(0, 100).all()
+
+
+def test_paper_reference_is_labelled_as_quoted():
+    ref = hf.paper_reference()
+    rav = ref[(ref.corpus == "ravdess") & ref.source.str.startswith("paper")].iloc[0]
+    assert (rav["WA (%)"], rav["UA (%)"]) == (77.8, 77.4)
+    assert (ref["UA (%)"] == 76.36).any() and (ref["UA (%)"] == 61.1).any()
+    assert ref["note"].str.contains("not measured").all()
+
+
+# ----------------------------------------------------------------------------------------------------- widget
+@pytest.fixture(scope="module")
+def state(synthetic):
+    return hf.make_state(_tiny(), corpus=synthetic)
+
+
+def test_widget_callback(state):
+    res = hf.widget_callback(state, n_head=2, n_size=8, epochs=1)
+    n_cls = len(state["corpus"].labels)
+    assert 0 <= res["ua"] <= 1 and 0 <= res["wa"] <= 1
+    conf = torch.tensor(res["confusion"])
+    assert conf.shape == (n_cls, n_cls) and int(conf.sum()) == len(state["split"].test)
+    assert res["head_maps"].shape == (2, 6, 15) and res["fused_map"].shape == (6, 15)
+    assert torch.allclose(torch.as_tensor(res["head_maps"]).mean(0), torch.as_tensor(res["fused_map"]), atol=1e-6)
+    assert res["mfcc"].shape == (26, 63) and len(res["history"]) == 1
+
+
+def test_make_widget_builds_and_click_fills_output(state):
+    pytest.importorskip("ipywidgets")
+    panel = hf.make_widget(state)
+    c = panel.controls
+    assert list(c["n_size"].options) == [8, 16, 32, 64, 128]
+    c["n_head"].value, c["n_size"].value, c["epochs"].value = 1, 8, 1
+    assert c["output"].outputs == ()
+    res = panel.on_train()
+    outs = c["output"].outputs
+    assert any(o["output_type"] == "stream" and "UA" in o["text"] for o in outs)
+    assert sum("image/png" in o.get("data", {}) for o in outs) == 2
+    assert 0 <= res["ua"] <= 1
+
+
+# ----------------------------------------------------------------------------------------------------- fast path
+def _explicit_points(proj, d, key_mask):
+    """Eq. 1 + GAP with autograd on materialised maps: proj (GH, 2d+dv, B, P) -> (B, GH, dv)."""
+    q, k, v = (proj[:, s].permute(2, 0, 3, 1) for s in (slice(0, d), slice(d, 2 * d), slice(2 * d, None)))
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    out = s.softmax(-1) @ v  # (B, GH, P, dv)
+    if key_mask is None:
+        return out.mean(2)
+    m = key_mask.to(out.dtype)[:, None, :, None]
+    return (out * m).sum(2) / m.sum(2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dv, block", [(1, 3), (2, 64)])
+def test_fast_head_fusion_equals_explicit(masked, dv, block):
+    torch.manual_seed(0)
+    gh, d, b, p = 6, 4, 3, 20
+    proj = torch.randn(gh, 2 * d + dv, b, p, dtype=torch.float64, requires_grad=True)
+    pk = -(-p // KEY_PAD) * KEY_PAD
+    key_mask = w = bias = None
+    if masked:
+        key_mask = torch.ones(b, p, dtype=torch.bool)
+        key_mask[1, 12:] = False
+        key_mask[2, ::3] = False
+        bias = torch.full((b, pk), float("-inf"), dtype=torch.float64)
+        bias[:, :p].masked_fill_(key_mask, 0.0)
+        w = key_mask.double() / key_mask.double().sum(1, keepdim=True)
+    pts, u = _HeadFusionPoints.apply(proj, w, bias, d, block)
+    ref = _explicit_points(proj, d, key_mask)
+    torch.testing.assert_close(pts, ref, atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(pts)
+    (gf,) = torch.autograd.grad((pts * g).sum(), proj)
+    (gr,) = torch.autograd.grad((ref * g).sum(), proj)
+    torch.testing.assert_close(gf, gr, atol=1e-12, rtol=1e-10)
+    assert u.shape == (b, gh, p, dv) and not u.requires_grad
+
+
+def test_model_gradients_match_explicit_float64():
+    """The whole model in float64: fast path vs the same weights with the explicit maps (return_attention path)."""
+    torch.manual_seed(1)
+    m = HeadFusionACNN(HeadFusionConfig(n_head=2, n_size=3, n_classes=4)).double()
+    x = torch.randn(3, 26, 30, dtype=torch.float64)
+    logits, aux = m(x, return_attention=True)
+    v = m._split(m._projections(m.features(x)))[2]  # (B, G, nh, P, 1)
+    ref_points = (aux["attention"] @ v).mean(2).mean(2)[..., 0]  # Eq. 2, GAP
+    torch.testing.assert_close(aux["points"], ref_points.detach(), atol=1e-12, rtol=1e-10)
+    (g1,) = torch.autograd.grad(logits.sum(), m.qkv.weight)
+    feat = m.features(x)
+    q, k, v = m._split(m._projections(feat))
+    a = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    (g2,) = torch.autograd.grad(m.fc((a @ v).mean(2).mean(2)[..., 0]).sum(), m.qkv.weight)
+    torch.testing.assert_close(g1, g2, atol=1e-12, rtol=1e-10)
