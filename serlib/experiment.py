@@ -333,8 +333,10 @@ def _make_loss(exp: Experiment, train: ArrayData, n_classes: int):
 
 
 def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results_dir: str | Path | None,
-            device=None, checkpoint_root: str | Path | None = None, manifest_hash: str | None = None) -> dict:
-    """Train and evaluate one (seed, fold); returns the run record (written when ``results_dir`` is given)."""
+            device=None, checkpoint_root: str | Path | None = None, manifest_hash: str | None = None,
+            return_model: bool = False):
+    """Train and evaluate one (seed, fold); returns the run record (written when ``results_dir`` is given), or
+    ``(record, model, views)`` with ``return_model`` (the model with its selected weights, in eval mode)."""
     t0 = time.perf_counter()
     views = build_views(exp, corpus, split, device=device)
     t_feat = time.perf_counter() - t0
@@ -377,6 +379,9 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
         write_record(record, path)
         record["_path"] = str(path)
+    if return_model:
+        model.eval()
+        return record, model, views
     return record
 
 

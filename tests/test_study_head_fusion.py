@@ -201,3 +201,23 @@ def test_model_gradients_match_explicit_float64():
     a = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
     (g2,) = torch.autograd.grad(m.fc((a @ v).mean(2).mean(2)[..., 0]).sum(), m.qkv.weight)
     torch.testing.assert_close(g1, g2, atol=1e-12, rtol=1e-10)
+
+
+def test_reproduction_table_keeps_the_three_figures_apart():
+    def rec(seed, ua, best=None, last=None):
+        metrics = {"ua": ua, "wa": ua}
+        if best is not None:
+            metrics["best_test_epoch"] = {"ua": best, "wa": best, "epoch": 3}
+            metrics["last_epoch"] = {"ua": last, "wa": last, "epoch": 5}
+        return {"kind": "hf", "corpus": {"name": "ravdess"}, "split": {"protocol": "random_80_20", "fold": 0},
+                "seed": seed, "metrics": metrics}
+
+    t = hf.reproduction_table([rec(1, 0.5, 0.7, 0.4), rec(2, 0.6, 0.8, 0.6)])
+    by = t.set_index("figure")["UA mean (%)"]
+    assert by["validation-selected (ours)"] == pytest.approx(55.0)
+    assert by["best test epoch (authors' selection, on the test set)"] == pytest.approx(75.0)
+    assert by["last epoch"] == pytest.approx(50.0)
+    assert set(t["n runs"]) == {2}
+    # without per-epoch test curves only the validation-selected figure exists
+    t = hf.reproduction_table([rec(1, 0.5)])
+    assert list(t["figure"]) == ["validation-selected (ours)"]

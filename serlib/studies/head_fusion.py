@@ -252,6 +252,43 @@ def table(records, by: Sequence[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_study_records(results_dir: str | Path, prefix: str = "head_fusion") -> list[dict]:
+    """Every run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
+    out = []
+    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status", "ok") == "ok" and "metrics" in rec:
+            out.append({**rec, "_path": str(path)})
+    return out
+
+
+def reproduction_table(records) -> pd.DataFrame:
+    """Paper-vs-ours rows from run records: per (experiment, corpus, protocol) the validation-selected test figure,
+    and, where per-epoch test curves were tracked, the authors' best-test-epoch figure (selected ON THE TEST SET) and
+    the last-epoch figure. Mean / std (ddof 1) over seeds and folds, in percent."""
+    figures = (("validation-selected (ours)", lambda m: m),
+               ("best test epoch (authors' selection, on the test set)", lambda m: m.get("best_test_epoch")),
+               ("last epoch", lambda m: m.get("last_epoch")))
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["kind"], r["corpus"]["name"], r["split"]["protocol"])
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (kind, corpus, protocol), recs in sorted(groups.items()):
+        for label, get in figures:
+            vals = [get(r["metrics"]) for r in recs]
+            vals = [v for v in vals if v]
+            if not vals:
+                continue
+            ua = 100 * pd.Series([v["ua"] for v in vals], dtype=float)
+            wa = 100 * pd.Series([v["wa"] for v in vals], dtype=float)
+            rows.append({"experiment": kind, "corpus": corpus, "protocol": protocol, "figure": label,
+                         "UA mean (%)": ua.mean(), "UA std (%)": ua.std(ddof=1) if len(ua) > 1 else float("nan"),
+                         "WA mean (%)": wa.mean(), "n runs": len(vals),
+                         "runs": ",".join(sorted(f"s{r['seed']}/f{r['split'].get('fold')}" for r in recs))})
+    return pd.DataFrame(rows)
+
+
 def paper_reference() -> pd.DataFrame:
     """Published / previously measured Head Fusion numbers, QUOTED from /work/shared/docs/PAPERS.md (not measured by
     this code). Percentages."""
@@ -353,10 +390,12 @@ __all__ = [
     "PAPER_SEEDS",
     "PAPER_TRAIN",
     "ablation_experiments",
+    "load_study_records",
     "make_state",
     "make_widget",
     "paper_experiment",
     "paper_reference",
+    "reproduction_table",
     "run_study",
     "speaker_independent_experiment",
     "study_tasks",
