@@ -1,0 +1,440 @@
+"""MHSA-FACA (Kim, An, Kim; Interspeech 2022) study: the paper's protocol, ablation tables and tests, Fig. 2 data
+and the peak-alignment number.
+
+Experiments (:class:`serlib.experiment.Experiment`; nothing runs until :func:`run_study`):
+
+* :func:`paper_experiment`: MFCC sequences (preset ``faca_mfcc``: 40 MFCC, 25 ms / 10 ms), the CLDNN with the
+  chosen attention variant (``"bmhsa"``, ``"fa"``, ``"faca"``), Adam lr 3e-4, batch 128, 100 epochs, cross-entropy,
+  model selected on the validation fold. RAVDESS (and the synthetic corpus): 5 stratified random folds, 3 train /
+  1 validation / 1 test (``kfold5_3_1_1``); IEMOCAP: 10 folds 8/1/1 (``kfold10_8_1_1``). The paper names no seeds;
+  ours are :data:`PAPER_SEEDS`.
+* :func:`speaker_independent_experiment`: the same on the shared speaker-independent folds.
+
+:func:`variants_table` and :func:`ablation_tests` summarise records (Tables 2 / 3; BMHSA vs FA and FA vs FACA as
+paired tests over matched (seed, fold) pairs). :func:`paper_reference` holds the published numbers (quoted).
+
+Fig. 2 and beyond: the test utterances are cut into 0.5-s segments (50 frames, hop 10 frames = 0.1 s), each segment
+is fed to the model on its own, and each head's most-attended key (argmax of the attention map averaged over its
+queries) is compared with the segment's largest-amplitude sample. The two max-pools of the CLDNN shrink time by 4,
+so key ``k`` covers input frames ``4k .. 4k+3``; a head "hits" when ``|k - peak_key| <= tol``
+(:func:`peak_alignment`, :func:`peak_hit_rate`; ``chance`` is the hit rate of a key drawn uniformly at random).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from serlib.experiment import Experiment, build_views, run_experiment
+from serlib.train import ArrayData
+
+VARIANTS: tuple[str, ...] = ("bmhsa", "fa", "faca")
+VARIANT_NAMES: dict[str, str] = {"bmhsa": "BMHSA", "fa": "MHSA-FA", "faca": "MHSA-FACA"}
+PAPER_SEEDS: tuple[int, ...] = (0, 1, 2)  # the paper names none
+PAPER_TRAIN: dict = {"epochs": 100, "batch_size": 128, "lr": 3e-4, "optimizer": "adam", "scheduler": None,
+                     "select": "val", "progress": False}
+PAPER_MODEL: dict = {}  # CLDNNAttentionConfig defaults are the paper's (conv 64 k3, pool 2, BiLSTM 2 x 256, 8 heads)
+PAPER_PROTOCOLS: dict[str, str] = {"ravdess": "kfold5_3_1_1", "iemocap": "kfold10_8_1_1", "synthetic": "kfold5_3_1_1"}
+QUICK_TRAIN: dict = {"epochs": 8, "batch_size": 16, "lr": 3e-3}
+QUICK_MODEL: dict = {"lstm_hidden": 32, "lstm_layers": 1, "fc_hidden": 32, "conv_channels": 32}
+QUICK_FOLDS: tuple[int, ...] = (0, 1)
+POOL_FACTOR = 4  # two max-pools of 2 along time
+SEG_FRAMES, SEG_HOP = 50, 10  # Fig. 2: 0.5-s segments, 0.1-s hop (10-ms frames)
+
+
+def _apply_profile(exp: Experiment, profile: str) -> Experiment:
+    if profile == "full":
+        return exp
+    if profile != "quick":
+        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
+    return exp.replace(train={**exp.train, **QUICK_TRAIN}, model_kwargs={**exp.model_kwargs, **QUICK_MODEL},
+                       seeds=exp.seeds[:1], folds=QUICK_FOLDS if exp.folds is None else exp.folds)
+
+
+def _with_overrides(exp: Experiment, overrides: dict) -> Experiment:
+    merged = {}
+    for key, value in overrides.items():
+        if key in ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs") and isinstance(value, dict):
+            merged[key] = {**getattr(exp, key), **value}
+        else:
+            merged[key] = tuple(value) if key in ("seeds", "folds") and value is not None else value
+    return exp.replace(**merged)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def paper_experiment(variant: str = "faca", corpus: str = "ravdess", data_root: str | None = None, *,
+                     profile: str = "full", **overrides) -> Experiment:
+    """The paper's protocol for one attention variant (see the module docstring). ``profile="quick"``: 8 epochs,
+    batch 16, lr 3e-3, a small CLDNN (one BiLSTM layer of 32), 1 seed, folds 0 and 1. ``overrides`` replace Experiment fields
+    (``train`` / ``model_kwargs`` dicts are merged)."""
+    _check_variant(variant)
+    exp = Experiment(
+        name=f"faca_paper_{variant}",
+        corpus=corpus,
+        data_root=data_root,
+        protocol=PAPER_PROTOCOLS.get(corpus, "kfold5_3_1_1"),
+        split_seed=0,
+        features="faca_mfcc",
+        view="sequence",
+        model="cldnn_attention",
+        model_kwargs={**PAPER_MODEL, "attention": variant},
+        train=dict(PAPER_TRAIN),
+        seeds=PAPER_SEEDS,
+        aggregate="mean_prob",
+    )
+    return _with_overrides(_apply_profile(exp, profile), overrides)
+
+
+def speaker_independent_experiment(variant: str = "faca", corpus: str = "ravdess", data_root: str | None = None, *,
+                                   profile: str = "full", **overrides) -> Experiment:
+    """The paper's model and training on the shared speaker-independent folds (every fold; quick: folds 0, 1)."""
+    exp = paper_experiment(variant, corpus, data_root, profile="full").replace(
+        name=f"faca_speaker_independent_{variant}", protocol="speaker_independent")
+    return _with_overrides(_apply_profile(exp, profile), overrides)
+
+
+def variant_experiments(builder=paper_experiment, variants: Sequence[str] = VARIANTS, **kw) -> list[Experiment]:
+    """One experiment per variant from ``builder`` (:func:`paper_experiment` or
+    :func:`speaker_independent_experiment`), same corpus / profile / overrides."""
+    return [builder(v, **kw) for v in variants]
+
+
+# ------------------------------------------------------------------------------------------------ running
+def checkpoint_dir(exp: Experiment, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
+    """Where :func:`serlib.experiment.run_one` puts a run's checkpoint when given ``checkpoint_root``."""
+    return Path(checkpoint_root) / f"{exp.name}_{split_name.replace('/', '_')}_s{seed}"
+
+
+def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path | None, corpus=None,
+              checkpoint_root: str | Path | None = None, skip_existing: bool = True, device=None) -> list[dict]:
+    """Run every experiment for its seeds x folds (serially, in this process); return all records.
+
+    With ``checkpoint_root`` each run keeps its trainer checkpoint, from which :func:`load_model` restores the
+    selected weights (for the attention figures). Records already under ``results_dir`` are loaded, not re-run."""
+    exps = [exps] if isinstance(exps, Experiment) else list(exps)
+    out = []
+    for exp in exps:
+        out += run_experiment(exp, results_dir=results_dir, corpus=corpus, skip_existing=skip_existing,
+                              checkpoint_root=checkpoint_root, device=device)
+    return out
+
+
+def load_model(record: dict, checkpoint_root: str | Path) -> nn.Module:
+    """The model of a run record with its selected weights (validation-selected, or last for ``select="last"``),
+    from the checkpoint :func:`run_study` kept; eval mode, on CPU."""
+    from serlib.models.registry import build_model
+    from serlib.train import CHECKPOINT_NAME
+
+    cfg = record["config"]
+    path = checkpoint_dir(Experiment(name=cfg["name"]), record["split"]["name"], int(record["seed"]), checkpoint_root) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint for {record['kind']} {record['split']['name']} seed "
+                                f"{record['seed']} at {path}; run with checkpoint_root")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    resolved = dict(cfg["model_resolved"])
+    model, _ = build_model(cfg["model"], **resolved)
+    best = ckpt["selection"].get("best_state")
+    model.load_state_dict(best if best is not None and cfg["train"].get("select", "val") != "last"
+                          else ckpt["model"])
+    return model.eval()
+
+
+def eval_view(record: dict, corpus, part: str = "test") -> ArrayData:
+    """The (normalised) ``part`` ("test" or "val") of a record's split, as the run saw it."""
+    from serlib.data.splits import Split
+
+    cfg = record["config"]
+    exp = Experiment(**{k: v for k, v in cfg.items() if k in Experiment.__dataclass_fields__})
+    exp = exp.replace(seeds=tuple(exp.seeds), folds=None if exp.folds is None else tuple(exp.folds))
+    return getattr(build_views(exp, corpus, Split.from_dict(record["split"])), part)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _frame(records) -> pd.DataFrame:
+    from serlib.records import flatten_record
+
+    if isinstance(records, pd.DataFrame):
+        return records
+    return pd.DataFrame([flatten_record(r, r.get("_path")) for r in records
+                         if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r])
+
+
+def _variant_col(df: pd.DataFrame) -> pd.Series:
+    return df["config.model_kwargs.attention"].astype(str)
+
+
+def variants_table(records) -> pd.DataFrame:
+    """Tables 2 / 3: per (corpus, protocol, variant) mean and std (ddof 1, over seeds x folds) of UA and WA, %."""
+    df = _frame(records)
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(variant=_variant_col(df))
+    rows = []
+    for (corpus, protocol, variant), part in df.groupby(["corpus", "protocol", "variant"], sort=False):
+        row = {"corpus": corpus, "protocol": protocol, "model": VARIANT_NAMES.get(variant, variant)}
+        for metric in ("ua", "wa"):
+            v = 100 * part[metric].astype(float)
+            row[f"{metric.upper()} mean (%)"] = v.mean()
+            row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row["n runs"] = len(part)
+        row["epochs"] = part["config.train.epochs"].iloc[0]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {VARIANT_NAMES[v]: i for i, v in enumerate(VARIANTS)}
+    return out.sort_values(["corpus", "protocol", "model"], key=lambda s: s.map(order) if s.name == "model" else s,
+                           ignore_index=True)
+
+
+def ablation_tests(records, metric: str = "ua",
+                   pairs: Sequence[tuple[str, str]] = (("fa", "bmhsa"), ("faca", "fa"), ("faca", "bmhsa"))
+                   ) -> pd.DataFrame:
+    """Paired tests (:func:`serlib.evaluate.paired_test`) of ``a`` vs ``b`` over (seed, fold) runs both have, per
+    (corpus, protocol). ``mean diff`` is a - b in percentage points; positive = ``a`` better. Pairs with fewer than
+    2 matched runs are reported with n and no test."""
+    from serlib.evaluate import paired_test
+
+    df = _frame(records)
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(variant=_variant_col(df))
+    rows = []
+    for (corpus, protocol), part in df.groupby(["corpus", "protocol"], sort=False):
+        wide = part.pivot_table(index=["seed", "fold"], columns="variant", values=metric, aggfunc="mean")
+        for a, b in pairs:
+            if a not in wide or b not in wide:
+                continue
+            both = wide[[a, b]].dropna()
+            row = {"corpus": corpus, "protocol": protocol,
+                   "comparison": f"{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}", "metric": metric.upper(),
+                   "n pairs": len(both)}
+            if len(both) >= 2:
+                t = paired_test(100 * both[a].to_numpy(), 100 * both[b].to_numpy())
+                row.update({"mean diff (pp)": t["mean_diff"], "std diff (pp)": t["std_diff"], "t": t["t"],
+                            "p (t-test)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"],
+                            "a better in": f"{int((both[a] > both[b]).sum())}/{len(both)}"})
+            else:
+                row["mean diff (pp)"] = float(100 * (both[a] - both[b]).mean()) if len(both) else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_reference() -> pd.DataFrame:
+    """The paper's numbers, QUOTED from PAPERS.md (Tables 1-3 of Kim et al. 2022; not measured by serlib). %."""
+    src = "quoted from the paper via PAPERS.md (not measured by serlib)"
+    rows = [
+        {"corpus": "iemocap", "protocol": "kfold10_8_1_1", "model": "BMHSA", "WA (%)": 69.66, "UA (%)": 70.52},
+        {"corpus": "iemocap", "protocol": "kfold10_8_1_1", "model": "MHSA-FA", "WA (%)": 71.56, "UA (%)": 72.30},
+        {"corpus": "iemocap", "protocol": "kfold10_8_1_1", "model": "MHSA-FACA", "WA (%)": 72.01, "UA (%)": 72.83},
+        {"corpus": "ravdess", "protocol": "kfold5_3_1_1", "model": "MHSA-FACA", "WA (%)": 82.85, "UA (%)": 82.47},
+        {"corpus": "ravdess", "protocol": "(as cited)", "model": "Head Fusion", "WA (%)": 77.80, "UA (%)": 77.40},
+    ]
+    return pd.DataFrame(rows).assign(source=src)
+
+
+def load_study_records(results_dir: str | Path, prefix: str = "faca_") -> list[dict]:
+    """Every ok run record under ``results_dir/<prefix>*/`` (with ``_path``), sorted by path."""
+    out = []
+    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status", "ok") == "ok" and "metrics" in rec:
+            out.append({**rec, "_path": str(path)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ Fig. 2 / peaks
+def segment_starts(n_frames: int, *, seg_frames: int = SEG_FRAMES, seg_hop: int = SEG_HOP) -> np.ndarray:
+    """Start frames of the 0.5-s segments of an utterance of ``n_frames`` frames (none if it is shorter)."""
+    if n_frames < seg_frames:
+        return np.zeros(0, np.int64)
+    return np.arange(0, n_frames - seg_frames + 1, seg_hop, dtype=np.int64)
+
+
+def segment_peak_frames(wave: np.ndarray, starts: np.ndarray, *, hop: int = 160,
+                        seg_frames: int = SEG_FRAMES) -> np.ndarray:
+    """Per segment, the frame offset (0 .. seg_frames-1) of its largest-|amplitude| sample; segment s covers
+    samples ``[start * hop, (start + seg_frames) * hop)`` (frame t is centred on sample t * hop)."""
+    wave = np.abs(np.asarray(wave, np.float64))
+    out = np.zeros(len(starts), np.int64)
+    for i, s in enumerate(starts):
+        chunk = wave[s * hop: (s + seg_frames) * hop]
+        out[i] = min(int(np.argmax(chunk)) // hop, seg_frames - 1) if len(chunk) else 0
+    return out
+
+
+def attended_keys(attn: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """attn (S, H, T, T) query x key maps, lengths (S,) valid T -> (S, H) index of the key with the largest mean
+    attention over the valid queries."""
+    assert attn.dim() == 4, f"expected (S, H, T, T), got {tuple(attn.shape)}"
+    S, H, T, _ = attn.shape
+    if lengths is None:
+        lengths = torch.full((S,), T, dtype=torch.long)
+    valid = (torch.arange(T)[None, :] < lengths[:, None]).to(attn.dtype)  # (S, T)
+    col = (attn * valid[:, None, :, None]).sum(2) / lengths[:, None, None].to(attn.dtype)  # (S, H, T)
+    col = col.masked_fill(valid[:, None, :] == 0, -float("inf"))
+    return col.argmax(-1)
+
+
+def peak_hit_rate(keys: torch.Tensor | np.ndarray, peak_keys, n_keys, *, tol: int = 1) -> dict:
+    """keys (S, H) attended key per segment and head; peak_keys (S,) the pooled key holding the amplitude peak;
+    n_keys (S,) or int valid keys per segment. Returns ``fraction`` of (segment, head) pairs with
+    ``|key - peak_key| <= tol``, ``per_head`` (H,), ``chance`` (a uniformly random key) and ``n_segments``."""
+    keys = np.asarray(keys, np.int64)
+    peak_keys = np.asarray(peak_keys, np.int64)
+    n_keys = np.broadcast_to(np.asarray(n_keys, np.int64), peak_keys.shape)
+    assert keys.ndim == 2 and keys.shape[0] == peak_keys.shape[0]
+    hits = np.abs(keys - peak_keys[:, None]) <= tol  # (S, H)
+    lo, hi = np.maximum(peak_keys - tol, 0), np.minimum(peak_keys + tol, n_keys - 1)
+    chance = (hi - lo + 1) / n_keys
+    return {"fraction": float(hits.mean()) if hits.size else float("nan"),
+            "per_head": hits.mean(0) if hits.size else np.full(keys.shape[1], np.nan),
+            "chance": float(chance.mean()) if chance.size else float("nan"), "n_segments": int(len(peak_keys)),
+            "tol": int(tol)}
+
+
+def cut_segments(data: ArrayData, *, seg_frames: int = SEG_FRAMES, seg_hop: int = SEG_HOP,
+                 items: Sequence[int] | None = None) -> tuple[ArrayData, np.ndarray, np.ndarray]:
+    """Every 0.5-s segment of the chosen items of ``data`` (all by default) as its own input:
+    ``(segments (S, F, seg_frames), item (S,), start frame (S,))``."""
+    lengths = data.lengths if data.lengths is not None else torch.full((len(data),), data.x.shape[-1])
+    xs, item, start = [], [], []
+    for i in (range(len(data)) if items is None else items):
+        for s in segment_starts(int(lengths[i]), seg_frames=seg_frames, seg_hop=seg_hop):
+            xs.append(data.x[i, :, s: s + seg_frames])
+            item.append(i)
+            start.append(int(s))
+    if not xs:
+        raise ValueError(f"no item is {seg_frames} frames long")
+    item_t = torch.as_tensor(item)
+    seg = ArrayData(x=torch.stack(xs), y=data.y[item_t], lengths=None,
+                    groups=None if data.groups is None else data.groups[item_t])
+    return seg, np.asarray(item), np.asarray(start)
+
+
+@torch.no_grad()
+def segment_attention(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Run ``model`` (eval mode) on fixed-length segments x (S, F, T); returns the aux maps concatenated:
+    ``attn`` (S, H, T', T') and, when the model has them, ``attn_calibrated``, ``calibration``, ``mu``, ``sigma``,
+    plus ``lengths`` (S,) and ``pred`` (S,)."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {}
+    try:
+        for s in range(0, len(x), batch_size):
+            logits, aux = model(x[s: s + batch_size])
+            aux = {**aux, "pred": logits.argmax(1)}
+            for k in ("attn", "attn_calibrated", "calibration", "mu", "sigma", "lengths", "pred"):
+                if k in aux:
+                    parts.setdefault(k, []).append(aux[k].detach().cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def peak_alignment(model: nn.Module, data: ArrayData, waves: Sequence[np.ndarray], *, hop: int = 160,
+                   seg_frames: int = SEG_FRAMES, seg_hop: int = SEG_HOP, pool: int = POOL_FACTOR, tol: int = 1,
+                   batch_size: int = 256) -> dict:
+    """How often each head's most-attended key lies within ``tol`` pooled frames (``tol * pool`` input frames) of
+    the amplitude peak of its 0.5-s segment, over every segment of ``data``.
+
+    data: the test part (features (N, F, T) with lengths, as the model was trained on); waves: the waveform of each
+    item of ``data`` (same order; e.g. ``corpus_waveforms(corpus)[0][g] for g in data.groups``); hop: feature hop in
+    samples; pool: the model's time reduction (4 for the CLDNN). Returns :func:`peak_hit_rate`'s dict plus
+    ``items`` / ``starts`` / ``keys`` / ``peak_keys`` per segment."""
+    if len(waves) != len(data):
+        raise ValueError(f"need one waveform per item: {len(waves)} waves for {len(data)} items")
+    seg, item, start = cut_segments(data, seg_frames=seg_frames, seg_hop=seg_hop)
+    peak_frame = np.concatenate([
+        segment_peak_frames(waves[i], start[item == i], hop=hop, seg_frames=seg_frames) for i in np.unique(item)])
+    order = np.concatenate([np.flatnonzero(item == i) for i in np.unique(item)])
+    peaks = np.empty(len(item), np.int64)
+    peaks[order] = peak_frame
+    aux = segment_attention(model, seg.x, batch_size=batch_size)
+    n_keys = aux["lengths"].numpy() if "lengths" in aux else np.full(len(seg), aux["attn"].shape[-1])
+    peak_keys = np.minimum(peaks // pool, n_keys - 1)
+    keys = attended_keys(aux["attn"], torch.as_tensor(n_keys)).numpy()
+    out = peak_hit_rate(keys, peak_keys, n_keys, tol=tol)
+    out.update(items=item, starts=start, keys=keys, peak_keys=peak_keys)
+    return out
+
+
+def peak_alignment_table(models: Mapping[str, nn.Module], data: ArrayData, waves: Sequence[np.ndarray], *,
+                         tols: Sequence[int] = (0, 1), **kw) -> pd.DataFrame:
+    """:func:`peak_alignment` for each variant (``{variant: model}``) and tolerance: one row each, %."""
+    rows = []
+    for variant, model in models.items():
+        for tol in tols:
+            r = peak_alignment(model, data, waves, tol=tol, **kw)
+            pool = kw.get("pool", POOL_FACTOR)
+            rows.append({"model": VARIANT_NAMES.get(variant, variant), "tolerance (pooled keys)": tol,
+                         "window (± ms)": (tol + 0.5) * pool * 10, "segments": r["n_segments"],
+                         "heads": len(r["per_head"]), "peak hit rate (%)": 100 * r["fraction"],
+                         "chance (%)": 100 * r["chance"],
+                         "best head (%)": 100 * float(np.max(r["per_head"]))})
+    return pd.DataFrame(rows)
+
+
+def figure2_data(models: Mapping[str, nn.Module], data: ArrayData, wave: np.ndarray, item: int, *, sr: int = 16000,
+                 hop: int = 160, heads: Sequence[int] = (0, 1), seg_frames: int = SEG_FRAMES,
+                 seg_hop: int = SEG_HOP, pool: int = POOL_FACTOR) -> dict:
+    """Fig. 2 data for item ``item`` of ``data`` with waveform ``wave``: the utterance's largest-amplitude sample,
+    the 0.5-s segment (on the 0.1-s grid) centred nearest to it, and per variant the chosen heads' maps on that
+    segment (``maps[variant]`` (len(heads), T', T'), and the calibration scores when present)."""
+    n = int(data.lengths[item]) if data.lengths is not None else data.x.shape[-1]
+    starts = segment_starts(n, seg_frames=seg_frames, seg_hop=seg_hop)
+    if not len(starts):
+        raise ValueError(f"item {item} is shorter than {seg_frames} frames")
+    peak_sample = int(np.argmax(np.abs(wave[: n * hop])))
+    peak_frame = peak_sample / hop
+    start = int(starts[np.argmin(np.abs(starts + seg_frames / 2 - peak_frame))])
+    x = data.x[item: item + 1, :, start: start + seg_frames]
+    offset = int(segment_peak_frames(wave, np.array([start]), hop=hop, seg_frames=seg_frames)[0])
+    maps, calib, keys = {}, {}, {}
+    for variant, model in models.items():
+        aux = segment_attention(model, x)
+        maps[variant] = aux["attn"][0, list(heads)].numpy()
+        keys[variant] = attended_keys(aux["attn"])[0, list(heads)].numpy()
+        if "calibration" in aux:
+            calib[variant] = aux["calibration"][0, list(heads)].numpy()
+    return {"wave": np.asarray(wave[: n * hop]), "sr": sr, "hop": hop, "peak_sample": peak_sample,
+            "seg_start": start, "seg_frames": seg_frames, "seg_hop": seg_hop, "pool": pool,
+            "peak_key": min(offset // pool, next(iter(maps.values())).shape[-1] - 1), "heads": list(heads),
+            "maps": maps, "keys": keys, "calibration": calib,
+            "names": {v: VARIANT_NAMES.get(v, v) for v in models}}
+
+
+__all__ = [
+    "PAPER_MODEL",
+    "PAPER_SEEDS",
+    "PAPER_TRAIN",
+    "VARIANTS",
+    "VARIANT_NAMES",
+    "ablation_tests",
+    "attended_keys",
+    "cut_segments",
+    "figure2_data",
+    "load_model",
+    "load_study_records",
+    "paper_experiment",
+    "paper_reference",
+    "peak_alignment",
+    "peak_alignment_table",
+    "peak_hit_rate",
+    "run_study",
+    "segment_attention",
+    "segment_peak_frames",
+    "segment_starts",
+    "speaker_independent_experiment",
+    "eval_view",
+    "variant_experiments",
+    "variants_table",
+]
