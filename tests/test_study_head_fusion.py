@@ -11,6 +11,7 @@ import torch
 from serlib.data.splits import make_splits
 from serlib.experiment import load_experiment_corpus
 from serlib.models.head_fusion import KEY_PAD, HeadFusionACNN, HeadFusionConfig, _HeadFusionPoints
+from serlib.studies import common
 from serlib.studies import head_fusion as hf
 
 
@@ -98,7 +99,7 @@ def test_run_study_writes_records_and_skips_them(tmp_path, synthetic, monkeypatc
     def boom(*a, **k):
         raise AssertionError("a recorded run was run again")
 
-    monkeypatch.setattr(hf, "run_one", boom)
+    monkeypatch.setattr(common, "run_one", boom)
     again = hf.run_study(exps, results_dir=tmp_path, backend="serial")
     assert [r["metrics"]["ua"] for r in again] == [r["metrics"]["ua"] for r in recs]
 

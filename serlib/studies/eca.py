@@ -26,7 +26,6 @@ that also returns the trained model and its views (for confusion matrices and Fi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,10 +36,16 @@ import torch
 from serlib.experiment import (
     Experiment,
     Views,
-    experiment_record_path,
-    load_experiment_corpus,
     run_one,
 )
+from serlib.studies.common import corpus_for as corpus_for  # re-exported for notebooks
+from serlib.studies.common import load_study_records as _load_records
+from serlib.studies.common import (
+    run_study,
+    run_task,
+    with_overrides,
+)
+from serlib.studies.common import split_for as split_for  # re-exported for notebooks
 
 N_VERSIONS = 8
 N_BLOCKS = 6
@@ -71,22 +76,6 @@ def version_preset(v: int | str) -> str:
 def preset_version(name: str) -> int:
     """``"eca_v3"`` -> 3."""
     return int(version_preset(name)[len("eca_v"):])
-
-
-def _with_overrides(exp: Experiment, overrides: dict) -> Experiment:
-    """Experiment fields replaced; ``train`` / ``model_kwargs`` / ``protocol_kwargs`` / ``corpus_kwargs`` /
-    ``loss_kwargs`` dicts are merged, not replaced."""
-    merged = {}
-    for key, value in overrides.items():
-        if key in ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs", "loss_kwargs") and isinstance(
-            value, dict
-        ):
-            merged[key] = {**getattr(exp, key), **value}
-        elif key in ("seeds", "folds", "augment_features") and value is not None:
-            merged[key] = tuple(value)
-        else:
-            merged[key] = value
-    return exp.replace(**merged)
 
 
 def _model_kwargs(scale, eca_layers, eca_kernel, eca_variant) -> dict:
@@ -130,7 +119,7 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
         folds=(0,) if quick else None,
         aggregate="mean_prob",
     )
-    return _with_overrides(exp, kw)
+    return with_overrides(exp, kw)
 
 
 def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | None = None, *,
@@ -142,7 +131,7 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
     model_kw = {k: kw.pop(k) for k in model_keys if k in kw}
     exp = paper_experiment(corpus, data_root, selection="val", profile=profile, **model_kw)
     exp = exp.replace(name="eca_speaker_independent", protocol="speaker_independent", protocol_kwargs={})
-    return _with_overrides(exp, kw)
+    return with_overrides(exp, kw)
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -270,83 +259,17 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
 
 
 # ------------------------------------------------------------------------------------------------ running
-_CORPUS_MEMO: dict[str, object] = {}
-
-
-def experiment_from_dict(d: dict) -> Experiment:
-    """Inverse of :meth:`Experiment.to_dict` (tuples restored)."""
-    d = dict(d)
-    d["seeds"] = tuple(d["seeds"])
-    d["folds"] = None if d.get("folds") is None else tuple(d["folds"])
-    d["augment_features"] = tuple(d.get("augment_features") or ())
-    return Experiment(**d)
-
-
-def corpus_for(exp: Experiment):
-    """The experiment's corpus, loaded once per process (one corpus kept)."""
-    key = json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
-    if key not in _CORPUS_MEMO:
-        _CORPUS_MEMO.clear()
-        _CORPUS_MEMO[key] = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
-    return _CORPUS_MEMO[key]
-
-
-def _splits(exp: Experiment, corpus):
-    from serlib.data.splits import make_splits
-
-    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
-    return splits if exp.folds is None else [splits[f] for f in exp.folds]
-
-
-def split_for(exp: Experiment, corpus, fold: int):
-    """The split of ``exp``'s protocol with fold number ``fold``."""
-    from serlib.data.splits import make_splits
-
-    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
-    return next(s for s in splits if s.fold == fold)
-
-
-def run_task(task) -> dict:
-    """Sweep worker (top-level, importable by spawn workers): rebuild the Experiment from ``task.config`` and run
-    one (seed, fold) with :func:`serlib.experiment.run_one`; returns its record."""
-    from serlib.records import to_jsonable
-
-    exp = experiment_from_dict(task.config["experiment"])
-    corpus = corpus_for(exp)
-    record = run_one(exp, corpus, split_for(exp, corpus, int(task.fold)), int(task.seed), results_dir=None)
-    return to_jsonable(record, rounded=True)
-
-
-def grid_tasks(exps: Sequence[Experiment], results_dir: str | Path) -> list[tuple]:
-    """``[(SweepTask, record path)]``: one per (experiment, fold, seed)."""
-    from serlib.sweep import SweepTask
-
-    out = []
-    for exp in exps:
-        corpus = corpus_for(exp)
-        for split in _splits(exp, corpus):
-            for seed in exp.seeds:
-                task = SweepTask(exp.name, {"experiment": exp.to_dict()}, seed=int(seed), fold=int(split.fold))
-                out.append((task, experiment_record_path(exp, corpus, split, int(seed), results_dir)))
-    return out
 
 
 def run_grid(exps: Experiment | Sequence[Experiment], results_dir: str | Path, n_jobs: int = 1, *,
              backend: str = "process", progress: bool = False) -> list[dict]:
-    """Run every (experiment, fold, seed) not yet recorded under ``results_dir``; return all their records in task
-    order. ``n_jobs`` > 1 uses spawn workers (features come from the shared ``$SERLIB_CACHE``)."""
-    from serlib.sweep import run_sweep
+    """:func:`serlib.studies.common.run_study` (every (experiment, fold, seed) not yet recorded)."""
+    return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress)
 
-    exps = [exps] if isinstance(exps, Experiment) else list(exps)
-    configs: dict[str, dict] = {}
-    for e in exps:  # tables group runs by experiment name: one name must mean one configuration
-        d = {k: v for k, v in e.to_dict().items() if k not in ("seeds", "folds")}
-        if configs.setdefault(e.name, d) != d:
-            raise ValueError(f"two different experiments are both named {e.name!r}; rename one")
-    pairs = grid_tasks(exps, results_dir)
-    paths = {t.task_id: Path(p).resolve() for t, p in pairs}
-    return run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
-                     progress=progress, path_fn=lambda t: paths[t.task_id])
+
+def load_study_records(results_dir: str | Path, prefix: str = "eca") -> list[dict]:
+    """Every finished ECA run record under ``results_dir/<prefix>*/``."""
+    return _load_records(results_dir, prefix)
 
 
 def train_and_keep(exp: Experiment, corpus, split, seed: int, *, results_dir: str | Path | None = None,
@@ -409,16 +332,6 @@ def config_table(records) -> pd.DataFrame:
                      "UA mean (%)": ua["mean"], "UA std (%)": ua["std"], "WA mean (%)": wa["mean"],
                      "WA std (%)": wa["std"], "n runs": ua["n"]})
     return pd.DataFrame(rows)
-
-
-def load_study_records(results_dir: str | Path, prefix: str = "eca") -> list[dict]:
-    """Every ok run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
-    out = []
-    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("status", "ok") == "ok" and "metrics" in rec:
-            out.append({**rec, "_path": str(path)})
-    return out
 
 
 def _step_of(kind: str) -> tuple[str, str] | None:

@@ -22,7 +22,6 @@ so key ``k`` covers input frames ``4k .. 4k+3``; a head "hits" when ``|k - peak_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import torch
 from torch import nn
 
 from serlib.experiment import Experiment, build_views, run_experiment
+from serlib.studies.common import apply_profile, with_overrides
+from serlib.studies.common import load_study_records as _load_records
 from serlib.train import ArrayData
 
 VARIANTS: tuple[str, ...] = ("bmhsa", "fa", "faca")
@@ -46,25 +47,6 @@ QUICK_MODEL: dict = {"lstm_hidden": 32, "lstm_layers": 1, "fc_hidden": 32, "conv
 QUICK_FOLDS: tuple[int, ...] = (0, 1)
 POOL_FACTOR = 4  # two max-pools of 2 along time
 SEG_FRAMES, SEG_HOP = 50, 10  # Fig. 2: 0.5-s segments, 0.1-s hop (10-ms frames)
-
-
-def _apply_profile(exp: Experiment, profile: str) -> Experiment:
-    if profile == "full":
-        return exp
-    if profile != "quick":
-        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
-    return exp.replace(train={**exp.train, **QUICK_TRAIN}, model_kwargs={**exp.model_kwargs, **QUICK_MODEL},
-                       seeds=exp.seeds[:1], folds=QUICK_FOLDS if exp.folds is None else exp.folds)
-
-
-def _with_overrides(exp: Experiment, overrides: dict) -> Experiment:
-    merged = {}
-    for key, value in overrides.items():
-        if key in ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs") and isinstance(value, dict):
-            merged[key] = {**getattr(exp, key), **value}
-        else:
-            merged[key] = tuple(value) if key in ("seeds", "folds") and value is not None else value
-    return exp.replace(**merged)
 
 
 def _check_variant(variant: str) -> None:
@@ -92,7 +74,7 @@ def paper_experiment(variant: str = "faca", corpus: str = "ravdess", data_root: 
         seeds=PAPER_SEEDS,
         aggregate="mean_prob",
     )
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
 
 
 def speaker_independent_experiment(variant: str = "faca", corpus: str = "ravdess", data_root: str | None = None, *,
@@ -100,7 +82,7 @@ def speaker_independent_experiment(variant: str = "faca", corpus: str = "ravdess
     """The paper's model and training on the shared speaker-independent folds (every fold; quick: folds 0, 1)."""
     exp = paper_experiment(variant, corpus, data_root, profile="full").replace(
         name=f"faca_speaker_independent_{variant}", protocol="speaker_independent")
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
 
 
 def variant_experiments(builder=paper_experiment, variants: Sequence[str] = VARIANTS, **kw) -> list[Experiment]:
@@ -242,13 +224,8 @@ def paper_reference() -> pd.DataFrame:
 
 
 def load_study_records(results_dir: str | Path, prefix: str = "faca_") -> list[dict]:
-    """Every ok run record under ``results_dir/<prefix>*/`` (with ``_path``), sorted by path."""
-    out = []
-    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("status", "ok") == "ok" and "metrics" in rec:
-            out.append({**rec, "_path": str(path)})
-    return out
+    """Every finished FACA run record under ``results_dir/<prefix>*/``."""
+    return _load_records(results_dir, prefix)
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 2 / peaks

@@ -27,9 +27,7 @@ interactive panel for the notebook.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -37,10 +35,18 @@ import torch
 from serlib.experiment import (
     Experiment,
     build_views,
-    experiment_record_path,
-    load_experiment_corpus,
-    run_one,
     utterance_scores,
+)
+from serlib.studies.common import (
+    apply_profile,
+    corpus_for,
+    experiment_from_dict,
+    load_study_records,
+    run_study,
+    run_task,
+    split_for,
+    study_tasks,
+    with_overrides,
 )
 
 PAPER_SEEDS: tuple[int, ...] = (111111, 123456, 0, 999999, 987654)
@@ -67,26 +73,6 @@ SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
 
 
-def _apply_profile(exp: Experiment, profile: str) -> Experiment:
-    if profile == "full":
-        return exp
-    if profile != "quick":
-        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
-    return exp.replace(train={**exp.train, **QUICK_TRAIN}, model_kwargs={**exp.model_kwargs, **QUICK_MODEL},
-                       seeds=exp.seeds[:1])
-
-
-def _with_overrides(exp: Experiment, overrides: dict) -> Experiment:
-    """Experiment fields replaced; ``train`` / ``model_kwargs`` / ``protocol_kwargs`` dicts are merged, not replaced."""
-    merged = {}
-    for key, value in overrides.items():
-        if key in ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs") and isinstance(value, dict):
-            merged[key] = {**getattr(exp, key), **value}
-        else:
-            merged[key] = tuple(value) if key in ("seeds", "folds") and value is not None else value
-    return exp.replace(**merged)
-
-
 def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
                      selection: str = "best_test", **overrides) -> Experiment:
     """The paper's protocol (see the module docstring). ``selection`` ``"best_test"`` (the authors') or ``"val"``
@@ -109,7 +95,7 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, p
         seeds=PAPER_SEEDS,
         aggregate="mean_prob",
     )
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL), overrides)
 
 
 def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | None = None, *,
@@ -117,7 +103,7 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
     """Paper model and training on our speaker-independent folds (every fold), selected on the validation fold."""
     exp = paper_experiment(corpus, data_root, profile="full", selection="val").replace(
         name="head_fusion_speaker_independent", protocol="speaker_independent", protocol_kwargs={})
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL), overrides)
 
 
 def sweep_experiments(base: Experiment, n_heads: Iterable[int] = SWEEP_N_HEADS,
@@ -141,75 +127,9 @@ def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head
 
 
 # ------------------------------------------------------------------------------------------------ running
-_CORPUS_MEMO: dict[str, object] = {}
 
 
-def _experiment_from_dict(d: dict) -> Experiment:
-    d = dict(d)
-    d["seeds"] = tuple(d["seeds"])
-    d["folds"] = None if d.get("folds") is None else tuple(d["folds"])
-    return Experiment(**d)
-
-
-def _corpus_for(exp: Experiment):
-    key = json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
-    if key not in _CORPUS_MEMO:
-        _CORPUS_MEMO.clear()
-        _CORPUS_MEMO[key] = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
-    return _CORPUS_MEMO[key]
-
-
-def _split_for(exp: Experiment, corpus, fold: int):
-    from serlib.data.splits import make_splits
-
-    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
-    return next(s for s in splits if s.fold == fold)
-
-
-def _run_task(task) -> dict:
-    """Sweep worker (top-level, importable by spawn workers): one (experiment, seed, fold) run -> its record."""
-    from serlib.records import to_jsonable
-
-    exp = _experiment_from_dict(task.config["experiment"])
-    corpus = _corpus_for(exp)
-    split = _split_for(exp, corpus, int(task.fold))
-    record = run_one(exp, corpus, split, int(task.seed), results_dir=None)
-    return to_jsonable(record, rounded=True)
-
-
-def study_tasks(exps: Sequence[Experiment], results_dir: str | Path):
-    """``[(SweepTask, record path)]``: one task per (experiment, seed, fold); folds from the protocol when unset."""
-    from serlib.data.splits import make_splits
-    from serlib.sweep import SweepTask
-
-    out = []
-    for exp in exps:
-        corpus = _corpus_for(exp)
-        splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
-        if exp.folds is not None:
-            splits = [splits[f] for f in exp.folds]
-        for split in splits:
-            for seed in exp.seeds:
-                task = SweepTask(exp.name, {"experiment": exp.to_dict()}, seed=int(seed), fold=int(split.fold))
-                out.append((task, experiment_record_path(exp, corpus, split, int(seed), results_dir)))
-    return out
-
-
-def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path, n_jobs: int = 1,
-              backend: str = "process", progress: bool = False) -> list[dict]:
-    """Run every (experiment, seed, fold) not yet recorded under ``results_dir``; return all their records.
-
-    ``n_jobs`` > 1 runs tasks in spawn worker processes (each with cpu_count // n_jobs torch threads); features come
-    from the shared cache (``$SERLIB_CACHE``), so set it before starting.
-    """
-    from serlib.sweep import run_sweep
-
-    exps = [exps] if isinstance(exps, Experiment) else list(exps)
-    pairs = study_tasks(exps, results_dir)
-    tasks = [t for t, _ in pairs]
-    paths = {t.task_id: Path(p).resolve() for t, p in pairs}
-    return run_sweep(_run_task, tasks, out_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress,
-                     path_fn=lambda t: paths[t.task_id])
+_run_task, _corpus_for, _split_for, _experiment_from_dict = run_task, corpus_for, split_for, experiment_from_dict
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -250,16 +170,6 @@ def table(records, by: Sequence[str] | None = None) -> pd.DataFrame:
         row["seeds"] = ",".join(str(s) for s in sorted(part["seed"].unique()))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def load_study_records(results_dir: str | Path, prefix: str = "head_fusion") -> list[dict]:
-    """Every run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
-    out = []
-    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("status", "ok") == "ok" and "metrics" in rec:
-            out.append({**rec, "_path": str(path)})
-    return out
 
 
 def reproduction_table(records) -> pd.DataFrame:
@@ -312,7 +222,7 @@ def make_state(exp: Experiment | None = None, *, corpus=None, fold: int = 0, dev
     from serlib.data.splits import make_splits
 
     exp = exp or paper_experiment(profile="quick")
-    corpus = corpus if corpus is not None else _corpus_for(exp)
+    corpus = corpus if corpus is not None else corpus_for(exp)
     split = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)[fold]
     return {"exp": exp, "corpus": corpus, "split": split, "views": build_views(exp, corpus, split, device=device)}
 

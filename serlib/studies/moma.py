@@ -22,7 +22,8 @@ from torch import nn
 
 from serlib.experiment import Experiment
 from serlib.models.moma import attention_smoothness
-from serlib.studies.faca import _frame, _with_overrides, eval_view, load_model, run_study
+from serlib.studies.common import apply_profile, with_overrides
+from serlib.studies.faca import _frame, eval_view, load_model, run_study
 from serlib.train import ArrayData
 
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2)  # the paper names none
@@ -33,15 +34,6 @@ QUICK_TRAIN: dict = {"epochs": 8, "batch_size": 16, "lr": 3e-3}
 QUICK_MODEL: dict = {"lstm_hidden": 32, "lstm_layers": 1, "context": 16, "proj_dim": 64}
 QUICK_FOLDS: tuple[int, ...] = (0,)
 LAYER_NAMES = ("layer 1", "layer 2 (mixture)")
-
-
-def _apply_profile(exp: Experiment, profile: str) -> Experiment:
-    if profile == "full":
-        return exp
-    if profile != "quick":
-        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
-    return exp.replace(train={**exp.train, **QUICK_TRAIN}, model_kwargs={**exp.model_kwargs, **QUICK_MODEL},
-                       seeds=exp.seeds[:1], folds=QUICK_FOLDS if exp.folds is None else exp.folds)
 
 
 def protocol_note(corpus: str) -> str:
@@ -73,7 +65,7 @@ def paper_experiment(corpus: str = "iemocap", data_root: str | None = None, *, p
         seeds=PAPER_SEEDS,
         aggregate="mean_prob",
     )
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
 
 
 def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | None = None, *,
@@ -81,7 +73,7 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
     """The paper's model and training on the shared speaker-independent folds of any corpus."""
     exp = paper_experiment(corpus, data_root, profile="full").replace(
         name="moma_speaker_independent", protocol="speaker_independent", train={**PAPER_TRAIN, "select": "val"})
-    return _with_overrides(_apply_profile(exp, profile), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
 
 
 # ------------------------------------------------------------------------------------------------ tables

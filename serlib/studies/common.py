@@ -1,0 +1,127 @@
+"""What every study shares: config overrides and profiles, record loading, and the resumable study runner.
+
+A study is a list of :class:`serlib.experiment.Experiment`; :func:`run_study` turns it into one
+:class:`serlib.sweep.SweepTask` per (experiment, seed, fold), runs those not yet recorded (in parallel processes when
+``n_jobs`` > 1) and returns every record in task order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from serlib.experiment import Experiment, experiment_record_path, load_experiment_corpus, run_one
+
+_MERGED = ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs", "loss_kwargs")
+_CORPUS_MEMO: dict[str, object] = {}
+
+
+def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
+    """``exp`` with fields replaced; the dict fields (``train``, ``model_kwargs``, ...) are merged, not replaced."""
+    merged = {}
+    for key, value in overrides.items():
+        if key in _MERGED and isinstance(value, dict):
+            merged[key] = {**getattr(exp, key), **value}
+        else:
+            merged[key] = tuple(value) if key in ("seeds", "folds", "augment_features") and value is not None \
+                else value
+    return exp.replace(**merged)
+
+
+def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
+                  folds: tuple[int, ...] | None = None) -> Experiment:
+    """``"full"``: ``exp`` unchanged. ``"quick"``: ``train`` / ``model`` overrides merged, the first seed only, and
+    ``folds`` (when given and the experiment names none)."""
+    if profile == "full":
+        return exp
+    if profile != "quick":
+        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
+    return exp.replace(train={**exp.train, **train}, model_kwargs={**exp.model_kwargs, **model},
+                       seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
+
+
+def load_study_records(results_dir: str | Path, prefix: str) -> list[dict]:
+    """Every finished run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
+    out = []
+    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status", "ok") == "ok" and "metrics" in rec:
+            out.append({**rec, "_path": str(path)})
+    return out
+
+
+def experiment_from_dict(d: dict) -> Experiment:
+    d = dict(d)
+    d["seeds"] = tuple(d["seeds"])
+    d["folds"] = None if d.get("folds") is None else tuple(d["folds"])
+    d["augment_features"] = tuple(d.get("augment_features") or ())
+    return Experiment(**d)
+
+
+def corpus_for(exp: Experiment):
+    """The experiment's corpus, loaded once per process (one corpus kept in memory)."""
+    key = json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
+    if key not in _CORPUS_MEMO:
+        _CORPUS_MEMO.clear()
+        _CORPUS_MEMO[key] = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
+    return _CORPUS_MEMO[key]
+
+
+def splits_for(exp: Experiment, corpus) -> list:
+    """The experiment's splits: every fold of its protocol, or those named in ``exp.folds``."""
+    from serlib.data.splits import make_splits
+
+    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
+    return splits if exp.folds is None else [splits[f] for f in exp.folds]
+
+
+def split_for(exp: Experiment, corpus, fold: int):
+    """The split of ``exp``'s protocol with fold number ``fold``."""
+    from serlib.data.splits import make_splits
+
+    splits = make_splits(exp.protocol, corpus, seed=exp.split_seed, **exp.protocol_kwargs)
+    return next(s for s in splits if s.fold == fold)
+
+
+def run_task(task) -> dict:
+    """Sweep worker (top-level, importable by spawn workers): one (experiment, seed, fold) run -> its record."""
+    from serlib.records import to_jsonable
+
+    exp = experiment_from_dict(task.config["experiment"])
+    corpus = corpus_for(exp)
+    record = run_one(exp, corpus, split_for(exp, corpus, int(task.fold)), int(task.seed), results_dir=None)
+    return to_jsonable(record, rounded=True)
+
+
+def study_tasks(exps: Sequence[Experiment], results_dir: str | Path) -> list[tuple]:
+    """``[(SweepTask, record path)]``: one task per (experiment, fold, seed)."""
+    from serlib.sweep import SweepTask
+
+    out = []
+    for exp in exps:
+        corpus = corpus_for(exp)
+        for split in splits_for(exp, corpus):
+            for seed in exp.seeds:
+                task = SweepTask(exp.name, {"experiment": exp.to_dict()}, seed=int(seed), fold=int(split.fold))
+                out.append((task, experiment_record_path(exp, corpus, split, int(seed), results_dir)))
+    return out
+
+
+def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path, n_jobs: int = 1,
+              backend: str = "process", progress: bool = False) -> list[dict]:
+    """Run every (experiment, seed, fold) not yet recorded under ``results_dir``; return all their records in task
+    order. ``n_jobs`` > 1 runs tasks in spawn workers (each with cpu_count // n_jobs torch threads); features come
+    from the shared cache (``$SERLIB_CACHE``), so build them first or set it before starting."""
+    from serlib.sweep import run_sweep
+
+    exps = [exps] if isinstance(exps, Experiment) else list(exps)
+    configs: dict[str, dict] = {}
+    for e in exps:  # tables group runs by experiment name: one name must mean one configuration
+        d = {k: v for k, v in e.to_dict().items() if k not in ("seeds", "folds")}
+        if configs.setdefault(e.name, d) != d:
+            raise ValueError(f"two different experiments are both named {e.name!r}; rename one")
+    pairs = study_tasks(exps, results_dir)
+    paths = {t.task_id: Path(p).resolve() for t, p in pairs}
+    return run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
+                     progress=progress, path_fn=lambda t: paths[t.task_id])
