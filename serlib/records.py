@@ -230,10 +230,10 @@ def record_path(results_dir: str | Path, kind: str, name_parts: dict) -> Path:
     return Path(results_dir) / _slug(kind) / _slug(corpus) / _slug(protocol) / f"{stem}.json"
 
 
-def write_record(record: dict, path: str | Path) -> Path:
-    """Write ``record`` as sorted-key, indented JSON with rounded floats; atomic (temp file + ``os.replace``)."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``: a reader never
+    sees a half-written file, and a failure leaves no temporary file behind."""
     path = Path(path)
-    text = json.dumps(to_jsonable(record, rounded=True), sort_keys=True, indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -246,6 +246,12 @@ def write_record(record: dict, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_record(record: dict, path: str | Path) -> Path:
+    """Write ``record`` as sorted-key, indented JSON with rounded floats; atomic (temp file + ``os.replace``)."""
+    text = json.dumps(to_jsonable(record, rounded=True), sort_keys=True, indent=1, allow_nan=False) + "\n"
+    return write_text_atomic(path, text)
 
 
 def read_record(path: str | Path) -> dict:

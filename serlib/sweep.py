@@ -25,7 +25,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 import traceback
 import uuid
@@ -113,20 +112,10 @@ def _json_default(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Write ``record`` as JSON to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from serlib.records import write_text_atomic
+
     text = json.dumps(record, indent=1, sort_keys=False, default=_json_default, allow_nan=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

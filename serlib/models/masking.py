@@ -64,3 +64,14 @@ def pooled_lengths(lengths: torch.Tensor, kernel: int, stride: int | None = None
     assert kernel >= 1 and stride >= 1, "kernel and stride must be >= 1"
     out = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
     return out.clamp(min=0)
+
+
+def check_sequence_input(x: torch.Tensor, lengths: torch.Tensor | None, n_features: int) -> torch.Tensor:
+    """Assert ``x`` is (B, n_features, T) and return valid ``lengths`` (B,) long on x's device (all T when None)."""
+    assert x.dim() == 3 and x.shape[1] == n_features, f"expected (B, {n_features}, T), got {tuple(x.shape)}"
+    B, _, T = x.shape
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
+    lengths = lengths.to(device=x.device, dtype=torch.long)
+    assert lengths.shape == (B,) and int(lengths.max()) <= T and int(lengths.min()) >= 1, "bad lengths"
+    return lengths

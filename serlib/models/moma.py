@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from serlib.models.masking import lengths_to_mask, masked_mean, masked_softmax
+from serlib.models.masking import check_sequence_input, lengths_to_mask, masked_mean, masked_softmax
 
 __all__ = ["MOMA", "MOMAConfig", "AttentionBlock", "attention_smoothness"]
 
@@ -103,14 +103,8 @@ class MOMA(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         c = self.config
-        assert x.dim() == 3 and x.shape[1] == c.n_features, (
-            f"expected (B, {c.n_features}, T), got {tuple(x.shape)}"
-        )
+        lengths = check_sequence_input(x, lengths, c.n_features)
         B, _, T = x.shape
-        if lengths is None:
-            lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
-        lengths = lengths.to(device=x.device, dtype=torch.long)
-        assert lengths.shape == (B,) and int(lengths.max()) <= T and int(lengths.min()) >= 1, "bad lengths"
         mask = lengths_to_mask(lengths, T)
 
         packed = nn.utils.rnn.pack_padded_sequence(
