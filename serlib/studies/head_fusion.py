@@ -28,6 +28,7 @@ interactive panel for the notebook.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -37,11 +38,11 @@ from serlib.experiment import (
     build_views,
     utterance_scores,
 )
+from serlib.studies import common
 from serlib.studies.common import (
     apply_profile,
     corpus_for,
     experiment_from_dict,
-    load_study_records,
     run_study,
     run_task,
     split_for,
@@ -127,6 +128,11 @@ def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head
 
 
 # ------------------------------------------------------------------------------------------------ running
+
+
+def load_study_records(results_dir: str | Path, prefix: str = "head_fusion") -> list[dict]:
+    """Every finished Head Fusion run record under ``results_dir/<prefix>*/``."""
+    return common.load_study_records(results_dir, prefix)
 
 
 _run_task, _corpus_for, _split_for, _experiment_from_dict = run_task, corpus_for, split_for, experiment_from_dict
