@@ -22,6 +22,15 @@ def real_data_root() -> Path | None:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is faster than two on a shared, busy CPU (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 

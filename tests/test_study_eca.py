@@ -15,13 +15,7 @@ from serlib.experiment import build_views, experiment_record_path, run_one
 from serlib.models.registry import build_model
 from serlib.studies import eca
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

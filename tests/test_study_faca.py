@@ -20,12 +20,7 @@ from serlib.train import ArrayData
 TINY_MODEL = {"lstm_hidden": 8, "lstm_layers": 1, "conv_channels": 8, "fc_hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------- configs

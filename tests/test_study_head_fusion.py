@@ -14,13 +14,7 @@ from serlib.models.head_fusion import KEY_PAD, HeadFusionACNN, HeadFusionConfig,
 from serlib.studies import common
 from serlib.studies import head_fusion as hf
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from serlib.train import ArrayData
 TINY_MODEL = {"lstm_hidden": 8, "lstm_layers": 1, "context": 4, "proj_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_experiment_matches_paper():

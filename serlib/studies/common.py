@@ -125,3 +125,13 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
     paths = {t.task_id: Path(p).resolve() for t, p in pairs}
     return run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
                      progress=progress, path_fn=lambda t: paths[t.task_id])
+
+
+def percent_summary(part, metrics: Sequence[str] = ("ua", "wa")) -> dict:
+    """Mean and std (ddof 1; NaN for one run) in percent of ``metrics`` over the rows of a records frame."""
+    row = {}
+    for metric in metrics:
+        v = 100 * part[metric].astype(float)
+        row[f"{metric.upper()} mean (%)"] = v.mean()
+        row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+    return row

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from serlib.experiment import Experiment, build_views, run_experiment
-from serlib.studies.common import apply_profile, with_overrides
+from serlib.studies.common import apply_profile, percent_summary, with_overrides
 from serlib.studies.common import load_study_records as _load_records
 from serlib.train import ArrayData
 
@@ -164,10 +164,7 @@ def variants_table(records) -> pd.DataFrame:
     rows = []
     for (corpus, protocol, variant), part in df.groupby(["corpus", "protocol", "variant"], sort=False):
         row = {"corpus": corpus, "protocol": protocol, "model": VARIANT_NAMES.get(variant, variant)}
-        for metric in ("ua", "wa"):
-            v = 100 * part[metric].astype(float)
-            row[f"{metric.upper()} mean (%)"] = v.mean()
-            row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row.update(percent_summary(part))
         row["n runs"] = len(part)
         row["epochs"] = part["config.train.epochs"].iloc[0]
         rows.append(row)

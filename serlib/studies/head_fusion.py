@@ -43,6 +43,7 @@ from serlib.studies.common import (
     apply_profile,
     corpus_for,
     experiment_from_dict,
+    percent_summary,
     run_study,
     run_task,
     split_for,
@@ -168,10 +169,7 @@ def table(records, by: Sequence[str] | None = None) -> pd.DataFrame:
         for col in shown:
             if col not in by:
                 row[col.split(".")[-1]] = part[col].iloc[0]
-        for metric in ("ua", "wa"):
-            v = 100 * part[metric].astype(float)
-            row[f"{metric.upper()} mean (%)"] = v.mean()
-            row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row.update(percent_summary(part))
         row["n runs"] = len(part)
         row["seeds"] = ",".join(str(s) for s in sorted(part["seed"].unique()))
         rows.append(row)

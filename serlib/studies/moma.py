@@ -22,7 +22,7 @@ from torch import nn
 
 from serlib.experiment import Experiment
 from serlib.models.moma import attention_smoothness
-from serlib.studies.common import apply_profile, with_overrides
+from serlib.studies.common import apply_profile, percent_summary, with_overrides
 from serlib.studies.faca import _frame, eval_view, load_model, run_study
 from serlib.train import ArrayData
 
@@ -85,10 +85,7 @@ def results_table(records) -> pd.DataFrame:
     rows = []
     for (corpus, protocol, selection), part in df.groupby(["corpus", "protocol", "selection"], sort=True):
         row = {"model": "MOMA", "corpus": corpus, "protocol": protocol, "selection": selection}
-        for metric in ("ua", "wa"):
-            v = 100 * part[metric].astype(float)
-            row[f"{metric.upper()} mean (%)"] = v.mean()
-            row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row.update(percent_summary(part))
         row["n runs"] = len(part)
         row["epochs"] = part["config.train.epochs"].iloc[0]
         rows.append(row)
