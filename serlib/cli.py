@@ -133,28 +133,39 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+STUDIES = ("head_fusion", "faca", "moma", "eca")
+
+
+def _study(name: str):
+    """(study module, its summary-table function) of a paper's study."""
+    import importlib
+
+    module = importlib.import_module(f"serlib.studies.{name}")
+    table = {"head_fusion": "table", "faca": "variants_table", "moma": "results_table", "eca": "ablation_table"}[name]
+    return module, getattr(module, table)
+
+
 def cmd_reproduce(args) -> int:
     from serlib.experiment import build_views
-    from serlib.studies import head_fusion as hf
+    from serlib.studies.common import corpus_for, run_study, split_for
 
-    if args.paper != "head_fusion":
-        raise SystemExit(f"unknown study {args.paper!r}")
-    train = {"track_test": True} if args.track_test else {}
-    exps = []
-    if "paper" in args.protocols:
-        exps.append(hf.paper_experiment(args.corpus, args.data_root, profile=args.profile, selection="val",
-                                        train=train))
-    if "speaker_independent" in args.protocols:
-        exps.append(hf.speaker_independent_experiment(args.corpus, args.data_root, profile=args.profile))
+    module, table = _study(args.paper)
+    kw = {"track_test": args.track_test} if args.paper == "head_fusion" else {}
+    exps = module.reproduction_experiments(args.corpus, args.data_root, profile=args.profile,
+                                           protocols=args.protocols, **kw)
+    if not exps:
+        raise SystemExit(f"{args.paper}: nothing to run for corpus {args.corpus} and protocols {args.protocols}")
     if args.seeds:
         exps = [e.replace(seeds=tuple(args.seeds)) for e in exps]
     if args.folds:
         exps = [e.replace(folds=tuple(args.folds)) for e in exps]
     for exp in exps:  # build the feature caches once, before the workers start
-        corpus = hf._corpus_for(exp)
-        build_views(exp, corpus, hf._split_for(exp, corpus, 0))
-    records = hf.run_study(exps, results_dir=args.results, n_jobs=args.n_jobs, progress=False)
-    print(hf.table([r for r in records if r.get("status", "ok") != "error"]).to_string())
+        corpus = corpus_for(exp)
+        build_views(exp, corpus, split_for(exp, corpus, (exp.folds or (0,))[0]))
+    records = run_study(exps, results_dir=args.results, n_jobs=args.n_jobs, progress=False)
+    ok = [r for r in records if r.get("status", "ok") != "error"]
+    if ok:
+        print(table(ok).to_string())
     errors = [r for r in records if r.get("status") == "error"]
     for r in errors:
         print("ERROR", r.get("task"), r.get("error", "")[-2000:])
@@ -197,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(fn=cmd_experiment)
 
     r = sub.add_parser("reproduce", help="run a paper's study (paper protocol and speaker-independent)")
-    r.add_argument("paper", choices=["head_fusion"])
+    r.add_argument("paper", choices=list(STUDIES))
     r.add_argument("--corpus", default="ravdess")
     r.add_argument("--data-root", default=None)
     r.add_argument("--protocols", nargs="+", default=["paper", "speaker_independent"],
                    choices=["paper", "speaker_independent"])
-    r.add_argument("--profile", choices=["quick", "full"], default="full")
+    r.add_argument("--profile", choices=["quick", "cpu", "full"], default="full",
+                   help="full: the paper's configuration (GPU for all but head_fusion); cpu: the reduced one the "
+                   "committed records use; quick: minutes")
     r.add_argument("--seeds", nargs="*", type=int)
     r.add_argument("--folds", nargs="*", type=int)
     r.add_argument("--n-jobs", type=int, default=1)

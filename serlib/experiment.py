@@ -373,7 +373,7 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
                 "n_utts": len(corpus), "synthetic": corpus.synthetic, "labels": list(labels)},
         split=split.to_dict(), metrics=metrics, history=result.history, counts=counts,
         timings={"features_s": t_feat, **result.timings}, selection=result.selection,
-        extra={"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp,
+        extra={"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp, "amp_dtype": result.amp_dtype,
                "n_parameters": sum(p.numel() for p in model.parameters())})
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)

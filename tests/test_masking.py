@@ -1,7 +1,16 @@
+import pytest
 import torch
 from torch import nn
 
-from serlib.models.masking import lengths_to_mask, masked_max, masked_mean, masked_softmax, pooled_lengths
+from serlib.models.masking import (
+    MaskedBiLSTM,
+    lengths_to_mask,
+    masked_max,
+    masked_mean,
+    masked_softmax,
+    pooled_lengths,
+    reverse_padded,
+)
 
 
 def test_lengths_to_mask_known_answer():
@@ -72,3 +81,44 @@ def test_pooled_lengths_matches_maxpool_valid_windows():
         padded[..., L:] = 1e3
         torch.testing.assert_close(pool(padded)[..., :n], pool(x[..., :L])[..., :n])
         assert n == pool(x[..., :L]).shape[-1]
+
+
+# ------------------------------------------------------------------------------------------------ MaskedBiLSTM
+def test_reverse_padded_reverses_within_length_and_is_its_own_inverse():
+    x = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1)
+    lengths = torch.tensor([3, 5])
+    r = reverse_padded(x, lengths)
+    assert r[0, :, 0].tolist() == [2.0, 1.0, 0.0, 3.0, 4.0]  # padding frames 3, 4 stay in place
+    assert r[1, :, 0].tolist() == [9.0, 8.0, 7.0, 6.0, 5.0]
+    assert torch.equal(reverse_padded(r, lengths), x)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_masked_bilstm_equals_packed_lstm_outputs_and_gradients(layers):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 5, num_layers=layers, batch_first=True, bidirectional=True)
+    ours = MaskedBiLSTM.from_lstm(lstm)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in lstm.parameters())
+    lengths = torch.tensor([9, 4, 7, 1])
+    x = torch.randn(4, 9, 6) * lengths_to_mask(lengths, 9)[:, :, None]
+    x_ref = x.clone().requires_grad_(True)
+    packed = nn.utils.rnn.pack_padded_sequence(x_ref, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=9)
+    x_ours = x.clone().requires_grad_(True)
+    out = ours(x_ours, lengths)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    assert torch.all(out[1, 4:] == 0) and torch.all(out[3, 1:] == 0)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    (out * w).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.bwd[0].weight_hh_l0.grad, lstm.weight_hh_l0_reverse.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_bilstm_output_at_valid_frames_ignores_what_padding_holds():
+    torch.manual_seed(1)
+    m = MaskedBiLSTM(3, 4, num_layers=2).eval()
+    lengths = torch.tensor([5, 3])
+    x = torch.randn(2, 8, 3)
+    y = torch.where(lengths_to_mask(lengths, 8)[:, :, None], x, torch.randn(2, 8, 3) * 100)
+    torch.testing.assert_close(m(x, lengths), m(y, lengths))

@@ -95,6 +95,29 @@ def test_tiny_mlp_learns_separable_problem():
     assert "test" not in result.history[0]
 
 
+def test_cpu_amp_trains_in_bfloat16_and_keeps_float32_weights():
+    """cpu_amp: the forward runs under bfloat16 autocast (the logits come out in bfloat16), the weights stay float32,
+    the model still learns, and the result says which dtype was used."""
+    seen = []
+
+    class Probe(TinyMLP):
+        def forward(self, x, lengths=None):
+            logits, aux = super().forward(x)
+            seen.append(logits.dtype)
+            return logits, aux
+
+    set_seed(0)
+    train, val, test = blobs(128, seed=1), blobs(32, seed=2), blobs(64, seed=3)
+    model = Probe()
+    result = Trainer(model, cfg(epochs=8, cpu_amp=True)).fit(train, val, test)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert result.amp is True and result.amp_dtype == "bfloat16"
+    assert result.test_metrics["accuracy"] > 0.9
+    plain = Trainer(TinyMLP(), cfg(epochs=1)).fit(train, val, test)
+    assert plain.amp is False and plain.amp_dtype is None
+
+
 def test_select_val_picks_first_best_epoch_and_restores_its_weights():
     train, val, test = blobs(16, seed=1), blobs(10, seed=2), blobs(12, seed=3)
     score = Scripted([0.1, 0.5, 0.3, 0.5, 0.2], [0.9], n_val=10, n_test=12)

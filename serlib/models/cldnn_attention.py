@@ -24,8 +24,8 @@ Reading of the paper, and choices where it is silent:
   W_s (h x h), H^s = s_h * H^o_h, output H^s V. Calibration applies to the FA maps (MHSA-FACA = MHSA-FA + CA).
 
 Padding: padded frames are zeroed before each conv and after each pooling, pooled lengths use floor (no valid frame
-ever pools padding), the LSTM is packed, and every softmax/pool is masked; padded query rows of the attention maps are
-zero. In **training** mode BatchNorm statistics still see padded zeros, so padding invariance holds in eval mode only.
+ever pools padding), the BiLSTM is exact on padded input (:class:`serlib.models.masking.MaskedBiLSTM`, equal to a
+packed LSTM), and every softmax/pool is masked; padded query rows of the attention maps are zero. In **training** mode BatchNorm statistics still see padded zeros, so padding invariance holds in eval mode only.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from serlib.models.masking import (
+    MaskedBiLSTM,
     check_sequence_input,
     lengths_to_mask,
     masked_max,
@@ -208,14 +209,7 @@ class CLDNNAttention(nn.Module):
             c_in = c.conv_channels
         self.convs, self.bns = nn.ModuleList(convs), nn.ModuleList(bns)
         self.pool = nn.MaxPool1d(c.pool)
-        self.lstm = nn.LSTM(
-            c.conv_channels,
-            c.lstm_hidden,
-            num_layers=c.lstm_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=c.dropout if c.lstm_layers > 1 else 0.0,
-        )
+        self.lstm = MaskedBiLSTM(c.conv_channels, c.lstm_hidden, c.lstm_layers, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
         self.proj = (
             nn.Identity() if c.d_model == 2 * c.lstm_hidden else nn.Linear(2 * c.lstm_hidden, c.d_model)
         )
@@ -243,11 +237,7 @@ class CLDNNAttention(nn.Module):
             h = h * lengths_to_mask(lengths, h.shape[-1])[:, None, :].to(h.dtype)  # zero padding again
         T2 = h.shape[-1]
 
-        packed = nn.utils.rnn.pack_padded_sequence(
-            h.transpose(1, 2), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.lstm(packed)
-        y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T2)  # (B, T', 2*hidden)
+        y = self.lstm(h.transpose(1, 2), lengths)  # (B, T', 2*hidden), as a packed LSTM; zero on padding
         y = self.drop(self.proj(y))
 
         a, aux = self.attention(y, lengths)  # (B, T', d_model)

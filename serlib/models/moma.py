@@ -2,7 +2,8 @@
 
 Reading of the paper (Eqs. 1-9), and choices where it is silent:
 
-* Encoder: 2-layer BiLSTM, 512 per direction -> Y (B, T, 1024), packed so padding never enters it.
+* Encoder: 2-layer BiLSTM, 512 per direction -> Y (B, T, 1024), exact on padded input
+  (:class:`serlib.models.masking.MaskedBiLSTM`, equal to a packed LSTM), so padding never enters it.
 * Attention block (Eqs. 4-5): M = masked mean of Y over valid frames, repeated over time (broadcast);
   E = tanh(W_h Y) * tanh(W_m M) with W_h, W_m: 1024 -> ``context`` (128, "a context vector of size 128");
   a = masked softmax over time of W_e E, W_e: context -> 1. So a is one weight per frame (B, T).
@@ -25,7 +26,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from serlib.models.masking import check_sequence_input, lengths_to_mask, masked_mean, masked_softmax
+from serlib.models.masking import (
+    MaskedBiLSTM,
+    check_sequence_input,
+    lengths_to_mask,
+    masked_mean,
+    masked_softmax,
+)
 
 __all__ = ["MOMA", "MOMAConfig", "AttentionBlock", "attention_smoothness"]
 
@@ -82,14 +89,7 @@ class MOMA(nn.Module):
         super().__init__()
         self.config = c = config
         d = 2 * c.lstm_hidden
-        self.lstm = nn.LSTM(
-            c.n_features,
-            c.lstm_hidden,
-            num_layers=c.lstm_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=c.dropout if c.lstm_layers > 1 else 0.0,
-        )
+        self.lstm = MaskedBiLSTM(c.n_features, c.lstm_hidden, c.lstm_layers, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
         self.layer1 = AttentionBlock(d, c.context)
         self.views = nn.ModuleList(AttentionBlock(d, c.context) for _ in range(c.n_views))
         self.gamma = nn.Parameter(torch.rand(c.n_views))  # "initialised randomly"
@@ -107,12 +107,7 @@ class MOMA(nn.Module):
         B, _, T = x.shape
         mask = lengths_to_mask(lengths, T)
 
-        packed = nn.utils.rnn.pack_padded_sequence(
-            x.transpose(1, 2), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, _ = self.lstm(packed)
-        # (B, T, D), exactly zero on padding
-        y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+        y = self.lstm(x.transpose(1, 2), lengths)  # (B, T, D), as a packed LSTM; exactly zero on padding
 
         a1 = self.layer1(y, mask)  # (B, T)
         if c.residual == "frame":

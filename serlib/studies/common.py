@@ -29,14 +29,32 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
     return exp.replace(**merged)
 
 
+PROFILES: tuple[str, ...] = ("quick", "cpu", "full")
+CPU_SUFFIX = "_cpu"
+
+
 def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
-                  folds: tuple[int, ...] | None = None) -> Experiment:
-    """``"full"``: ``exp`` unchanged. ``"quick"``: ``train`` / ``model`` overrides merged, the first seed only, and
-    ``folds`` (when given and the experiment names none)."""
-    if profile == "full":
+                  folds: tuple[int, ...] | None = None, cpu: dict | None = None) -> Experiment:
+    """Resolve a study profile.
+
+    * ``"full"``: ``exp`` unchanged (the paper's configuration; hours to days on a CPU for the recurrent models and
+      ECA, meant for a GPU).
+    * ``"quick"``: ``train`` / ``model`` overrides merged, the first seed only, and ``folds`` (when given and the
+      experiment names none): seconds to minutes, what CI runs.
+    * ``"cpu"``: the reduced configuration this project's records were measured with on a 2-core CPU. ``cpu`` holds
+      its ``train`` / ``model`` overrides and optionally ``seeds`` / ``folds``; the experiment name gets the suffix
+      ``_cpu`` so its records never mix with full-profile ones in a table. ``cpu=None``: the study's full
+      configuration runs on a CPU as it is, so ``"cpu"`` equals ``"full"``.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if profile == "full" or (profile == "cpu" and cpu is None):
         return exp
-    if profile != "quick":
-        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
+    if profile == "cpu":
+        return exp.replace(name=exp.name + CPU_SUFFIX, train={**exp.train, **cpu.get("train", {})},
+                           model_kwargs={**exp.model_kwargs, **cpu.get("model", {})},
+                           seeds=tuple(cpu.get("seeds", exp.seeds)),
+                           folds=tuple(cpu["folds"]) if cpu.get("folds") is not None else exp.folds)
     return exp.replace(train={**exp.train, **train}, model_kwargs={**exp.model_kwargs, **model},
                        seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
 

@@ -38,13 +38,15 @@ from serlib.experiment import (
     Views,
     run_one,
 )
-from serlib.studies.common import corpus_for as corpus_for  # re-exported for notebooks
-from serlib.studies.common import load_study_records as _load_records
 from serlib.studies.common import (
+    CPU_SUFFIX,
+    PROFILES,
     run_study,
     run_task,
     with_overrides,
 )
+from serlib.studies.common import corpus_for as corpus_for  # re-exported for notebooks
+from serlib.studies.common import load_study_records as _load_records
 from serlib.studies.common import split_for as split_for  # re-exported for notebooks
 
 N_VERSIONS = 8
@@ -56,6 +58,10 @@ VAL_FRAC = 0.1  # ours: validation part (fraction of the corpus) carved from eac
 SELECTIONS = ("val", "last")
 KERNELS: tuple[int, ...] = (3, 5, 7, 9)
 QUICK: dict = {"fixed_s": 2.0, "scale": 1, "epochs": 3}
+# the "cpu" profile (this project's RAVDESS records, 2-core CPU): 6-s inputs as the paper, k = 1 instead of 4, 30
+# epochs instead of 150, bfloat16 autocast, fold 0 of the 5 with the five seeds; the ablation's augmentation uses 2
+# versions (test v8, train v8 + v7) instead of all 8
+CPU_PROFILE: dict = {"scale": 1, "epochs": 30, "cpu_amp": True, "folds": (0,), "n_augment": 2}
 ABLATION_STEPS: tuple[tuple[str, str], ...] = (
     ("cnn", "CNN"),
     ("original_eca", "+ original ECA"),
@@ -91,16 +97,22 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
     copy; ``scale``: the paper's k (default 4; 1 on the quick profile); ``eca_layers`` () for the plain CNN;
     ``eca_kernel`` None = the variant's default (original ECA: adaptive); ``augment``: further versions whose
     training copies join the training set; ``selection`` ``"val"`` (ours, 10 % validation carved from train) or
-    ``"last"``. ``profile="quick"``: 2-s inputs, k = 1, 3 epochs, fold 0, one seed. ``kw`` replaces Experiment
-    fields (dict fields merged)."""
+    ``"last"``. ``profile="quick"``: 2-s inputs, k = 1, 3 epochs, fold 0, one seed; ``profile="cpu"``:
+    :data:`CPU_PROFILE` (k = 1, 30 epochs, bfloat16 autocast, fold 0, five seeds), name suffixed ``_cpu``. ``kw``
+    replaces Experiment fields (dict fields merged)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    if profile not in ("full", "quick"):
-        raise ValueError(f"profile must be 'full' or 'quick', got {profile!r}")
-    quick = profile == "quick"
-    scale = scale if scale is not None else (QUICK["scale"] if quick else 4)
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    quick, cpu = profile == "quick", profile == "cpu"
+    scale = scale if scale is not None else (QUICK["scale"] if quick else CPU_PROFILE["scale"] if cpu else 4)
+    train = {**PAPER_TRAIN, "select": selection}
+    if quick:
+        train["epochs"] = QUICK["epochs"]
+    elif cpu:
+        train.update(epochs=CPU_PROFILE["epochs"], cpu_amp=CPU_PROFILE["cpu_amp"])
     exp = Experiment(
-        name=f"eca_paper_{selection}",
+        name=f"eca_paper_{selection}" + (CPU_SUFFIX if cpu else ""),
         corpus=corpus,
         data_root=data_root,
         protocol="random_kfold5",
@@ -112,11 +124,11 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
         augment_features=tuple(version_preset(v) for v in augment),
         model="eca_cnn",
         model_kwargs=_model_kwargs(scale, eca_layers, eca_kernel, eca_variant),
-        train={**PAPER_TRAIN, "select": selection, **({"epochs": QUICK["epochs"]} if quick else {})},
+        train=train,
         loss=loss,
         loss_kwargs=dict(PAPER_LOSS_KWARGS) if "focal" in loss else {},
         seeds=PAPER_SEEDS[:1] if quick else PAPER_SEEDS,
-        folds=(0,) if quick else None,
+        folds=(0,) if quick else CPU_PROFILE["folds"] if cpu else None,
         aggregate="mean_prob",
     )
     return with_overrides(exp, kw)
@@ -130,7 +142,8 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
     model_keys = ("version", "scale", "eca_layers", "eca_kernel", "eca_variant", "augment", "loss")
     model_kw = {k: kw.pop(k) for k in model_keys if k in kw}
     exp = paper_experiment(corpus, data_root, selection="val", profile=profile, **model_kw)
-    exp = exp.replace(name="eca_speaker_independent", protocol="speaker_independent", protocol_kwargs={})
+    exp = exp.replace(name="eca_speaker_independent" + (CPU_SUFFIX if profile == "cpu" else ""),
+                      protocol="speaker_independent", protocol_kwargs={})
     return with_overrides(exp, kw)
 
 
@@ -256,6 +269,20 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
     models = {"cnn": cnn(b), "original_eca": original_eca(b), "our_eca": our_eca(b, (5, 6), kernel),
               "stft_aug": cnn(aug), "our_eca_stft_aug": our_eca(aug, (5, 6), kernel)}
     return [models[step].replace(name=f"{base.name}__abl-{step}") for step, _ in ABLATION_STEPS]
+
+
+PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
+
+
+def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
+                             protocols: Sequence[str] = PROTOCOLS) -> list[Experiment]:
+    """What ``python -m serlib reproduce eca`` runs: the ablation (Tables IV-V) under the paper's 5-fold protocol
+    and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE` (augmentation with its ``n_augment``
+    versions instead of all 8)."""
+    n_augment = CPU_PROFILE["n_augment"] if profile == "cpu" else N_VERSIONS
+    builders = {"paper": paper_experiment, "speaker_independent": speaker_independent_experiment}
+    return [e for p in protocols
+            for e in ablation_experiments(builders[p](corpus, data_root, profile=profile), n_augment=n_augment)]
 
 
 # ------------------------------------------------------------------------------------------------ running

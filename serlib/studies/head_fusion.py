@@ -128,6 +128,23 @@ def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head
     return out
 
 
+PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
+
+
+def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
+                             protocols: Sequence[str] = PROTOCOLS, track_test: bool = True) -> list[Experiment]:
+    """What ``python -m serlib reproduce head_fusion`` runs: the paper protocol (validation-selected, with the
+    per-epoch test curve for the authors' best-test figure when ``track_test``) and the speaker-independent
+    protocol. The paper's configuration runs on a CPU as it is, so ``profile="cpu"`` is ``"full"``."""
+    exps = []
+    if "paper" in protocols:
+        exps.append(paper_experiment(corpus, data_root, profile=profile, selection="val",
+                                     train={"track_test": True} if track_test else {}))
+    if "speaker_independent" in protocols:
+        exps.append(speaker_independent_experiment(corpus, data_root, profile=profile))
+    return exps
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 

@@ -16,6 +16,8 @@ of layer-2 vs layer-1 attention, :func:`serlib.models.moma.attention_smoothness`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import torch
 from torch import nn
@@ -33,6 +35,10 @@ PAPER_MODEL: dict = {}  # MOMAConfig defaults are the paper's (BiLSTM 2 x 512, c
 QUICK_TRAIN: dict = {"epochs": 8, "batch_size": 16, "lr": 3e-3}
 QUICK_MODEL: dict = {"lstm_hidden": 32, "lstm_layers": 1, "context": 16, "proj_dim": 64}
 QUICK_FOLDS: tuple[int, ...] = (0,)
+# the "cpu" profile (this project's RAVDESS records, 2-core CPU): a smaller MOMA (BiLSTM 2 x 128 instead of 2 x 512,
+# context 64, projection 256), lr 1e-3 (ours, for the smaller model and 30 epochs), bfloat16 autocast, seed 0
+CPU_PROFILE: dict = {"train": {"epochs": 30, "lr": 1e-3, "cpu_amp": True},
+                     "model": {"lstm_hidden": 128, "context": 64, "proj_dim": 256}, "seeds": (0,)}
 LAYER_NAMES = ("layer 1", "layer 2 (mixture)")
 
 
@@ -49,7 +55,7 @@ def paper_experiment(corpus: str = "iemocap", data_root: str | None = None, *, p
                      **overrides) -> Experiment:
     """The paper's model and training (see the module docstring); IEM4 on IEMOCAP, speaker-independent folds
     elsewhere. ``profile="quick"``: 8 epochs, batch 16, lr 3e-3, one BiLSTM layer of 32, context 16, projection 64,
-    1 seed, fold 0. ``overrides`` replace Experiment fields (``train`` / ``model_kwargs`` merged)."""
+    1 seed, fold 0. ``profile="cpu"``: :data:`CPU_PROFILE`, name suffixed ``_cpu``. ``overrides`` replace Experiment fields (``train`` / ``model_kwargs`` merged)."""
     iemocap = corpus == "iemocap"
     exp = Experiment(
         name="moma_paper" if iemocap else "moma_paper_si",
@@ -65,7 +71,8 @@ def paper_experiment(corpus: str = "iemocap", data_root: str | None = None, *, p
         seeds=PAPER_SEEDS,
         aggregate="mean_prob",
     )
-    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS,
+                                       cpu=CPU_PROFILE), overrides)
 
 
 def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | None = None, *,
@@ -73,7 +80,21 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
     """The paper's model and training on the shared speaker-independent folds of any corpus."""
     exp = paper_experiment(corpus, data_root, profile="full").replace(
         name="moma_speaker_independent", protocol="speaker_independent", train={**PAPER_TRAIN, "select": "val"})
-    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS), overrides)
+    return with_overrides(apply_profile(exp, profile, train=QUICK_TRAIN, model=QUICK_MODEL, folds=QUICK_FOLDS,
+                                       cpu=CPU_PROFILE), overrides)
+
+
+def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
+                             protocols: Sequence[str] = ("paper", "speaker_independent")) -> list[Experiment]:
+    """What ``python -m serlib reproduce moma`` runs: on IEMOCAP the paper's IEM4 protocol and the
+    speaker-independent one; on any other corpus the paper's protocol does not exist (:func:`protocol_note`), so
+    only the speaker-independent folds (``profile="cpu"``: :data:`CPU_PROFILE`)."""
+    exps = []
+    if "paper" in protocols and corpus == "iemocap":
+        exps.append(paper_experiment(corpus, data_root, profile=profile))
+    if "speaker_independent" in protocols:
+        exps.append(speaker_independent_experiment(corpus, data_root, profile=profile))
+    return exps
 
 
 # ------------------------------------------------------------------------------------------------ tables
