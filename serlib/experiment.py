@@ -385,9 +385,28 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     return record
 
 
+RUN_INDEPENDENT = ("seeds", "folds")  # which runs an experiment enumerates, not how one run is configured
+
+
+def run_config(config: dict) -> dict:
+    """The part of an experiment config (``Experiment.to_dict()``, or a record's ``config``) that decides one run:
+    without the seeds / folds the experiment enumerates and the ``*_resolved`` entries a record adds, so one
+    (seed, fold) run has one record path whichever subset of seeds and folds it was launched with."""
+    return {k: v for k, v in config.items() if k not in RUN_INDEPENDENT and not k.endswith("_resolved")}
+
+
 def experiment_record_path(exp: Experiment, corpus: Corpus, split: Split, seed: int, results_dir) -> Path:
+    """``results_dir/<name>/<corpus>/<protocol>/<hash of run_config>_seed<s>_fold<f>.json``."""
     return record_path(results_dir, exp.name, {"corpus": corpus.name, "protocol": exp.protocol,
-                                              "config": exp.to_dict(), "seed": seed, "fold": split.fold})
+                                              "config": run_config(exp.to_dict()), "seed": seed, "fold": split.fold})
+
+
+def record_path_of(record: dict, results_dir) -> Path:
+    """Where :func:`experiment_record_path` puts a finished run's record (from the record alone)."""
+    return record_path(results_dir, record["kind"], {"corpus": record["corpus"]["name"],
+                                                    "protocol": record["split"]["protocol"],
+                                                    "config": run_config(record["config"]), "seed": record["seed"],
+                                                    "fold": record["split"]["fold"]})
 
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results", device=None,

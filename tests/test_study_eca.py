@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from serlib.experiment import build_views, experiment_record_path, run_one
+from serlib.experiment import build_views, experiment_record_path, record_path_of, run_one
 from serlib.models.registry import build_model
 from serlib.studies import eca
 
@@ -156,6 +156,13 @@ def test_run_grid_writes_and_skips(grid_run, synthetic):
     assert rec["extra"]["n_parameters"] == _n_params(exp)
     again = eca.run_grid([exp], out, backend="serial")
     assert again[0]["created"] == rec["created"] and json.loads(path.read_text()) == rec  # loaded, not re-run
+    # the path follows from the record alone, and names one run whatever seeds / folds the experiment enumerated
+    assert record_path_of(rec, out) == path
+    wider = exp.replace(seeds=(7, 0, 3), folds=None)
+    assert experiment_record_path(wider, synthetic, eca.split_for(exp, synthetic, 0), 0, out) == path
+    assert experiment_record_path(wider, synthetic, eca.split_for(exp, synthetic, 0), 7, out) != path
+    again = eca.run_grid([exp.replace(seeds=(0, 1))], out, backend="serial")
+    assert again[0]["created"] == rec["created"] and len(again) == 2  # seed 0 loaded, seed 1 run
     tab = eca.config_table(recs)
     assert tab.loc[0, "eca_layers"] == "56" and tab.loc[0, "n runs"] == 1
     assert tab.loc[0, "model"] == "our ECA 56 k7"
