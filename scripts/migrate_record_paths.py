@@ -1,26 +1,46 @@
-"""Move run records to the path of their run config (serlib >= 0.1 leaves the seeds / folds lists out of the hash).
+"""Move run records to the path of their run config (the seeds / folds lists an experiment enumerates are left out
+of the path's hash since serlib 0.1; older records were named with them).
 
     python scripts/migrate_record_paths.py results [--git]
+
+``--git`` moves tracked files with ``git mv``. Two records that map to one path stop the script before anything
+of theirs is moved.
 """
-import json, sys, subprocess
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
 from pathlib import Path
+
 from serlib.experiment import record_path_of
-root = Path(sys.argv[1]); git = "--git" in sys.argv
-seen = {}
-for p in sorted(root.rglob("*.json")):
-    if "benchmarks" in p.parts:
-        continue
-    rec = json.loads(p.read_text())
-    if "kind" not in rec:
-        continue
-    new = record_path_of(rec, root)
-    if new in seen:
-        raise SystemExit(f"conflict: {p} and {seen[new]} -> {new}")
-    seen[new] = p
-    if new != p:
+
+
+def main(argv: list[str]) -> int:
+    root, use_git = Path(argv[0]), "--git" in argv
+    moves: dict[Path, Path] = {}
+    for path in sorted(root.rglob("*.json")):
+        rec = json.loads(path.read_text())
+        if "kind" not in rec or "split" not in rec:  # benchmarks and other JSON files
+            continue
+        new = record_path_of(rec, root)
+        if new in moves.values():
+            raise SystemExit(f"two records map to {new}: {path} and one before it")
+        moves[path] = new
+    for old, new in moves.items():
+        if old == new:
+            continue
         new.parent.mkdir(parents=True, exist_ok=True)
-        if git and subprocess.run(["git", "ls-files", "--error-unmatch", str(p)], capture_output=True).returncode == 0:
-            subprocess.run(["git", "mv", str(p), str(new)], check=True)
+        tracked = use_git and subprocess.run(["git", "ls-files", "--error-unmatch", str(old)],
+                                             capture_output=True).returncode == 0
+        if tracked:
+            subprocess.run(["git", "mv", str(old), str(new)], check=True)
         else:
-            p.rename(new)
-        print(p.name, "->", new.name)
+            old.rename(new)
+        print(f"{old} -> {new.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
