@@ -220,6 +220,19 @@ def test_ablation_table_and_paired_tests():
     assert ours["p (paired t)"] < 1e-3 and ours["p (Wilcoxon)"] is not None
     assert tests.loc["+ STFT augmentation vs CNN", "n pairs"] == 1
     assert math.isnan(tests.loc["+ STFT augmentation vs CNN", "mean diff (pp)"])
+    assert "+ our ECA vs original ECA" not in tests.index  # no original-ECA runs
+
+
+def test_ablation_tests_compare_the_two_ecas_and_eca_on_top_of_augmentation():
+    recs = []
+    for seed in range(4):
+        recs += [_fake("original_eca", seed, 0, 0.40 + 0.01 * seed), _fake("our_eca", seed, 0, 0.45 + 0.01 * seed),
+                 _fake("stft_aug", seed, 0, 0.50 + 0.02 * seed), _fake("our_eca_stft_aug", seed, 0, 0.49 + 0.02 * seed)]
+    tests = eca.ablation_tests(recs).set_index("comparison")
+    assert math.isclose(tests.loc["+ our ECA vs original ECA", "mean diff (pp)"], 5.0, abs_tol=1e-9)
+    assert tests.loc["+ our ECA vs original ECA", "a better in"] == "4/4"
+    both = tests.loc["+ our ECA + STFT augmentation vs STFT augmentation"]
+    assert math.isclose(both["mean diff (pp)"], -1.0, abs_tol=1e-9) and both["a better in"] == "0/4"
 
 
 def test_paper_reference_is_quoted():

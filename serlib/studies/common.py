@@ -59,6 +59,12 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
                        seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
 
 
+def profile_of(kind: str) -> str:
+    """``"cpu"`` for a record of a ``cpu``-profile experiment (name suffixed ``_cpu``), else ``"as named"`` (the
+    paper's configuration, or whatever overrides the experiment's config shows)."""
+    return "cpu" if kind.endswith(CPU_SUFFIX) else "as named"
+
+
 def load_study_records(results_dir: str | Path, prefix: str) -> list[dict]:
     """Every finished run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
     out = []

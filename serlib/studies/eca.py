@@ -395,9 +395,20 @@ def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ablation_tests(records, metric: str = "ua") -> pd.DataFrame:
-    """Each ablation step against the plain CNN over runs matched by (seed, fold): paired t-test and, from 6
-    pairs, Wilcoxon (:func:`serlib.evaluate.paired_test`). Differences in percentage points."""
+ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (
+    *((step, "cnn") for step, _ in ABLATION_STEPS[1:]),
+    ("our_eca", "original_eca"),  # is the paper's ECA better than the original one?
+    ("our_eca_stft_aug", "stft_aug"),  # does ECA still help on top of the augmentation?
+)
+
+
+def ablation_tests(records, metric: str = "ua",
+                   comparisons: Sequence[tuple[str, str]] = ABLATION_COMPARISONS) -> pd.DataFrame:
+    """Ablation steps against each other over runs matched by (seed, fold): each step against the plain CNN, our
+    ECA against the original ECA, and ECA + augmentation against augmentation alone (``comparisons``: (a, b)
+    pairs of :data:`ABLATION_STEPS` keys). Paired t-test and, from 6 pairs, Wilcoxon
+    (:func:`serlib.evaluate.paired_test`); ``mean diff (pp)`` is a - b in percentage points, positive when a is
+    better."""
     from serlib.evaluate import paired_test
 
     runs: dict[tuple, dict[str, dict[tuple, float]]] = {}
@@ -410,17 +421,18 @@ def ablation_tests(records, metric: str = "ua") -> pd.DataFrame:
     labels = dict(ABLATION_STEPS)
     rows = []
     for (base, corpus, protocol), steps in sorted(runs.items()):
-        ref = steps.get("cnn", {})
-        for step, _ in ABLATION_STEPS[1:]:
-            if step not in steps:
+        for a, b in comparisons:
+            if a not in steps or b not in steps:
                 continue
-            common = sorted(set(ref) & set(steps[step]))
-            row = {"base": base, "corpus": corpus, "protocol": protocol, "comparison": f"{labels[step]} vs CNN",
-                   "metric": metric.upper(), "n pairs": len(common)}
+            common = sorted(set(steps[a]) & set(steps[b]))
+            row = {"base": base, "corpus": corpus, "protocol": protocol,
+                   "comparison": f"{labels[a]} vs {labels[b].removeprefix('+ ')}", "metric": metric.upper(),
+                   "n pairs": len(common)}
             if len(common) >= 2:
-                t = paired_test([steps[step][c] for c in common], [ref[c] for c in common])
+                t = paired_test([steps[a][c] for c in common], [steps[b][c] for c in common])
                 row.update({"mean diff (pp)": t["mean_diff"], "std diff (pp)": t["std_diff"], "t": t["t"],
-                            "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"]})
+                            "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"],
+                            "a better in": f"{sum(steps[a][c] > steps[b][c] for c in common)}/{len(common)}"})
             else:
                 row.update({"mean diff (pp)": float("nan"), "note": "fewer than 2 matched runs: no test"})
             rows.append(row)

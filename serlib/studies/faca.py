@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from serlib.experiment import Experiment, build_views, run_experiment
-from serlib.studies.common import apply_profile, percent_summary, with_overrides
+from serlib.studies.common import apply_profile, percent_summary, profile_of, with_overrides
 from serlib.studies.common import load_study_records as _load_records
 from serlib.train import ArrayData
 
@@ -178,17 +178,19 @@ def variants_table(records) -> pd.DataFrame:
     df = _frame(records)
     if df.empty:
         return pd.DataFrame()
-    df = df.assign(variant=_variant_col(df))
+    df = df.assign(variant=_variant_col(df), profile=df["kind"].map(profile_of))
     rows = []
-    for (corpus, protocol, variant), part in df.groupby(["corpus", "protocol", "variant"], sort=False):
-        row = {"corpus": corpus, "protocol": protocol, "model": VARIANT_NAMES.get(variant, variant)}
+    for (corpus, protocol, profile, variant), part in df.groupby(["corpus", "protocol", "profile", "variant"],
+                                                                 sort=False):
+        row = {"corpus": corpus, "protocol": protocol, "profile": profile,
+               "model": VARIANT_NAMES.get(variant, variant)}
         row.update(percent_summary(part))
         row["n runs"] = len(part)
         row["epochs"] = part["config.train.epochs"].iloc[0]
         rows.append(row)
     out = pd.DataFrame(rows)
     order = {VARIANT_NAMES[v]: i for i, v in enumerate(VARIANTS)}
-    return out.sort_values(["corpus", "protocol", "model"], key=lambda s: s.map(order) if s.name == "model" else s,
+    return out.sort_values(["corpus", "protocol", "profile", "model"], key=lambda s: s.map(order) if s.name == "model" else s,
                            ignore_index=True)
 
 
@@ -203,15 +205,15 @@ def ablation_tests(records, metric: str = "ua",
     df = _frame(records)
     if df.empty:
         return pd.DataFrame()
-    df = df.assign(variant=_variant_col(df))
+    df = df.assign(variant=_variant_col(df), profile=df["kind"].map(profile_of))
     rows = []
-    for (corpus, protocol), part in df.groupby(["corpus", "protocol"], sort=False):
+    for (corpus, protocol, profile), part in df.groupby(["corpus", "protocol", "profile"], sort=False):
         wide = part.pivot_table(index=["seed", "fold"], columns="variant", values=metric, aggfunc="mean")
         for a, b in pairs:
             if a not in wide or b not in wide:
                 continue
             both = wide[[a, b]].dropna()
-            row = {"corpus": corpus, "protocol": protocol,
+            row = {"corpus": corpus, "protocol": protocol, "profile": profile,
                    "comparison": f"{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}", "metric": metric.upper(),
                    "n pairs": len(both)}
             if len(both) >= 2:

@@ -24,7 +24,7 @@ from torch import nn
 
 from serlib.experiment import Experiment
 from serlib.models.moma import attention_smoothness
-from serlib.studies.common import apply_profile, percent_summary, with_overrides
+from serlib.studies.common import apply_profile, percent_summary, profile_of, with_overrides
 from serlib.studies.faca import _frame, eval_view, load_model, run_study
 from serlib.train import ArrayData
 
@@ -103,9 +103,11 @@ def results_table(records) -> pd.DataFrame:
     df = _frame(records)
     if df.empty:
         return pd.DataFrame()
+    df = df.assign(profile=df["kind"].map(profile_of))
     rows = []
-    for (corpus, protocol, selection), part in df.groupby(["corpus", "protocol", "selection"], sort=True):
-        row = {"model": "MOMA", "corpus": corpus, "protocol": protocol, "selection": selection}
+    for (corpus, protocol, profile, selection), part in df.groupby(["corpus", "protocol", "profile", "selection"],
+                                                                   sort=True):
+        row = {"model": "MOMA", "corpus": corpus, "protocol": protocol, "profile": profile, "selection": selection}
         row.update(percent_summary(part))
         row["n runs"] = len(part)
         row["epochs"] = part["config.train.epochs"].iloc[0]
