@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: execute every notebook headless (papermill) into build/notebooks/ and write run records.
-# Usage: bash scripts/study.sh [DATA_ROOT] [--profile quick|full] [other `serlib study` options]
+# Usage: bash scripts/study.sh [DATA_ROOT] [--profile quick|cpu|full] [other `serlib study` options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

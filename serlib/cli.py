@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("study", help="execute the notebooks headless (the main job)")
     s.add_argument("--data-root", default=None, help="folder holding ravdess/, esc50/, IEMOCAP_full_release/ "
                    "(default: $SERLIB_DATA)")
-    s.add_argument("--profile", choices=["quick", "full"], default="quick")
+    s.add_argument("--profile", choices=["quick", "cpu", "full"], default="quick")
     s.add_argument("--out", default=str(REPO / "build" / "notebooks"))
     s.add_argument("--results", default=str(REPO / "build" / "results"))
     s.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
