@@ -151,6 +151,10 @@ def cmd_reproduce(args) -> int:
 
     module, table = _study(args.paper)
     kw = {"track_test": args.track_test} if args.paper == "head_fusion" else {}
+    if args.parts:
+        if args.paper != "eca":
+            raise SystemExit("--parts applies to eca only")
+        kw["parts"] = args.parts
     exps = module.reproduction_experiments(args.corpus, args.data_root, profile=args.profile,
                                            protocols=args.protocols, **kw)
     if not exps:
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", choices=["quick", "cpu", "full"], default="full",
                    help="full: the paper's configuration (GPU for all but head_fusion); cpu: the reduced one the "
                    "committed records use; quick: minutes")
+    r.add_argument("--parts", nargs="+", choices=["ablation", "grid_slice"],
+                   help="eca only: the ablation (default) and/or the k x version grid slice behind the timing")
     r.add_argument("--seeds", nargs="*", type=int)
     r.add_argument("--folds", nargs="*", type=int)
     r.add_argument("--n-jobs", type=int, default=1)

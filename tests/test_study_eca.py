@@ -263,3 +263,21 @@ def test_conv_macs_and_grid_timing(grid_run):
     assert proj.loc[0, "basis"] == "measured at this k" and (proj["basis"] == "rate of k = 1").sum() == 7
     assert (proj["runs"] == 8 * 5 * 5).all() and proj["one run (h)"].is_monotonic_increasing
     assert math.isclose(proj.attrs["total_h"], proj["all versions x folds x seeds (h)"].sum())
+    # the GPU column follows from the conv FLOPs and the stated throughput alone
+    k4 = proj.set_index("k").loc[4]
+    flops = 3 * 2 * k4["conv GMAC / example"] * 1e9 * per_config.loc[0, "n_train"] * eca.PAPER_TRAIN["epochs"]
+    assert math.isclose(k4["one GPU, all (h, assumed)"], flops * k4["runs"] / (eca.GPU_TFLOPS_ASSUMED * 1e12) / 3600)
+    assert "assumed" in proj.attrs["gpu_assumption"]
+    _, half = eca.grid_timing(recs, n_seeds=5, gpu_tflops=2 * eca.GPU_TFLOPS_ASSUMED)
+    assert math.isclose(half.attrs["total_gpu_h"], proj.attrs["total_gpu_h"] / 2)
+
+
+def test_grid_slice_and_reproduction_parts():
+    exps = eca.reproduction_experiments("ravdess", profile="cpu", parts=("grid_slice",))
+    assert [(e.model_kwargs["scale"], e.features) for e in exps] == [(k, f"eca_v{v}") for k, v in eca.GRID_SLICE]
+    assert all(e.model_kwargs["eca_layers"] == () and e.seeds == (0,) and e.name.startswith("eca_paper_val_cpu__")
+               for e in exps)
+    both = eca.reproduction_experiments("ravdess", profile="cpu", protocols=("paper",), parts=("ablation", "grid_slice"))
+    assert len(both) == len(eca.ABLATION_STEPS) + len(eca.GRID_SLICE)
+    with pytest.raises(ValueError, match="parts"):
+        eca.reproduction_experiments("ravdess", parts=("grids",))

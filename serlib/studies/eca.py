@@ -58,6 +58,9 @@ VAL_FRAC = 0.1  # ours: validation part (fraction of the corpus) carved from eac
 SELECTIONS = ("val", "last")
 KERNELS: tuple[int, ...] = (3, 5, 7, 9)
 QUICK: dict = {"fixed_s": 2.0, "scale": 1, "epochs": 3}
+# sustained throughput assumed for the GPU projection of grid_timing (a mid-range GPU with AMP on small 3x3 convs
+# sustains roughly this; it is a stated assumption, never a measurement)
+GPU_TFLOPS_ASSUMED = 10.0
 # the "cpu" profile (this project's RAVDESS records, 2-core CPU): 6-s inputs as the paper, k = 1 instead of 4, 30
 # epochs instead of 150, bfloat16 autocast, fold 0 of the 5 with the five seeds; the ablation's augmentation uses 2
 # versions (test v8, train v8 + v7) instead of all 8
@@ -272,17 +275,37 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
 
 
 PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
+PARTS: tuple[str, ...] = ("ablation", "grid_slice")
+# the slice of Fig. 6's k x version grid whose recorded wall times the full grid's projection rests on: the plain
+# CNN at k = 1, 2, 4 (the paper's final k) on version 8, and k = 1 on versions 1 and 4; one seed, fold 0
+GRID_SLICE: tuple[tuple[int, int], ...] = ((1, 8), (2, 8), (4, 8), (1, 1), (1, 4))
+
+
+def grid_slice_experiments(base: Experiment) -> list[Experiment]:
+    """:data:`GRID_SLICE` of :func:`grid_k_version` on the plain CNN of ``base``, first seed only."""
+    b = cnn(base).replace(seeds=base.seeds[:1])
+    return [e for k, v in GRID_SLICE for e in grid_k_version(b, ks=(k,), versions=(v,))]
 
 
 def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
-                             protocols: Sequence[str] = PROTOCOLS) -> list[Experiment]:
-    """What ``python -m serlib reproduce eca`` runs: the ablation (Tables IV-V) under the paper's 5-fold protocol
-    and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE` (augmentation with its ``n_augment``
-    versions instead of all 8)."""
+                             protocols: Sequence[str] = PROTOCOLS, parts: Sequence[str] = ("ablation",)
+                             ) -> list[Experiment]:
+    """What ``python -m serlib reproduce eca`` runs. ``parts``: ``"ablation"`` (Tables IV-V, under the paper's
+    5-fold protocol and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE`, the augmentation with
+    its ``n_augment`` versions instead of all 8) and ``"grid_slice"`` (:func:`grid_slice_experiments`, paper
+    protocol only: the recorded basis of :func:`grid_timing`'s projection)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts must be among {PARTS}, got {sorted(unknown)}")
     n_augment = CPU_PROFILE["n_augment"] if profile == "cpu" else N_VERSIONS
     builders = {"paper": paper_experiment, "speaker_independent": speaker_independent_experiment}
-    return [e for p in protocols
-            for e in ablation_experiments(builders[p](corpus, data_root, profile=profile), n_augment=n_augment)]
+    exps = []
+    if "ablation" in parts:
+        exps += [e for p in protocols
+                 for e in ablation_experiments(builders[p](corpus, data_root, profile=profile), n_augment=n_augment)]
+    if "grid_slice" in parts and "paper" in protocols:
+        exps += grid_slice_experiments(paper_experiment(corpus, data_root, profile=profile))
+    return exps
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -475,8 +498,9 @@ def conv_macs(scale: int, *, n_features: int = 64, n_frames: int = 601, pattern:
 
 def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N_VERSIONS, n_folds: int = 5,
                 n_seeds: int = len(PAPER_SEEDS), epochs: int = PAPER_TRAIN["epochs"], fixed_s: float = 6.0,
-                n_train: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Recorded wall time per configuration, and the projected wall time of the full k x version grid on this CPU.
+                n_train: int | None = None, gpu_tflops: float = GPU_TFLOPS_ASSUMED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Recorded wall time per configuration, and the projected wall time of the full k x version grid on this CPU
+    and on one GPU.
 
     Returns ``(per_config, projection)``. ``per_config``: per experiment, the mean over its runs of the epoch time
     (training + validation), the feature time (0 when cached), the run's total, the training examples per epoch
@@ -485,6 +509,9 @@ def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N
     = that x ``n_versions`` x ``n_folds`` x ``n_seeds`` (serial, one process with the recorded thread count).
     The rate is the one measured at that k when recorded, else that of the nearest recorded k (larger on ties).
     ``n_train`` defaults to the largest recorded per-epoch training set without augmentation.
+
+    The GPU column is an **assumption, not a measurement** (no GPU here): the conv stack's training FLOPs (forward
+    + backward ~ 3 x 2 x MACs per example and epoch) divided by ``gpu_tflops`` of sustained throughput.
     """
     rows = []
     for r in _ok(records):
@@ -520,12 +547,18 @@ def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N
         rate = float(rate_by_k.loc[nearest])
         gm = conv_macs(k, n_frames=frames) / 1e9
         run_s = rate * gm * n_train * epochs
-        proj.append({"k": k, "conv GMAC / example": gm, "basis": "measured at this k" if measured else f"rate of k = {nearest}",
-                     "epoch (s)": rate * gm * n_train, "one run (h)": run_s / 3600,
-                     "runs": n_versions * n_folds * n_seeds,
-                     "all versions x folds x seeds (h)": run_s * n_versions * n_folds * n_seeds / 3600})
+        n_runs = n_versions * n_folds * n_seeds
+        gpu_run_s = 3 * 2 * gm * 1e9 * n_train * epochs / (gpu_tflops * 1e12)
+        proj.append({"k": k, "conv GMAC / example": gm,
+                     "basis": "measured at this k" if measured else f"rate of k = {nearest}",
+                     "epoch (s)": rate * gm * n_train, "one run (h)": run_s / 3600, "runs": n_runs,
+                     "all versions x folds x seeds (h)": run_s * n_runs / 3600,
+                     "one GPU, all (h, assumed)": gpu_run_s * n_runs / 3600})
     projection = pd.DataFrame(proj)
     projection.attrs["total_h"] = float(projection["all versions x folds x seeds (h)"].sum())
+    projection.attrs["total_gpu_h"] = float(projection["one GPU, all (h, assumed)"].sum())
+    projection.attrs["gpu_assumption"] = (f"{gpu_tflops:g} TFLOP/s sustained on the conv stack's training FLOPs "
+                                          "(assumed, not measured: no GPU here)")
     projection.attrs["setting"] = (f"{fixed_s} s inputs, {n_train} training utterances, {epochs} epochs, "
                                    f"{n_versions} versions x {n_folds} folds x {n_seeds} seeds")
     return per_config, projection
