@@ -107,7 +107,7 @@ def _fake_records(base: dict, values: dict[str, list[float]]) -> list[dict]:
 def test_variants_table_and_ablation_tests_on_known_records(quick_run):
     base = quick_run[3][0]
     recs = _fake_records(base, {"bmhsa": [0.50, 0.52, 0.54, 0.56], "fa": [0.51, 0.54, 0.55, 0.59],
-                                "faca": [0.51, 0.54, 0.55, 0.59]})
+                                "faca": [0.52, 0.53, 0.56, 0.58]})
     table = faca.variants_table(recs)
     assert list(table["model"]) == ["BMHSA", "MHSA-FA", "MHSA-FACA"]
     bm = table.iloc[0]
@@ -118,9 +118,16 @@ def test_variants_table_and_ablation_tests_on_known_records(quick_run):
     fa_bm = tests.loc["MHSA-FA - BMHSA"]
     assert fa_bm["n pairs"] == 4 and fa_bm["mean diff (pp)"] == pytest.approx(1.75)
     assert fa_bm["a better in"] == "4/4" and 0 < fa_bm["p (t-test)"] < 0.05
-    assert tests.loc["MHSA-FACA - MHSA-FA", "mean diff (pp)"] == pytest.approx(0.0)
+    assert tests.loc["MHSA-FACA - MHSA-FA", "mean diff (pp)"] == pytest.approx(0.0, abs=1e-9)
     one = faca.ablation_tests(_fake_records(base, {"bmhsa": [0.5], "fa": [0.6]}))
     assert one.iloc[0]["n pairs"] == 1 and "p (t-test)" not in one.columns
+    # the summary in words: FA's gain is significant, CA's (+0.00) is not
+    text = faca.summary_markdown(recs)
+    assert f"MHSA-FACA UA **{table.iloc[2]['UA mean (%)']:.2f} ± {table.iloc[2]['UA std (%)']:.2f} %**" in text
+    fa_line, ca_line = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert fa_line.startswith("- MHSA-FA - BMHSA: +1.75 points") and "significant at 0.05." in fa_line
+    assert ca_line.startswith("- MHSA-FACA - MHSA-FA: ") and "p = 1)" in ca_line and "not a significant gain" in ca_line
+    assert ("short" in text) == (base["corpus"]["name"] == "ravdess")
 
 
 # ----------------------------------------------------------------------------------------------------- peaks

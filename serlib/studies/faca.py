@@ -227,6 +227,47 @@ def ablation_tests(records, metric: str = "ua",
     return pd.DataFrame(rows)
 
 
+def summary_markdown(records, alpha: float = 0.05) -> str:
+    """Our result in words, per (corpus, protocol, profile) of ``records``: MHSA-FACA's UA (mean ± std, runs,
+    epochs) against the paper's RAVDESS figure where comparable, and whether each step of the ablation order
+    (BMHSA < FA < FACA) is significant in the paired tests."""
+    table, tests = variants_table(records), ablation_tests(records)
+    if table.empty:
+        return "(no runs)"
+    paper_ua = paper_reference().set_index(["corpus", "model"]).loc[("ravdess", "MHSA-FACA"), "UA (%)"]
+    lines = []
+    for (corpus, protocol, profile), part in table.groupby(["corpus", "protocol", "profile"], sort=False):
+        rows = part.set_index("model")
+        if "MHSA-FACA" not in rows.index:
+            continue
+        r = rows.loc["MHSA-FACA"]
+        std = "" if pd.isna(r["UA std (%)"]) else f" ± {r['UA std (%)']:.2f}"
+        line = (f"**Our result** ({corpus}, {protocol}, {profile} profile, {int(r['n runs'])} runs, "
+                f"{int(r['epochs'])} epochs): MHSA-FACA UA **{r['UA mean (%)']:.2f}{std} %**, WA "
+                f"{r['WA mean (%)']:.2f} %.")
+        if corpus == "ravdess" and protocol == PAPER_PROTOCOLS["ravdess"]:
+            gap = paper_ua - r["UA mean (%)"]
+            line += f" The paper reports {paper_ua} % UA on this protocol: we are {abs(gap):.2f} points " \
+                    f"{'short' if gap > 0 else 'above'}."
+        else:
+            line += " The paper has no figure for this corpus and protocol."
+        lines.append(line)
+        t = tests[(tests["corpus"] == corpus) & (tests["protocol"] == protocol) & (tests["profile"] == profile)]
+        for comp in ("MHSA-FA - BMHSA", "MHSA-FACA - MHSA-FA"):
+            row = t[t["comparison"] == comp]
+            if row.empty:
+                continue
+            row = row.iloc[0]
+            p = row.get("p (t-test)", float("nan"))
+            verdict = ("no test (fewer than 2 pairs)" if row["n pairs"] < 2 else
+                       "no test (the paired differences have no spread)" if pd.isna(p) else
+                       f"significant at {alpha}" if p < alpha and row["mean diff (pp)"] > 0 else
+                       f"not a significant gain at {alpha}: this step of the order is not shown")
+            lines.append(f"- {comp}: {row['mean diff (pp)']:+.2f} points UA over {int(row['n pairs'])} matched "
+                         f"runs (paired t-test p = {p:.3g}); {verdict}.")
+    return "\n".join(lines)
+
+
 def paper_reference() -> pd.DataFrame:
     """The paper's numbers, QUOTED from PAPERS.md (Tables 1-3 of Kim et al. 2022; not measured by serlib). %."""
     src = "quoted from the paper via PAPERS.md (not measured by serlib)"
