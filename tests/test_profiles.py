@@ -72,3 +72,27 @@ def test_reproduce_command_runs_records_and_resumes(tmp_path, monkeypatch, one_t
     mtime = paths[0].stat().st_mtime_ns
     assert cli.main(argv) == 0  # finished runs are skipped, not rerun
     assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_figure_records_script_writes_each_figure(tmp_path, monkeypatch, one_thread):
+    """scripts/figure_records.py on the synthetic corpus, quick profile: one JSON per study with its numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "scripts" / "figure_records.py"
+    spec = importlib.util.spec_from_file_location("figure_records", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--corpus", "synthetic", "--profile", "quick", "--out", str(tmp_path / "fig"),
+                     "--recorded", str(tmp_path / "none")]) == 0
+    peaks = json.loads((tmp_path / "fig" / "faca_peak_alignment_synthetic.json").read_text())
+    assert {r["model"] for r in peaks["table"]} == {"BMHSA", "MHSA-FA", "MHSA-FACA"}
+    assert all(0 <= r["peak hit rate (%)"] <= 100 for r in peaks["table"])
+    assert len(peaks["runs"]) == 3 and all(r["recorded_test_ua"] is None for r in peaks["runs"])
+    smooth = json.loads((tmp_path / "fig" / "moma_smoothing_synthetic.json").read_text())
+    assert smooth["paired_test_norm_entropy_l2_minus_l1"] is not None and len(smooth["gammas"]) == 3
+    ecaw = json.loads((tmp_path / "fig" / "eca_channel_weights_synthetic.json").read_text())
+    assert [r["layer"] for r in ecaw["effects"]] == [5, 6]
+    assert len(ecaw["mean_weights_by_emotion"]["6"]) == len(ecaw["labels"])
+    assert len(peaks["git"]) >= 40 and peaks["profile"] == "quick"

@@ -184,6 +184,40 @@ def test_train_and_keep_matches_run_one_and_channel_weights(grid_run, synthetic,
         assert np.all((arr > 0) & (arr < 1))
     with pytest.raises(ValueError):
         eca.channel_weights_by_emotion(model, views, layers=(4,))
+    # per-item weights average to the per-emotion means; the effect table has one row per layer
+    per_item = eca.channel_weights_per_item(model, views.test.x, (5, 6))
+    y = views.test.y.numpy()
+    for layer in (5, 6):
+        for c in np.unique(y):
+            np.testing.assert_allclose(per_item[layer][y == c].mean(0), w[layer][c], rtol=1e-5, atol=1e-6)
+    eff = eca.channel_weight_effects(model, views, (5, 6)).set_index("layer")
+    assert list(eff.index) == [5, 6] and (eff["items"] == len(y)).all()
+    assert ((0 <= eff["median eta^2"]) & (eff["median eta^2"] <= eff["max eta^2"]) & (eff["max eta^2"] <= 1)).all()
+
+
+def test_channel_weight_effects_finds_an_emotion_effect_it_is_given():
+    """Stub model whose layer-6 weights depend on the label and layer-5 weights do not: the table must say so."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    y = torch.as_tensor(np.repeat(np.arange(4), 30))
+    x = torch.zeros(len(y), 2, 3)
+    x[:, 0, 0] = y.float()
+    x[:, 1] = torch.as_tensor(rng.normal(size=(len(y), 3)), dtype=torch.float32)
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, xb):
+            label, noise = xb[:, 0, 0], xb[:, 1]
+            return None, {"eca_weights": {5: torch.sigmoid(noise), 6: torch.sigmoid(label[:, None] + 0.1 * noise)}}
+
+    views = SimpleNamespace(test=SimpleNamespace(x=x, y=y))
+    eff = eca.channel_weight_effects(Stub(), views, (5, 6)).set_index("layer")
+    assert eff.loc[6, "channels p < 0.01 Bonferroni (%)"] == 100 and eff.loc[6, "median eta^2"] > 0.9
+    assert eff.loc[5, "channels p < 0.01 Bonferroni (%)"] == 0 and eff.loc[5, "median eta^2"] < 0.2
 
 
 def test_train_and_keep_equals_run_one_without_results_dir(synthetic):
