@@ -38,7 +38,7 @@ def train(exp, recorded: Path) -> tuple[dict, torch.nn.Module, object, dict]:
     committed = json.loads(path.read_text()) if path.exists() else None
     run = {"kind": rec["kind"], "seed": 0, "fold": 0, "config_hash": rec["config_hash"],
            "test_ua": rec["metrics"]["ua"], "test_wa": rec["metrics"]["wa"],
-           "recorded_path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+           "recorded_path": str(path.relative_to(recorded.parent)),  # e.g. results/<kind>/...
            "recorded_test_ua": committed["metrics"]["ua"] if committed else None}
     return rec, model, views, run
 
