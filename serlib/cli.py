@@ -71,19 +71,23 @@ def cmd_study(args) -> int:
     results = Path(args.results)
     params = {"data_root": str(root) if root else None, "corpus": corpus, "profile": args.profile,
               "results_dir": str(results.resolve())}
-    failures = []
+    failures, seconds = [], {}
     for nb in _notebooks(REPO / "notebooks", args.only):
         t0 = time.perf_counter()
         print(f"-> {nb.name} ({args.profile} profile, corpus {corpus})", flush=True)
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO / "notebooks"),
                                 progress_bar=False, kernel_name=args.kernel)
-            print(f"   done in {time.perf_counter() - t0:.0f} s -> {out / nb.name}")
+            seconds[nb.name] = round(time.perf_counter() - t0, 1)
+            print(f"   done in {seconds[nb.name]:.0f} s -> {out / nb.name}")
         except Exception as exc:
             failures.append(nb.name)
             print(f"   FAILED: {type(exc).__name__}: {str(exc)[:2000]}")
+    from serlib.records import environment_info, git_revision
+
     summary = {"corpus": corpus, "data_root": params["data_root"], "profile": args.profile,
-               "notebooks": [p.name for p in _notebooks(REPO / "notebooks", args.only)], "failed": failures}
+               "notebooks": [p.name for p in _notebooks(REPO / "notebooks", args.only)], "failed": failures,
+               "seconds": seconds, "git": git_revision(), "environment": environment_info()}
     (out / "study.json").write_text(json.dumps(summary, indent=2))
     print(f"records under {results}; executed notebooks under {out}")
     return 1 if failures else 0

@@ -96,3 +96,20 @@ def test_figure_records_script_writes_each_figure(tmp_path, monkeypatch, one_thr
     assert [r["layer"] for r in ecaw["effects"]] == [5, 6]
     assert len(ecaw["mean_weights_by_emotion"]["6"]) == len(ecaw["labels"])
     assert len(peaks["git"]) >= 40 and peaks["profile"] == "quick"
+
+
+@pytest.mark.slow
+def test_study_command_runs_a_notebook_on_the_synthetic_corpus_and_records_it(tmp_path, monkeypatch, capsys):
+    """The main job without data: a loud synthetic banner, the executed notebook, and study.json with its time."""
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv("SERLIB_DATA", str(empty))
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "nb"
+    assert cli.main(["study", "--only", "03", "--out", str(out), "--results", str(tmp_path / "res")]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["corpus"] == "synthetic" and summary["failed"] == []
+    assert list(summary["seconds"]) == ["03_moma.ipynb"] and summary["seconds"]["03_moma.ipynb"] > 0
+    assert (out / "03_moma.ipynb").is_file() and len(summary["git"]) >= 40
+    assert any((tmp_path / "res").rglob("*.json"))  # the notebook wrote its run records
