@@ -51,12 +51,16 @@ def test_cpu_profiles_state_what_they_change():
     assert [e.protocol for e in moma.reproduction_experiments("iemocap", profile="cpu")] == \
         ["session5_test", "speaker_independent"]
     abl = eca.reproduction_experiments("ravdess", profile="cpu", protocols=("paper",))
-    assert [e.name.rsplit("__abl-", 1)[1] for e in abl] == [s for s, _ in eca.ABLATION_STEPS]
+    assert [e.name.rsplit("__abl-", 1)[1] for e in abl] == [s for s, _ in eca.ALL_STEPS]
     assert all(e.model_kwargs["scale"] == 1 and e.fixed_s == 6.0 and e.seeds == eca.PAPER_SEEDS
                and e.folds == (0,) for e in abl)
     aug = {e.name.rsplit("__abl-", 1)[1]: e for e in abl}
     assert aug["stft_aug"].features == "eca_v8" and aug["stft_aug"].augment_features == ("eca_v7",)
     assert aug["cnn"].augment_features == ()
+    # the control: the plain CNN with as many optimiser steps as the 2-version augmented run
+    ctl = aug["cnn_matched_steps"]
+    assert ctl.train["epochs"] == 2 * aug["cnn"].train["epochs"] and ctl.augment_features == ()
+    assert ctl.model_kwargs == aug["cnn"].model_kwargs and ctl.features == aug["cnn"].features
 
 
 def test_reproduce_command_runs_records_and_resumes(tmp_path, monkeypatch, one_thread, capsys):

@@ -265,6 +265,12 @@ def test_ablation_tests_compare_the_two_ecas_and_eca_on_top_of_augmentation():
     tests = eca.ablation_tests(recs).set_index("comparison")
     assert math.isclose(tests.loc["+ our ECA vs original ECA", "mean diff (pp)"], 5.0, abs_tol=1e-9)
     assert tests.loc["+ our ECA vs original ECA", "a better in"] == "4/4"
+    recs += [_fake("cnn_matched_steps", seed, 0, 0.48 + 0.02 * seed) for seed in range(4)]
+    tests = eca.ablation_tests(recs).set_index("comparison")
+    ctl = tests.loc["+ STFT augmentation vs CNN, as many steps as + STFT augmentation"]
+    assert math.isclose(ctl["mean diff (pp)"], 2.0, abs_tol=1e-9) and ctl["a better in"] == "4/4"
+    tab = eca.ablation_table(recs).set_index("model")
+    assert math.isnan(tab.loc["CNN, as many steps as + STFT augmentation", "paper UA (%, quoted)"])
     both = tests.loc["+ our ECA + STFT augmentation vs STFT augmentation"]
     assert math.isclose(both["mean diff (pp)"], -1.0, abs_tol=1e-9) and both["a better in"] == "0/4"
 
@@ -312,6 +318,6 @@ def test_grid_slice_and_reproduction_parts():
     assert all(e.model_kwargs["eca_layers"] == () and e.seeds == (0,) and e.name.startswith("eca_paper_val_cpu__")
                for e in exps)
     both = eca.reproduction_experiments("ravdess", profile="cpu", protocols=("paper",), parts=("ablation", "grid_slice"))
-    assert len(both) == len(eca.ABLATION_STEPS) + len(eca.GRID_SLICE)
+    assert len(both) == len(eca.ALL_STEPS) + len(eca.GRID_SLICE)
     with pytest.raises(ValueError, match="parts"):
         eca.reproduction_experiments("ravdess", parts=("grids",))

@@ -72,6 +72,10 @@ ABLATION_STEPS: tuple[tuple[str, str], ...] = (
     ("stft_aug", "+ STFT augmentation"),
     ("our_eca_stft_aug", "+ our ECA + STFT augmentation"),
 )
+# ours, not the paper's: the plain CNN trained for n_augment x the epochs, i.e. as many optimiser steps as the
+# augmented run takes, so that "+ STFT augmentation vs CNN" can be told apart from "more steps vs fewer"
+CONTROL_STEPS: tuple[tuple[str, str], ...] = (("cnn_matched_steps", "CNN, as many steps as + STFT augmentation"),)
+ALL_STEPS: tuple[tuple[str, str], ...] = ABLATION_STEPS + CONTROL_STEPS
 
 
 def version_preset(v: int | str) -> str:
@@ -261,17 +265,21 @@ def augmentation_experiments(base: Experiment, direction: str = "ascending", *,
 
 
 def ablation_experiments(base: Experiment, *, version: int = 8, direction: str = "descending",
-                         n_augment: int = N_VERSIONS, kernel: int = 7) -> list[Experiment]:
+                         n_augment: int = N_VERSIONS, kernel: int = 7, controls: bool = False) -> list[Experiment]:
     """Tables IV-V, in :data:`ABLATION_STEPS` order: CNN, + original ECA (every layer), + our ECA (layers 5-6,
     ``kernel``), + STFT augmentation (CNN), + our ECA and augmentation; named ``<base>__abl-<step>``. Test version
     ``version`` (the paper's single-version results use 8); augmentation: ``n_augment`` versions in ``direction``
-    (our choice: all 8, descending, test v8; the paper does not say which n its Table V row used)."""
+    (our choice: all 8, descending, test v8; the paper does not say which n its Table V row used). ``controls``
+    adds :data:`CONTROL_STEPS` (the CNN with ``n_augment`` x the epochs)."""
     b = _at_version(base, version)
     test_v, train_vs = augmentation_versions(direction, n_augment)
     aug = b.replace(features=version_preset(test_v), augment_features=tuple(version_preset(v) for v in train_vs[1:]))
     models = {"cnn": cnn(b), "original_eca": original_eca(b), "our_eca": our_eca(b, (5, 6), kernel),
               "stft_aug": cnn(aug), "our_eca_stft_aug": our_eca(aug, (5, 6), kernel)}
-    return [models[step].replace(name=f"{base.name}__abl-{step}") for step, _ in ABLATION_STEPS]
+    steps = ALL_STEPS if controls else ABLATION_STEPS
+    if controls:
+        models["cnn_matched_steps"] = cnn(b).replace(train={**b.train, "epochs": int(b.train["epochs"]) * n_augment})
+    return [models[step].replace(name=f"{base.name}__abl-{step}") for step, _ in steps]
 
 
 PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
@@ -290,8 +298,8 @@ def grid_slice_experiments(base: Experiment) -> list[Experiment]:
 def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
                              protocols: Sequence[str] = PROTOCOLS, parts: Sequence[str] = ("ablation",)
                              ) -> list[Experiment]:
-    """What ``python -m serlib reproduce eca`` runs. ``parts``: ``"ablation"`` (Tables IV-V, under the paper's
-    5-fold protocol and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE`, the augmentation with
+    """What ``python -m serlib reproduce eca`` runs. ``parts``: ``"ablation"`` (Tables IV-V with the
+    matched-steps control, under the paper's 5-fold protocol and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE`, the augmentation with
     its ``n_augment`` versions instead of all 8) and ``"grid_slice"`` (:func:`grid_slice_experiments`, paper
     protocol only: the recorded basis of :func:`grid_timing`'s projection)."""
     unknown = set(parts) - set(PARTS)
@@ -302,7 +310,8 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
     exps = []
     if "ablation" in parts:
         exps += [e for p in protocols
-                 for e in ablation_experiments(builders[p](corpus, data_root, profile=profile), n_augment=n_augment)]
+                 for e in ablation_experiments(builders[p](corpus, data_root, profile=profile), n_augment=n_augment,
+                                               controls=True)]
     if "grid_slice" in parts and "paper" in protocols:
         exps += grid_slice_experiments(paper_experiment(corpus, data_root, profile=profile))
     return exps
@@ -439,7 +448,7 @@ def _step_of(kind: str) -> tuple[str, str] | None:
     if "__abl-" not in kind:
         return None
     base, step = kind.rsplit("__abl-", 1)
-    return (base, step) if step in dict(ABLATION_STEPS) else None
+    return (base, step) if step in dict(ALL_STEPS) else None
 
 
 def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
@@ -447,14 +456,14 @@ def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
     folds in percent, n runs; with ``with_paper`` the paper's figures beside, labelled as quoted."""
     from serlib.evaluate import mean_std
 
-    labels = dict(ABLATION_STEPS)
+    labels = dict(ALL_STEPS)
     paper = paper_reference().set_index("key") if with_paper else None
     groups: dict[tuple, list[dict]] = {}
     for r in _ok(records):
         bs = _step_of(r["kind"])
         if bs:
             groups.setdefault((bs[0], r["corpus"]["name"], r["split"]["protocol"], bs[1]), []).append(r)
-    order = {s: i for i, (s, _) in enumerate(ABLATION_STEPS)}
+    order = {s: i for i, (s, _) in enumerate(ALL_STEPS)}
     rows = []
     for (base, corpus, protocol, step), recs in sorted(groups.items(), key=lambda kv: (kv[0][:3], order[kv[0][3]])):
         ua = mean_std([100 * r["metrics"]["ua"] for r in recs])
@@ -462,9 +471,9 @@ def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
         row = {"base": base, "corpus": corpus, "protocol": protocol, "model": labels[step],
                "UA mean (%)": ua["mean"], "UA std (%)": ua["std"], "WA mean (%)": wa["mean"], "WA std (%)": wa["std"],
                "n runs": ua["n"]}
-        if paper is not None:
-            row["paper UA (%, quoted)"] = paper.loc[step, "UA (%)"]
-            row["paper WA (%, quoted)"] = paper.loc[step, "WA (%)"]
+        if paper is not None:  # the controls are ours: no paper figure
+            row["paper UA (%, quoted)"] = paper.loc[step, "UA (%)"] if step in paper.index else float("nan")
+            row["paper WA (%, quoted)"] = paper.loc[step, "WA (%)"] if step in paper.index else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -473,6 +482,7 @@ ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (
     *((step, "cnn") for step, _ in ABLATION_STEPS[1:]),
     ("our_eca", "original_eca"),  # is the paper's ECA better than the original one?
     ("our_eca_stft_aug", "stft_aug"),  # does ECA still help on top of the augmentation?
+    ("stft_aug", "cnn_matched_steps"),  # does augmentation help beyond giving the CNN more optimiser steps?
 )
 
 
@@ -492,7 +502,7 @@ def ablation_tests(records, metric: str = "ua",
             key = (bs[0], r["corpus"]["name"], r["split"]["protocol"])
             runs.setdefault(key, {}).setdefault(bs[1], {})[(r["seed"], r["split"].get("fold"))] = \
                 100 * r["metrics"][metric]
-    labels = dict(ABLATION_STEPS)
+    labels = dict(ALL_STEPS)
     rows = []
     for (base, corpus, protocol), steps in sorted(runs.items()):
         for a, b in comparisons:
@@ -617,6 +627,8 @@ def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N
 
 __all__ = [
     "ABLATION_STEPS",
+    "ALL_STEPS",
+    "CONTROL_STEPS",
     "KERNELS",
     "PAPER_LOSS_KWARGS",
     "PAPER_SEEDS",
