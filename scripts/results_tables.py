@@ -54,10 +54,9 @@ def main(results: str = "results") -> None:
         folds = sorted({r["split"]["fold"] for r in first})
         print(f"\nspeaker-independent, seed {hf.PAPER_SEEDS[0]} only (folds {folds}):\n")
         print(markdown(hf.reproduction_table(first)))
-        per_fold = pd.DataFrame([{"fold": r["split"]["fold"], "seed": r["seed"], "UA": 100 * r["metrics"]["ua"]}
-                                 for r in si]).groupby("fold")["UA"].agg(["mean", "std", "count"]).reset_index()
-        print("\nspeaker-independent UA (%) per fold over its seeds:\n")
-        print(markdown(per_fold))
+        print("\nspeaker-independent, per fold over its seeds (last row: the mean of the fold means, std over "
+              "folds):\n")
+        print(markdown(hf.fold_table(si)))
     print("\n" + runs_line(hf_recs))
 
     fa = real(faca.load_study_records(root))

@@ -216,3 +216,20 @@ def test_reproduction_table_keeps_the_three_figures_apart():
     # without per-epoch test curves only the validation-selected figure exists
     t = hf.reproduction_table([rec(1, 0.5)])
     assert list(t["figure"]) == ["validation-selected (ours)"]
+
+
+def test_fold_table_weights_every_fold_once():
+    def rec(fold, seed, ua):
+        return {"split": {"protocol": "speaker_independent", "fold": fold}, "seed": seed,
+                "metrics": {"ua": ua, "wa": ua + 0.01}}
+
+    recs = [rec(0, 1, 0.40), rec(0, 2, 0.50), rec(0, 3, 0.60), rec(1, 1, 0.70),
+            {"split": {"protocol": "random_80_20", "fold": 0}, "seed": 1, "metrics": {"ua": 0.9, "wa": 0.9}}]
+    tab = hf.fold_table(recs)
+    assert list(tab["fold"]) == [0, 1, "mean of folds"]
+    assert tab.loc[0, "UA mean (%)"] == pytest.approx(50.0) and tab.loc[0, "n runs"] == 3
+    assert tab.loc[0, "seeds"] == "1,2,3"
+    last = tab.iloc[-1]
+    assert last["UA mean (%)"] == pytest.approx(60.0)  # (50 + 70) / 2, not the pooled 55
+    assert last["UA std (%)"] == pytest.approx(math.sqrt(200.0)) and last["n runs"] == 4
+    assert hf.fold_table([]).empty
