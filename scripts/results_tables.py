@@ -78,11 +78,7 @@ def main(results: str = "results") -> None:
     print(markdown(eca.ablation_table(ec)))
     print()
     print(markdown(eca.ablation_tests(ec), digits=3))
-    grid = [r for r in ec if "__cnn_k" in r["kind"]]
-    basis = "grid slice"
-    if not grid:  # no slice recorded yet: the ablation's plain CNN (k = 1) is the only measured point
-        grid = [r for r in ec if r["kind"].endswith("__abl-cnn") and r["split"]["protocol"] != "speaker_independent"]
-        basis = "the ablation's plain-CNN runs (k = 1 only; every other k at k = 1's rate per GMAC)"
+    grid, basis = eca.timing_basis(ec)
     if grid:
         per_config, projection = eca.grid_timing(grid)
         print(f"\ntiming basis: {basis} (recorded):\n")

@@ -312,6 +312,20 @@ def test_conv_macs_and_grid_timing(grid_run):
     assert math.isclose(half.attrs["total_gpu_h"], proj.attrs["total_gpu_h"] / 2)
 
 
+def test_timing_basis_prefers_the_grid_slice_then_the_paper_protocols_plain_cnn():
+    def rec(kind, k, protocol="random_kfold5"):
+        return {"kind": kind, "split": {"protocol": protocol}, "metrics": {"ua": 0.5},
+                "config": {"model_kwargs": {"scale": k}}}
+
+    abl = [rec("b__abl-cnn", 1), rec("b__abl-our_eca", 1), rec("si__abl-cnn", 1, "speaker_independent")]
+    recs, label = eca.timing_basis(abl + [{"status": "error"}])
+    assert recs == [abl[0]] and "k = 1 only" in label
+    grid = [rec("b__cnn_k2_v8", 2), rec("b__cnn_k4_v8", 4)]
+    recs, label = eca.timing_basis(abl + grid)
+    assert recs == grid and label == "grid slice"
+    assert eca.timing_basis([abl[1], abl[2]]) == ([], "no timing records")
+
+
 def test_grid_slice_and_reproduction_parts():
     exps = eca.reproduction_experiments("ravdess", profile="cpu", parts=("grid_slice",))
     assert [(e.model_kwargs["scale"], e.features) for e in exps] == [(k, f"eca_v{v}") for k, v in eca.GRID_SLICE]

@@ -557,6 +557,22 @@ def conv_macs(scale: int, *, n_features: int = 64, n_frames: int = 601, pattern:
     return int(total)
 
 
+def timing_basis(records) -> tuple[list[dict], str]:
+    """The records :func:`grid_timing` should project from, and a label saying which: the recorded grid slice
+    (``__cnn_k`` runs) when there is one, else the plain-CNN ablation runs of the paper protocol (one k only, so
+    every other k is projected at that k's rate per GMAC), else none."""
+    recs = _ok(records)
+    grid = [r for r in recs if "__cnn_k" in r["kind"]]
+    if grid:
+        return grid, "grid slice"
+    cnn = [r for r in recs if r["kind"].endswith("__abl-cnn") and r["split"]["protocol"] != "speaker_independent"]
+    if cnn:
+        ks = sorted({int(r["config"]["model_kwargs"]["scale"]) for r in cnn})
+        return cnn, (f"the ablation's plain-CNN runs (k = {', '.join(map(str, ks))} only; every other k at the "
+                     "nearest measured k's rate per GMAC)")
+    return [], "no timing records"
+
+
 def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N_VERSIONS, n_folds: int = 5,
                 n_seeds: int = len(PAPER_SEEDS), epochs: int = PAPER_TRAIN["epochs"], fixed_s: float = 6.0,
                 n_train: int | None = None, gpu_tflops: float = GPU_TFLOPS_ASSUMED) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -659,5 +675,6 @@ __all__ = [
     "run_grid",
     "run_task",
     "speaker_independent_experiment",
+    "timing_basis",
     "train_and_keep",
 ]
