@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serlib.studies import eca, faca, moma
+from serlib.studies import compare, eca, faca, moma
 from serlib.studies import head_fusion as hf
 from serlib.studies.common import load_study_records
 
@@ -90,6 +90,12 @@ def main(results: str = "results") -> None:
               f"{projection.attrs['total_gpu_h']:.1f} h on one GPU (assumed throughput)")
     if ec:
         print("\n" + runs_line(ec))
+
+    every = real(hf_recs + fa + mo + ec)
+    print("\n## Every model on the same speaker-independent RAVDESS folds (test UA %, mean over seeds per fold)\n")
+    print(markdown(compare.same_split_table(every, corpus="ravdess")))
+    print()
+    print(markdown(compare.same_split_tests(every, corpus="ravdess"), digits=3))
 
 
 if __name__ == "__main__":

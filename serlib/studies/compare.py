@@ -1,0 +1,83 @@
+"""Every study's models side by side on the same splits (ours, not any paper's).
+
+The speaker-independent protocol gives every model of every study the same folds of the same corpus (split seed,
+corpus fingerprint and test speakers are in each run record). :func:`same_split_table` puts their test UA per fold
+next to each other and :func:`same_split_tests` pairs them fold by fold. Seeds are averaged within a fold first, so a
+model with more seeds on one fold does not weigh that fold more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from serlib.evaluate import paired_test
+
+
+def _split_identity(r: dict) -> tuple:
+    s, meta = r["split"], r["split"].get("meta", {})
+    return (r["corpus"]["name"], meta.get("fingerprint"), s.get("seed"), tuple(meta.get("test_speakers", ())))
+
+
+def fold_means(records: Iterable[dict], *, protocol: str = "speaker_independent", metric: str = "ua",
+               corpus: str | None = None) -> pd.DataFrame:
+    """Mean ``metric`` (in %) over seeds per experiment (rows) and fold (columns) for the successful runs of
+    ``protocol``; a frame attribute ``n_runs`` counts the runs per experiment.
+
+    Raises ``ValueError`` naming the experiments when two records of the same fold disagree on the split (corpus,
+    fingerprint, split seed or test speakers): their numbers would not be comparable."""
+    rows, ident = [], {}
+    for r in records:
+        if not isinstance(r, dict) or r.get("status", "ok") != "ok" or "metrics" not in r:
+            continue
+        if r["split"].get("protocol") != protocol or (corpus and r["corpus"]["name"] != corpus):
+            continue
+        fold, key = int(r["split"]["fold"]), _split_identity(r)
+        if ident.setdefault(fold, (key, r["kind"]))[0] != key:
+            raise ValueError(f"fold {fold}: {r['kind']} and {ident[fold][1]} were run on different splits "
+                             f"({key} vs {ident[fold][0]})")
+        rows.append({"experiment": r["kind"], "fold": fold, "value": 100 * float(r["metrics"][metric])})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    table = df.pivot_table(index="experiment", columns="fold", values="value", aggfunc="mean")
+    table.attrs["n_runs"] = df.groupby("experiment").size().to_dict()
+    return table
+
+
+def same_split_table(records: Iterable[dict], **kwargs) -> pd.DataFrame:
+    """:func:`fold_means` with, per experiment, the mean of its fold means, their std over folds (ddof 1), the
+    folds and runs it has."""
+    t = fold_means(records, **kwargs)
+    if t.empty:
+        return t
+    out = t.copy()
+    out.columns = [f"fold {c}" for c in t.columns]
+    out["mean of folds"] = t.mean(axis=1)
+    out["std over folds"] = t.std(axis=1, ddof=1)
+    out["n folds"] = t.notna().sum(axis=1)
+    out["n runs"] = [t.attrs["n_runs"][e] for e in t.index]
+    return out.reset_index()
+
+
+def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
+    """Every pair of experiments, paired over the folds both have (fold means over seeds): n, mean difference
+    (a - b, points), the paired t-test and how many folds a wins. Pairs with fewer than 2 shared folds get NaN."""
+    t = fold_means(records, **kwargs)
+    rows = []
+    for a, b in combinations(t.index, 2):
+        both = t.loc[[a, b]].dropna(axis=1)
+        n = both.shape[1]
+        row = {"a": a, "b": b, "n folds": n, "mean diff (pp)": np.nan, "p (paired t)": np.nan, "a better in": ""}
+        if n >= 2:
+            res = paired_test(both.loc[a].to_numpy(), both.loc[b].to_numpy())
+            row.update({"mean diff (pp)": res["mean_diff"], "p (paired t)": res["p_t"],
+                        "a better in": f"{int((both.loc[a] > both.loc[b]).sum())}/{n}"})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
+
+
+__all__ = ["fold_means", "same_split_table", "same_split_tests"]

@@ -1,0 +1,33 @@
+import math
+
+import pytest
+
+from serlib.studies import compare
+
+
+def rec(kind, fold, seed, ua, test_speakers=None, protocol="speaker_independent"):
+    return {"kind": kind, "seed": seed, "corpus": {"name": "ravdess"}, "metrics": {"ua": ua},
+            "split": {"protocol": protocol, "fold": fold, "seed": 0,
+                      "meta": {"fingerprint": "f", "test_speakers": test_speakers or [f"A{fold}"]}}}
+
+
+def test_same_split_table_averages_seeds_within_a_fold_first():
+    recs = [rec("hf", 0, 1, 0.40), rec("hf", 0, 2, 0.50), rec("hf", 1, 1, 0.60),
+            rec("moma", 0, 0, 0.30), rec("moma", 1, 0, 0.50), rec("moma", 2, 0, 0.70),
+            rec("hf", 0, 9, 0.99, protocol="random_80_20"), {"status": "error"}]
+    t = compare.same_split_table(recs).set_index("experiment")
+    assert math.isclose(t.loc["hf", "fold 0"], 45.0) and math.isclose(t.loc["hf", "mean of folds"], 52.5)
+    assert t.loc["hf", "n runs"] == 3 and t.loc["hf", "n folds"] == 2 and math.isnan(t.loc["hf", "fold 2"])
+    assert math.isclose(t.loc["moma", "std over folds"], 20.0)
+    tests = compare.same_split_tests(recs).iloc[0]
+    assert (tests["a"], tests["b"], tests["n folds"]) == ("hf", "moma", 2)  # fold 2 is moma's only
+    assert math.isclose(tests["mean diff (pp)"], 12.5) and tests["a better in"] == "2/2"
+
+
+def test_records_of_one_fold_on_different_splits_are_refused():
+    with pytest.raises(ValueError, match="different splits"):
+        compare.fold_means([rec("hf", 0, 1, 0.4, ["A1"]), rec("moma", 0, 0, 0.3, ["A2"])])
+
+
+def test_no_records_gives_empty_frames():
+    assert compare.same_split_table([]).empty and compare.same_split_tests([]).empty
