@@ -1,9 +1,10 @@
 """Every study's models side by side on the same splits (ours, not any paper's).
 
 The speaker-independent protocol gives every model of every study the same folds of the same corpus (split seed,
-corpus fingerprint and test speakers are in each run record). :func:`same_split_table` puts their test UA per fold
-next to each other and :func:`same_split_tests` pairs them fold by fold. Seeds are averaged within a fold first, so a
-model with more seeds on one fold does not weigh that fold more.
+corpus fingerprint and test speakers are in each run record). :func:`fold_table` summarises one experiment per
+fold; :func:`same_split_table` puts every experiment's test UA per fold next to each other and
+:func:`same_split_tests` pairs them fold by fold. Seeds are averaged within a fold first, so a model with more
+seeds on one fold does not weigh that fold more.
 """
 
 from __future__ import annotations
@@ -80,4 +81,24 @@ def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
 
 
-__all__ = ["fold_means", "same_split_table", "same_split_tests"]
+def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
+    """One experiment's runs per fold of ``protocol``: validation-selected test UA / WA (%) mean, std (ddof 1)
+    and the seeds run; and a last row, the mean over folds of the fold means (every fold weighted once, however
+    many seeds it has)."""
+    rows = [{"fold": r["split"]["fold"], "seed": r["seed"], "ua": 100 * r["metrics"]["ua"],
+             "wa": 100 * r["metrics"]["wa"]} for r in records
+            if r.get("status", "ok") == "ok" and r["split"]["protocol"] == protocol]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    out = df.groupby("fold").agg(**{"UA mean (%)": ("ua", "mean"), "UA std (%)": ("ua", "std"),
+                                    "WA mean (%)": ("wa", "mean"), "n runs": ("ua", "size"),
+                                    "seeds": ("seed", lambda s: ",".join(map(str, sorted(s))))}).reset_index()
+    means = out[["UA mean (%)", "WA mean (%)"]].mean()
+    total = {"fold": "mean of folds", "UA mean (%)": means["UA mean (%)"],
+             "UA std (%)": out["UA mean (%)"].std(ddof=1) if len(out) > 1 else float("nan"),
+             "WA mean (%)": means["WA mean (%)"], "n runs": int(out["n runs"].sum()), "seeds": ""}
+    return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
+
+
+__all__ = ["fold_means", "fold_table", "same_split_table", "same_split_tests"]

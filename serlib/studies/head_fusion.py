@@ -50,6 +50,7 @@ from serlib.studies.common import (
     study_tasks,
     with_overrides,
 )
+from serlib.studies.compare import fold_table as fold_table  # re-exported for notebooks
 
 PAPER_SEEDS: tuple[int, ...] = (111111, 123456, 0, 999999, 987654)
 PAPER_MODEL: dict = {"attention": "head_fusion", "n_head": 4, "n_size": 64}
@@ -218,25 +219,6 @@ def reproduction_table(records) -> pd.DataFrame:
                          "WA mean (%)": wa.mean(), "n runs": len(vals),
                          "runs": ",".join(sorted(f"s{r['seed']}/f{r['split'].get('fold')}" for r in recs))})
     return pd.DataFrame(rows)
-
-
-def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
-    """Per fold of ``protocol``: validation-selected test UA / WA (%) mean, std (ddof 1) and the seeds run; and a
-    last row, the mean over folds of the fold means (every fold weighted once, however many seeds it has)."""
-    rows = [{"fold": r["split"]["fold"], "seed": r["seed"], "ua": 100 * r["metrics"]["ua"],
-             "wa": 100 * r["metrics"]["wa"]} for r in records
-            if r.get("status", "ok") == "ok" and r["split"]["protocol"] == protocol]
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    out = df.groupby("fold").agg(**{"UA mean (%)": ("ua", "mean"), "UA std (%)": ("ua", "std"),
-                                    "WA mean (%)": ("wa", "mean"), "n runs": ("ua", "size"),
-                                    "seeds": ("seed", lambda s: ",".join(map(str, sorted(s))))}).reset_index()
-    means = out[["UA mean (%)", "WA mean (%)"]].mean()
-    total = {"fold": "mean of folds", "UA mean (%)": means["UA mean (%)"],
-             "UA std (%)": out["UA mean (%)"].std(ddof=1) if len(out) > 1 else float("nan"),
-             "WA mean (%)": means["WA mean (%)"], "n runs": int(out["n runs"].sum()), "seeds": ""}
-    return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
 def paper_reference() -> pd.DataFrame:
