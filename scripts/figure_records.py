@@ -23,7 +23,7 @@ import torch
 from serlib.experiment import corpus_waveforms, record_path_of, run_one
 from serlib.records import environment_info, git_revision, to_jsonable, write_text_atomic
 from serlib.studies import eca, faca, moma
-from serlib.studies.common import corpus_for, split_for
+from serlib.studies.common import FIGURES_DIR, corpus_for, figure_record_name, split_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,14 +87,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu", choices=["quick", "cpu", "full"])
     ap.add_argument("--studies", nargs="+", choices=list(STUDIES), default=list(STUDIES))
     ap.add_argument("--recorded", default=str(REPO / "results"), help="committed run records, for the UA check")
-    ap.add_argument("--out", default=str(REPO / "results" / "figures"))
+    ap.add_argument("--out", default=str(REPO / "results" / FIGURES_DIR))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     for name in args.studies:
         body = STUDIES[name](args.data_root, Path(args.recorded), args.corpus, args.profile)
         rec = {"kind": f"figure_{name}", "git": git_revision(), "environment": environment_info(),
                "profile": args.profile, **body}
-        out = Path(args.out) / f"{body['figure']}_{body['corpus']}.json"
+        out = Path(args.out) / figure_record_name(body["figure"], body["corpus"])
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, json.dumps(to_jsonable(rec), indent=1) + "\n")
         print(f"wrote {out}")

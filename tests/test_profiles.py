@@ -88,18 +88,20 @@ def test_figure_records_script_writes_each_figure(tmp_path, monkeypatch, one_thr
     spec = importlib.util.spec_from_file_location("figure_records", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--corpus", "synthetic", "--profile", "quick", "--out", str(tmp_path / "fig"),
+    assert mod.main(["--corpus", "synthetic", "--profile", "quick", "--out", str(tmp_path / "res" / "figures"),
                      "--recorded", str(tmp_path / "none")]) == 0
-    peaks = json.loads((tmp_path / "fig" / "faca_peak_alignment_synthetic.json").read_text())
+    peaks = common.load_figure_record(tmp_path / "res", "faca_peak_alignment", "synthetic")
     assert {r["model"] for r in peaks["table"]} == {"BMHSA", "MHSA-FA", "MHSA-FACA"}
     assert all(0 <= r["peak hit rate (%)"] <= 100 for r in peaks["table"])
     assert len(peaks["runs"]) == 3 and all(r["recorded_test_ua"] is None for r in peaks["runs"])
-    smooth = json.loads((tmp_path / "fig" / "moma_smoothing_synthetic.json").read_text())
+    smooth = common.load_figure_record(tmp_path / "res", "moma_smoothing", "synthetic")
     assert smooth["paired_test_norm_entropy_l2_minus_l1"] is not None and len(smooth["gammas"]) == 3
-    ecaw = json.loads((tmp_path / "fig" / "eca_channel_weights_synthetic.json").read_text())
+    ecaw = common.load_figure_record(tmp_path / "res", "eca_channel_weights", "synthetic")
     assert [r["layer"] for r in ecaw["effects"]] == [5, 6]
     assert len(ecaw["mean_weights_by_emotion"]["6"]) == len(ecaw["labels"])
     assert len(peaks["git"]) >= 40 and peaks["profile"] == "quick"
+    assert peaks["_path"].endswith("figures/faca_peak_alignment_synthetic.json")
+    assert common.load_figure_record(tmp_path / "res", "faca_peak_alignment", "ravdess") is None  # not made
 
 
 @pytest.mark.slow

@@ -75,6 +75,21 @@ def load_study_records(results_dir: str | Path, prefix: str) -> list[dict]:
     return out
 
 
+FIGURES_DIR = "figures"  # under a results folder: the records of scripts/figure_records.py
+
+
+def figure_record_name(figure: str, corpus: str) -> str:
+    """File name of the numbers behind ``figure`` on ``corpus``, as ``scripts/figure_records.py`` writes them."""
+    return f"{figure}_{corpus}.json"
+
+
+def load_figure_record(results_dir: str | Path, figure: str, corpus: str = "ravdess") -> dict | None:
+    """``results_dir/figures/<figure>_<corpus>.json`` (written by ``scripts/figure_records.py``), or None when it has
+    not been made."""
+    path = Path(results_dir) / FIGURES_DIR / figure_record_name(figure, corpus)
+    return {**json.loads(path.read_text()), "_path": str(path)} if path.exists() else None
+
+
 def experiment_from_dict(d: dict) -> Experiment:
     d = dict(d)
     d["seeds"] = tuple(d["seeds"])
