@@ -101,6 +101,8 @@ def test_figure_records_script_writes_each_figure(tmp_path, monkeypatch, one_thr
     assert len(ecaw["mean_weights_by_emotion"]["6"]) == len(ecaw["labels"])
     assert len(peaks["git"]) >= 40 and peaks["profile"] == "quick"
     assert peaks["_path"].endswith("figures/faca_peak_alignment_synthetic.json")
+    runs = common.figure_record_runs(peaks)
+    assert list(runs["kind"].str.split("_").str[2]) == ["bmhsa", "fa", "faca"] and runs["recorded_test_ua"].isna().all()
     assert common.load_figure_record(tmp_path / "res", "faca_peak_alignment", "ravdess") is None  # not made
 
 

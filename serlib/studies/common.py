@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from serlib.experiment import Experiment, experiment_record_path, load_experiment_corpus, run_one
 
 _MERGED = ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs", "loss_kwargs")
@@ -88,6 +90,12 @@ def load_figure_record(results_dir: str | Path, figure: str, corpus: str = "ravd
     not been made."""
     path = Path(results_dir) / FIGURES_DIR / figure_record_name(figure, corpus)
     return {**json.loads(path.read_text()), "_path": str(path)} if path.exists() else None
+
+
+def figure_record_runs(fig: dict) -> pd.DataFrame:
+    """The runs a figure record retrained: kind, fold, seed, their test UA and the committed record's (equal when
+    the rerun is the recorded run; None when no record was committed)."""
+    return pd.DataFrame(fig["runs"])[["kind", "fold", "seed", "test_ua", "recorded_test_ua"]]
 
 
 def experiment_from_dict(d: dict) -> Experiment:
