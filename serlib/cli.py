@@ -6,7 +6,9 @@ study       execute the notebooks headless with papermill into build/notebooks/ 
 manifest    write a corpus manifest CSV from a user's copy, or check a copy against one
 download    fetch RAVDESS / ESC-50 into a data root (needs internet)
 experiment  run one experiment (seeds x folds) from a JSON config and write run records
-reproduce   run a paper's study (its protocol and ours) through the resumable sweep runner
+reproduce   run a registered study (its paper's protocol and ours) through the one resumable runner; any config
+            field is set with a dotted flag: --model.n_head 2 --train.epochs 10 (checked before any data is read)
+results     regenerate docs/RESULTS.md and README's status table from the records (--check: fail when stale)
 """
 
 from __future__ import annotations
@@ -94,17 +96,27 @@ def cmd_study(args) -> int:
 
 
 def cmd_manifest(args) -> int:
-    from serlib.data.manifest import check_against_manifest, write_manifest
+    from serlib.data.corpus import DataError
+    from serlib.data.manifest import check_against_manifest, manifest_hash, write_manifest
     from serlib.data.registry import load_corpus
 
-    corpus = load_corpus(args.corpus, Path(args.root))
+    kw: dict = {}
+    if args.corpus == "iemocap":
+        if args.label_set:
+            kw["label_set"] = args.label_set
+        kw["improvised_only"] = args.improvised_only
+    try:
+        corpus = load_corpus(args.corpus, Path(args.root), **kw)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(corpus.report())
     if args.check:
         report = check_against_manifest(corpus, args.csv, check_hashes=args.hashes)
         print(report.summary())
         return 0 if report.ok else 1
-    write_manifest(corpus, args.csv)
-    print(f"wrote {args.csv} ({len(corpus)} rows)")
+    out = write_manifest(corpus, args.csv)
+    print(f"wrote {out} ({len(corpus)} rows, sha256 {manifest_hash(out)[:16]})")
     return 0
 
 
@@ -137,47 +149,54 @@ def cmd_experiment(args) -> int:
     return 0
 
 
-STUDIES = ("head_fusion", "faca", "moma", "eca")
+def cmd_reproduce(args, overrides: dict) -> int:
+    from serlib.studies.base import get_study, run, summary
 
-
-def _study(name: str):
-    """(study module, its summary-table function) of a paper's study."""
-    import importlib
-
-    module = importlib.import_module(f"serlib.studies.{name}")
-    table = {"head_fusion": "table", "faca": "variants_table", "moma": "results_table", "eca": "ablation_table"}[name]
-    return module, getattr(module, table)
-
-
-def cmd_reproduce(args) -> int:
-    from serlib.experiment import build_views
-    from serlib.studies.common import corpus_for, run_study, split_for
-
-    module, table = _study(args.paper)
-    kw = {"track_test": args.track_test} if args.paper == "head_fusion" else {}
-    if args.parts:
-        if args.paper != "eca":
-            raise SystemExit("--parts applies to eca only")
-        kw["parts"] = args.parts
-    exps = module.reproduction_experiments(args.corpus, args.data_root, profile=args.profile,
-                                           protocols=args.protocols, **kw)
-    if not exps:
-        raise SystemExit(f"{args.paper}: nothing to run for corpus {args.corpus} and protocols {args.protocols}")
-    if args.seeds:
-        exps = [e.replace(seeds=tuple(args.seeds)) for e in exps]
-    if args.folds:
-        exps = [e.replace(folds=tuple(args.folds)) for e in exps]
-    for exp in exps:  # build the feature caches once, before the workers start
-        corpus = corpus_for(exp)
-        build_views(exp, corpus, split_for(exp, corpus, (exp.folds or (0,))[0]))
-    records = run_study(exps, results_dir=args.results, n_jobs=args.n_jobs, progress=False)
-    ok = [r for r in records if r.get("status", "ok") != "error"]
+    study = get_study(args.paper)
+    options = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
+    records = run(study, corpus=args.corpus, data_root=args.data_root, profile=args.profile, protocols=args.protocols,
+                  overrides=overrides, seeds=args.seeds, folds=args.folds, results_dir=args.results,
+                  n_jobs=args.n_jobs, **options)
+    ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
-        print(table(ok).to_string())
-    errors = [r for r in records if r.get("status") == "error"]
-    for r in errors:
-        print("ERROR", r.get("task"), r.get("error", "")[-2000:])
-    return 1 if errors else 0
+        print(summary(study, ok).to_string())
+    bad = [r for r in records if r not in ok]
+    for r in bad:
+        print(f"{str(r.get('status', 'error')).upper()}", r.get("task", {}).get("task_id"),
+              str(r.get("error") or r.get("reason") or "")[-2000:])
+    return 1 if bad else 0
+
+
+def cmd_results(args) -> int:
+    from serlib import report
+
+    if args.check:
+        stale = report.stale(args.results, doc=args.doc, readme=args.readme)
+        if stale:
+            print(f"stale: {', '.join(stale)}: run `python -m serlib results` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{args.doc} and {args.readme}'s status table are current")
+        return 0
+    for path in report.write_results(args.results, doc=args.doc, readme=args.readme):
+        print("wrote", path)
+    return 0
+
+
+def _add_study_options(parser, studies) -> None:
+    """Each registered study's extra options (``Study.options``) as flags, named after the option."""
+    seen: set[str] = set()
+    for study in studies.values():
+        for name, (choices, default, help_) in study.options.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            flag = "--" + name.replace("_", "-")
+            if isinstance(default, bool):
+                parser.add_argument(flag, dest=name, default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
+                                    help=f"{study.name}: {help_} (true/false; default {default})")
+            else:
+                parser.add_argument(flag, dest=name, nargs="+", choices=list(choices), default=None,
+                                    help=f"{study.name}: {help_} (default {' '.join(default)})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("root")
     m.add_argument("csv")
     m.add_argument("--check", action="store_true", help="check the copy at root against csv instead of writing")
-    m.add_argument("--hashes", action="store_true", help="also compare sha256 of every file")
+    m.add_argument("--hashes", "--check-hashes", dest="hashes", action="store_true",
+                   help="with --check: also compare sha256 of every file")
+    m.add_argument("--label-set", default=None, help="IEMOCAP label set")
+    m.add_argument("--improvised-only", action="store_true", help="IEMOCAP: improvised dialogs only")
     m.set_defaults(fn=cmd_manifest)
 
     d = sub.add_parser("download", help="download public corpora (needs internet)")
@@ -215,26 +237,49 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--rerun", action="store_true", help="rerun even when a record exists")
     e.set_defaults(fn=cmd_experiment)
 
-    r = sub.add_parser("reproduce", help="run a paper's study (paper protocol and speaker-independent)")
-    r.add_argument("paper", choices=list(STUDIES))
-    r.add_argument("--corpus", default="ravdess")
+    from serlib.studies.base import PROFILES, all_studies
+
+    studies = all_studies()
+    r = sub.add_parser("reproduce", help="run a registered study (paper protocol and speaker-independent)",
+                       epilog="Any config field: --model.FIELD, --train.FIELD, --loss.FIELD, --experiment.FIELD "
+                              "VALUE (e.g. --model.n_head 2 --train.epochs 10); checked before any data is read.")
+    r.add_argument("paper", choices=sorted(studies))
+    r.add_argument("--corpus", default=None, help="default: the study's (ravdess for most)")
     r.add_argument("--data-root", default=None)
-    r.add_argument("--protocols", nargs="+", default=["paper", "speaker_independent"],
-                   choices=["paper", "speaker_independent"])
-    r.add_argument("--profile", choices=["quick", "cpu", "full"], default="full",
+    r.add_argument("--protocols", nargs="+", default=None, help="default: every protocol of the study")
+    r.add_argument("--profile", choices=list(PROFILES), default="full",
                    help="full: the paper's configuration (GPU for all but head_fusion); cpu: the reduced one the "
                    "committed records use; quick: minutes")
-    r.add_argument("--parts", nargs="+", choices=["ablation", "grid_slice"],
-                   help="eca only: the ablation (default) and/or the k x version grid slice behind the timing")
     r.add_argument("--seeds", nargs="*", type=int)
     r.add_argument("--folds", nargs="*", type=int)
     r.add_argument("--n-jobs", type=int, default=1)
-    r.add_argument("--no-track-test", dest="track_test", action="store_false",
-                   help="do not evaluate the test split every epoch (then no best-test-epoch figure)")
     r.add_argument("--results", default="results")
+    _add_study_options(r, studies)
     r.set_defaults(fn=cmd_reproduce)
 
-    args = p.parse_args(argv)
+    g = sub.add_parser("results", help="regenerate docs/RESULTS.md and README's status table from the records")
+    g.add_argument("--results", default="results")
+    g.add_argument("--doc", default="docs/RESULTS.md")
+    g.add_argument("--readme", default="README.md")
+    g.add_argument("--check", action="store_true", help="fail (exit 1) when the committed files are stale")
+    g.set_defaults(fn=cmd_results)
+
+    args, extra = p.parse_known_args(argv)
+    if args.fn is cmd_reproduce:
+        from serlib.studies.base import ConfigError, get_study, parse_overrides
+
+        try:
+            overrides = parse_overrides(extra)
+            study = get_study(args.paper)
+            opts = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
+            study.build(args.corpus, args.data_root, profile=args.profile, protocols=args.protocols,
+                        overrides=overrides, **opts)  # types and names checked here, before any data is read
+        except (ConfigError, KeyError, ValueError, TypeError) as exc:
+            p.error(str(exc))
+        return int(cmd_reproduce(args, overrides) or 0)
+    if extra:
+        p.error(f"unrecognised arguments: {' '.join(extra)}")
+
     return int(args.fn(args) or 0)
 
 

@@ -33,7 +33,7 @@ from serlib.data.segment import center_pad_or_crop, segment_batch
 from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
-from serlib.records import make_record, record_path, write_record
+from serlib.records import make_record, record_path, store_split, write_record
 from serlib.train import ArrayData, TrainConfig, Trainer
 
 FEATURE_FORMAT = 1  # bump when the cached layout changes
@@ -68,6 +68,12 @@ class Experiment:
     loss_kwargs: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     aggregate: str = "mean_prob"
+    # identity, not configuration (kept out of the record path's hash, stored in the record's ``identity``): the
+    # study that declared the experiment, the profile it was built for, and its arm within the study (ablation step,
+    # sweep point), so tables never parse folder or experiment names back
+    study: str = ""
+    profile: str = ""
+    arm: str = ""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -374,10 +380,11 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         split=split.to_dict(), metrics=metrics, history=result.history, counts=counts,
         timings={"features_s": t_feat, **result.timings}, selection=result.selection,
         extra={"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp, "amp_dtype": result.amp_dtype,
-               "n_parameters": sum(p.numel() for p in model.parameters())})
+               "n_parameters": sum(p.numel() for p in model.parameters())},
+        identity=identity_of(exp))
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
-        write_record(record, path)
+        write_record(store_split(record, results_dir), path)
         record["_path"] = str(path)
     if return_model:
         model.eval()
@@ -385,7 +392,13 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     return record
 
 
-RUN_INDEPENDENT = ("seeds", "folds")  # which runs an experiment enumerates, not how one run is configured
+# which runs an experiment enumerates and what names it, not how one run is configured
+RUN_INDEPENDENT = ("seeds", "folds", "study", "profile", "arm")
+
+
+def identity_of(exp: Experiment) -> dict:
+    """What a run is within its study, for its record's ``identity`` (see :class:`Experiment`)."""
+    return {"experiment": exp.name, "study": exp.study, "profile": exp.profile, "arm": exp.arm}
 
 
 def run_config(config: dict) -> dict:

@@ -167,12 +167,15 @@ def make_record(
     timings: dict | None = None,
     selection: str,
     extra: dict | None = None,
+    identity: dict | None = None,
 ) -> dict:
     """One run's record (JSON-ready dict).
 
     corpus: ``name`` (required), ``fingerprint``, ``manifest_hash``, ``n_utts``, ``synthetic``, ...
     split: e.g. ``protocol``, ``fold``, speakers / sessions of each part.
     selection: how the reported epoch was chosen (``"val"``, ``"last"`` or ``"best_test"``).
+    identity: what the run is within its study (``study``, ``profile``, ``arm``, ``experiment``): tables read these
+    fields, never folder or experiment names.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection {selection!r} not in {SELECTIONS}")
@@ -196,7 +199,64 @@ def make_record(
         "counts": to_jsonable(counts or {}),
         "timings": to_jsonable(timings or {}),
         "extra": to_jsonable(extra or {}),
+        "identity": to_jsonable(identity or {"experiment": kind}),
     }
+
+
+# ------------------------------------------------------------------------------------------------ split store
+SPLITS_DIR = "splits"  # under a results folder: each split once, as <ref>.json
+SPLIT_ID_PARTS = ("train", "val", "test")
+
+
+def split_ref(split: dict) -> str:
+    """Content hash (16 hex) of a split's full dict (ids, protocol, fold, meta): the name it is stored under."""
+    full = {k: v for k, v in split.items() if k not in ("ref", "n")}
+    return config_hash(full, n=16)
+
+
+def store_split(record: dict, results_dir: str | Path) -> dict:
+    """A copy of ``record`` whose split keeps everything but the utterance ids, plus ``ref`` (the stored split
+    ``results_dir/splits/<ref>.json``, written once) and ``n`` (the part sizes). Records whose split is already a
+    reference are returned unchanged."""
+    split = record.get("split") or {}
+    if "ref" in split or not any(isinstance(split.get(p), list) for p in SPLIT_ID_PARTS):
+        return record
+    ref = split_ref(split)
+    path = Path(results_dir) / SPLITS_DIR / f"{ref}.json"
+    if not path.exists():
+        write_text_atomic(path, json.dumps(to_jsonable(split), sort_keys=True, indent=0) + "\n")
+    short = {k: v for k, v in split.items() if k not in SPLIT_ID_PARTS}
+    short.update(ref=ref, n={p: len(split.get(p) or []) for p in SPLIT_ID_PARTS})
+    return {**record, "split": short}
+
+
+_SPLIT_MEMO: dict[str, dict] = {}
+
+
+def load_split(ref: str, results_dir: str | Path) -> dict:
+    """The stored split ``ref`` under ``results_dir`` (a clear error when it is missing)."""
+    path = Path(results_dir) / SPLITS_DIR / f"{ref}.json"
+    key = str(path.resolve())
+    if key not in _SPLIT_MEMO:
+        if not path.exists():
+            raise FileNotFoundError(f"split {ref} referenced by a record is missing: {path} (copy the results "
+                                    f"folder whole, splits/ included)")
+        _SPLIT_MEMO[key] = json.loads(path.read_text(encoding="utf-8"))
+    return _SPLIT_MEMO[key]
+
+
+def inflate_split(record: dict, results_dir: str | Path) -> dict:
+    """``record`` with its split's utterance ids restored from the split store (unchanged if they are inline)."""
+    split = record.get("split") or {}
+    if "ref" not in split:
+        return record
+    full = load_split(split["ref"], results_dir)
+    return {**record, "split": {**full, **{k: v for k, v in split.items() if k not in ("ref", "n")}}}
+
+
+def results_root(record_file: str | Path) -> Path:
+    """The results folder of a record file at ``<results>/<kind>/<corpus>/<protocol>/<file>.json``."""
+    return Path(record_file).resolve().parents[3]
 
 
 def _slug(value: Any) -> str:

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from mini_iemocap import make_mini_iemocap
 
+from serlib.cli import main as cli_main
 from serlib.data.corpus import DataError
 from serlib.data.custom import load_custom, write_custom_manifest
 from serlib.data.esc50 import load_esc50
@@ -20,7 +21,6 @@ from serlib.data.manifest import (
     REPO_MANIFEST_DIR,
     build_manifest,
     check_against_manifest,
-    main_manifest,
     manifest_hash,
     write_manifest,
 )
@@ -282,15 +282,15 @@ def test_manifest_roundtrip_and_cli(custom_tree, capsys):
     assert "sha256 mismatches: 1" in rep.summary()
     assert manifest_hash(out) == h
 
-    assert main_manifest(["custom", str(root / "my.csv"), str(root / "m2.csv")]) == 0
-    assert main_manifest(["custom", str(root / "my.csv"), str(root / "m2.csv"), "--check"]) == 0
+    assert cli_main(["manifest", "custom", str(root / "my.csv"), str(root / "m2.csv")]) == 0
+    assert cli_main(["manifest", "custom", str(root / "my.csv"), str(root / "m2.csv"), "--check"]) == 0
     assert "OK" in capsys.readouterr().out
     shutil.copy(root / "clips" / "a" / "1.wav", root / "clips" / "a" / "0.wav")
     assert (
-        main_manifest(["custom", str(root / "my.csv"), str(root / "m2.csv"), "--check", "--check-hashes"])
+        cli_main(["manifest", "custom", str(root / "my.csv"), str(root / "m2.csv"), "--check", "--check-hashes"])
         == 1
     )
-    assert main_manifest(["ravdess", str(root / "absent"), str(root / "m3.csv")]) == 2
+    assert cli_main(["manifest", "ravdess", str(root / "absent"), str(root / "m3.csv")]) == 2
 
 
 def test_registry(tmp_path, monkeypatch, custom_tree):

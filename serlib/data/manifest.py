@@ -13,18 +13,13 @@ Paths in a manifest are POSIX paths relative to ``corpus.root`` (the folder each
 This module also holds the header-only probe every adapter scans with (:func:`probe_audio`), so that a bad
 file becomes a counted, reported skip at scan time instead of a crash in the middle of training.
 
-Command line (the top-level CLI wraps this)::
-
-    python -m serlib.data.manifest ravdess /path/to/ravdess data_manifests/ravdess.csv
-    python -m serlib.data.manifest ravdess /path/to/ravdess data_manifests/ravdess.csv --check --check-hashes
+Command line: ``python -m serlib manifest ravdess /path/to/ravdess data_manifests/ravdess.csv [--check --hashes]``
+(:mod:`serlib.cli`; this module imports no corpus adapter, so the adapters can import it).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,47 +262,6 @@ def check_against_manifest(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def main_manifest(argv: Sequence[str] | None = None) -> int:
-    """``CORPUS ROOT CSV [--check] [--check-hashes] [--label-set ...] [--improvised-only]``; returns an exit code."""
-    from serlib.data.registry import CORPORA, load_corpus  # late: the registry imports the adapters
-
-    ap = argparse.ArgumentParser(prog="python -m serlib.data.manifest", description=main_manifest.__doc__)
-    ap.add_argument("corpus", choices=sorted(CORPORA))
-    ap.add_argument("root", help="corpus folder (for 'custom': the CSV of path,label,speaker)")
-    ap.add_argument("csv", help="manifest to write (or to check with --check)")
-    ap.add_argument("--check", action="store_true", help="check ROOT against CSV instead of writing CSV")
-    ap.add_argument(
-        "--check-hashes", action="store_true", help="with --check: also compare sha256 of every file"
-    )
-    ap.add_argument("--label-set", default=None, help="IEMOCAP label set")
-    ap.add_argument("--improvised-only", action="store_true", help="IEMOCAP: improvised dialogs only")
-    args = ap.parse_args(argv)
-
-    kw: dict = {}
-    if args.corpus == "iemocap":
-        if args.label_set:
-            kw["label_set"] = args.label_set
-        kw["improvised_only"] = args.improvised_only
-    try:
-        corpus = load_corpus(args.corpus, args.root, **kw)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(corpus.report())
-    if args.check:
-        rep = check_against_manifest(corpus, args.csv, check_hashes=args.check_hashes)
-        print(rep.summary())
-        return 0 if rep.ok else 1
-    out = write_manifest(corpus, args.csv)
-    print(f"wrote {out} ({len(corpus)} rows, sha256 {manifest_hash(out)[:16]})")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main_manifest())
 
 
 __all__ = [
@@ -316,7 +270,6 @@ __all__ = [
     "build_manifest",
     "check_against_manifest",
     "default_manifest",
-    "main_manifest",
     "manifest_hash",
     "probe_audio",
     "read_manifest",

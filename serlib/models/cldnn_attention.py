@@ -247,3 +247,7 @@ class CLDNNAttention(nn.Module):
         aux["lengths"], aux["embedding"] = lengths, pooled
         assert logits.shape == (B, c.n_classes)
         return logits, aux
+
+
+# found by serlib.models.registry: model name -> (model class, its config dataclass)
+SERLIB_MODELS = {"cldnn_attention": (CLDNNAttention, CLDNNAttentionConfig)}

@@ -260,3 +260,7 @@ def eca_weights_by_class(
         model.train(was_training)
     counts = torch.bincount(y, minlength=n_classes).double()[:, None]
     return {i: (sums[i] / counts).numpy() for i in layers}  # 0 / 0 -> NaN for absent classes
+
+
+# found by serlib.models.registry: model name -> (model class, its config dataclass)
+SERLIB_MODELS = {"eca_cnn": (ECACNN, ECACNNConfig)}

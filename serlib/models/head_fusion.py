@@ -485,3 +485,7 @@ class HeadFusionACNN(nn.Module):
         if return_attention:
             aux["attention"] = a.unsqueeze(1)
         return self._gap(out.flatten(2), key_mask)
+
+
+# found by serlib.models.registry: model name -> (model class, its config dataclass)
+SERLIB_MODELS = {"head_fusion": (HeadFusionACNN, HeadFusionConfig)}

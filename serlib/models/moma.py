@@ -152,3 +152,7 @@ def attention_smoothness(a: torch.Tensor, lengths: torch.Tensor | None = None) -
     tv = ((p[:, 1:] - p[:, :-1]).abs() * pair_valid).sum(-1)
     out = {"entropy": entropy, "normalized_entropy": normalized, "total_variation": tv}
     return {k: v[0] for k, v in out.items()} if squeeze else out
+
+
+# found by serlib.models.registry: model name -> (model class, its config dataclass)
+SERLIB_MODELS = {"moma": (MOMA, MOMAConfig)}

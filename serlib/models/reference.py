@@ -49,3 +49,7 @@ class ReferenceCNN(nn.Module):
         else:
             pooled = h.mean(-1)
         return self.head(self.drop(pooled)), {"embedding": pooled}
+
+
+# found by serlib.models.registry: model name -> (model class, its config dataclass)
+SERLIB_MODELS = {"reference": (ReferenceCNN, ReferenceCNNConfig)}

@@ -1,28 +1,57 @@
-"""Model registry: a name -> (module, config class) map, so experiments pick a model by config string."""
+"""Model registry: a name -> (model class, config dataclass) map, so experiments pick a model by config string.
+
+Nothing to edit when a model is added: every module under ``serlib/models/`` (and every module named in
+``$SERLIB_PLUGINS``) that defines ``SERLIB_MODELS = {"name": (ModelClass, ConfigClass)}`` is found on first use;
+:func:`register_model` adds one from code. Each config is a dataclass with ``n_classes`` and ``n_features`` fields.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import pkgutil
 
 from torch import nn
 
-# name: (module, model class, config class)
-MODELS: dict[str, tuple[str, str, str]] = {
-    "reference": ("serlib.models.reference", "ReferenceCNN", "ReferenceCNNConfig"),
-    "head_fusion": ("serlib.models.head_fusion", "HeadFusionACNN", "HeadFusionConfig"),
-    "cldnn_attention": ("serlib.models.cldnn_attention", "CLDNNAttention", "CLDNNAttentionConfig"),
-    "moma": ("serlib.models.moma", "MOMA", "MOMAConfig"),
-    "eca_cnn": ("serlib.models.eca_cnn", "ECACNN", "ECACNNConfig"),
-}
+_MODELS: dict[str, tuple[type, type]] = {}
+_DISCOVERED = False
+
+
+def register_model(name: str, model_cls: type, config_cls: type) -> None:
+    """Register ``model_cls`` (built as ``model_cls(config)``) with its config dataclass under ``name``."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{name}: the config {config_cls.__name__} must be a dataclass")
+    old = _MODELS.get(name)
+    if old is not None and old != (model_cls, config_cls):
+        raise ValueError(f"two models are both named {name!r}: {old[0].__name__} and {model_cls.__name__}")
+    _MODELS[name] = (model_cls, config_cls)
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    import serlib.models as pkg
+
+    names = [f"serlib.models.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if m.name != "registry"]
+    plugins = [m for m in os.environ.get("SERLIB_PLUGINS", "").replace(",", " ").split() if m]
+    for name in names + plugins:
+        for model_name, (cls, cfg) in getattr(importlib.import_module(name), "SERLIB_MODELS", {}).items():
+            register_model(model_name, cls, cfg)
+    _DISCOVERED = True
+
+
+def models() -> dict[str, tuple[type, type]]:
+    """Every registered model: name -> (model class, config class)."""
+    if not _DISCOVERED:
+        _discover()
+    return dict(sorted(_MODELS.items()))
 
 
 def model_classes(name: str):
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    mod, cls, cfg = MODELS[name]
-    module = importlib.import_module(mod)
-    return getattr(module, cls), getattr(module, cfg)
+    known = models()
+    if name not in known:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(known)}")
+    return known[name]
 
 
 def build_model(name: str, *, n_classes: int, n_features: int, **kwargs) -> tuple[nn.Module, dict]:

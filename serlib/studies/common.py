@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from serlib.experiment import Experiment, experiment_record_path, load_experiment_corpus, run_one
+from serlib.report import is_ok, percent_summary  # noqa: F401  (re-exported for the studies)
 
 _MERGED = ("train", "model_kwargs", "protocol_kwargs", "corpus_kwargs", "loss_kwargs")
 _CORPUS_MEMO: dict[str, object] = {}
@@ -61,20 +62,25 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
                        seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
 
 
-def profile_of(kind: str) -> str:
-    """``"cpu"`` for a record of a ``cpu``-profile experiment (name suffixed ``_cpu``), else ``"as named"`` (the
-    paper's configuration, or whatever overrides the experiment's config shows)."""
-    return "cpu" if kind.endswith(CPU_SUFFIX) else "as named"
+def load_records(results_dir: str | Path, prefix: str = "") -> list[dict]:
+    """Every successful run record under ``results_dir/<prefix>*/`` (each with its ``_path``, its split's ids
+    restored from ``results_dir/splits/``), sorted by path. The split store and figure records are not runs."""
+    from serlib.records import SPLITS_DIR, inflate_split
+
+    root = Path(results_dir)
+    out = []
+    for path in sorted(root.glob(f"{prefix}*/**/*.json")):
+        if path.relative_to(root).parts[0] in (SPLITS_DIR, FIGURES_DIR, "benchmarks"):
+            continue
+        rec = json.loads(path.read_text())
+        if is_ok(rec):
+            out.append({**inflate_split(rec, root), "_path": str(path)})
+    return out
 
 
 def load_study_records(results_dir: str | Path, prefix: str) -> list[dict]:
-    """Every finished run record under ``results_dir/<prefix>*/`` (each with its ``_path``), sorted by path."""
-    out = []
-    for path in sorted(Path(results_dir).glob(f"{prefix}*/**/*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("status", "ok") == "ok" and "metrics" in rec:
-            out.append({**rec, "_path": str(path)})
-    return out
+    """:func:`load_records` restricted to experiments whose name starts with ``prefix``."""
+    return load_records(results_dir, prefix)
 
 
 FIGURES_DIR = "figures"  # under a results folder: the records of scripts/figure_records.py
@@ -106,9 +112,13 @@ def experiment_from_dict(d: dict) -> Experiment:
     return Experiment(**d)
 
 
+def _corpus_key(exp: Experiment) -> str:
+    return json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
+
+
 def corpus_for(exp: Experiment):
     """The experiment's corpus, loaded once per process (one corpus kept in memory)."""
-    key = json.dumps([exp.corpus, exp.data_root, exp.corpus_kwargs], sort_keys=True, default=str)
+    key = _corpus_key(exp)
     if key not in _CORPUS_MEMO:
         _CORPUS_MEMO.clear()
         _CORPUS_MEMO[key] = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
@@ -133,52 +143,98 @@ def split_for(exp: Experiment, corpus, fold: int):
 
 def run_task(task) -> dict:
     """Sweep worker (top-level, importable by spawn workers): one (experiment, seed, fold) run -> its record."""
-    from serlib.records import to_jsonable
+    from serlib.records import store_split, to_jsonable
 
     exp = experiment_from_dict(task.config["experiment"])
     corpus = corpus_for(exp)
-    record = run_one(exp, corpus, split_for(exp, corpus, int(task.fold)), int(task.seed), results_dir=None)
+    record = run_one(exp, corpus, split_for(exp, corpus, int(task.fold)), int(task.seed), results_dir=None,
+                     checkpoint_root=task.config.get("checkpoint_root"))
+    if task.config.get("results_dir"):  # the split's ids go to the results folder's split store, once
+        record = store_split(record, task.config["results_dir"])
     return to_jsonable(record, rounded=True)
 
 
-def study_tasks(exps: Sequence[Experiment], results_dir: str | Path) -> list[tuple]:
+def study_tasks(exps: Sequence[Experiment], results_dir: str | Path,
+                checkpoint_root: str | Path | None = None) -> list[tuple]:
     """``[(SweepTask, record path)]``: one task per (experiment, fold, seed)."""
     from serlib.sweep import SweepTask
 
+    extra = {"results_dir": str(Path(results_dir).resolve())}
+    if checkpoint_root is not None:
+        extra["checkpoint_root"] = str(Path(checkpoint_root).resolve())
     out = []
     for exp in exps:
         corpus = corpus_for(exp)
         for split in splits_for(exp, corpus):
             for seed in exp.seeds:
-                task = SweepTask(exp.name, {"experiment": exp.to_dict()}, seed=int(seed), fold=int(split.fold))
+                task = SweepTask(exp.name, {"experiment": exp.to_dict(), **extra}, seed=int(seed),
+                                 fold=int(split.fold))
                 out.append((task, experiment_record_path(exp, corpus, split, int(seed), results_dir)))
     return out
 
 
 def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path, n_jobs: int = 1,
-              backend: str = "process", progress: bool = False) -> list[dict]:
-    """Run every (experiment, seed, fold) not yet recorded under ``results_dir``; return all their records in task
-    order. ``n_jobs`` > 1 runs tasks in spawn workers (each with cpu_count // n_jobs torch threads); features come
-    from the shared cache (``$SERLIB_CACHE``), so build them first or set it before starting."""
+              backend: str = "process", progress: bool = False, corpus=None,
+              checkpoint_root: str | Path | None = None, skip_existing: bool = True) -> list[dict]:
+    """The one runner: every (experiment, seed, fold) not yet recorded under ``results_dir`` (all of them with
+    ``skip_existing=False``); returns all their records in task order. ``n_jobs`` > 1 runs tasks in spawn workers
+    (each with cpu_count // n_jobs torch threads); features come from the shared cache (``$SERLIB_CACHE``), so build
+    them first or set it before starting. ``corpus``: an already loaded corpus of the experiments (runs serially in
+    this process). ``checkpoint_root``: each run keeps its trainer checkpoint there (:func:`load_model`)."""
     from serlib.sweep import run_sweep
 
     exps = [exps] if isinstance(exps, Experiment) else list(exps)
+    if corpus is not None:
+        for e in exps:
+            _CORPUS_MEMO.clear()
+            _CORPUS_MEMO[_corpus_key(e)] = corpus
+        backend, n_jobs = "serial", 1
     configs: dict[str, dict] = {}
     for e in exps:  # tables group runs by experiment name: one name must mean one configuration
         d = {k: v for k, v in e.to_dict().items() if k not in ("seeds", "folds")}
         if configs.setdefault(e.name, d) != d:
             raise ValueError(f"two different experiments are both named {e.name!r}; rename one")
-    pairs = study_tasks(exps, results_dir)
+    from serlib.records import inflate_split
+
+    pairs = study_tasks(exps, results_dir, checkpoint_root)
     paths = {t.task_id: Path(p).resolve() for t, p in pairs}
-    return run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
-                     progress=progress, path_fn=lambda t: paths[t.task_id])
+    records = run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
+                        progress=progress, path_fn=lambda t: paths[t.task_id], skip_existing=skip_existing)
+    return [inflate_split(r, results_dir) if is_ok(r) else r for r in records]
 
 
-def percent_summary(part, metrics: Sequence[str] = ("ua", "wa")) -> dict:
-    """Mean and std (ddof 1; NaN for one run) in percent of ``metrics`` over the rows of a records frame."""
-    row = {}
-    for metric in metrics:
-        v = 100 * part[metric].astype(float)
-        row[f"{metric.upper()} mean (%)"] = v.mean()
-        row[f"{metric.upper()} std (%)"] = v.std(ddof=1) if len(v) > 1 else float("nan")
-    return row
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_dir(exp: Experiment, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
+    """Where :func:`serlib.experiment.run_one` puts a run's checkpoint when given ``checkpoint_root``."""
+    return Path(checkpoint_root) / f"{exp.name}_{split_name.replace('/', '_')}_s{seed}"
+
+
+def load_model(record: dict, checkpoint_root: str | Path):
+    """The model of a run record with its selected weights (validation-selected, or last for ``select="last"``),
+    from the checkpoint :func:`run_study` kept under ``checkpoint_root``; eval mode, on CPU."""
+    import torch
+
+    from serlib.models.registry import build_model
+    from serlib.train import CHECKPOINT_NAME
+
+    cfg = record["config"]
+    path = checkpoint_dir(Experiment(name=cfg["name"]), record["split"]["name"], int(record["seed"]),
+                          checkpoint_root) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint for {record['kind']} {record['split']['name']} seed "
+                                f"{record['seed']} at {path}; run with checkpoint_root")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model, _ = build_model(cfg["model"], **dict(cfg["model_resolved"]))
+    best = ckpt["selection"].get("best_state")
+    model.load_state_dict(best if best is not None and cfg["train"].get("select", "val") != "last"
+                          else ckpt["model"])
+    return model.eval()
+
+
+def eval_view(record: dict, corpus, part: str = "test"):
+    """The (normalised) ``part`` ("test" or "val") of a record's split, as the run saw it."""
+    from serlib.data.splits import Split
+    from serlib.experiment import build_views
+
+    exp = experiment_from_dict({k: v for k, v in record["config"].items() if k in Experiment.__dataclass_fields__})
+    return getattr(build_views(exp, corpus, Split.from_dict(record["split"])), part)

@@ -34,11 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from serlib import report
 from serlib.experiment import (
     Experiment,
     Views,
     run_one,
 )
+from serlib.studies.base import Study, Table
 from serlib.studies.common import (
     CPU_SUFFIX,
     PROFILES,
@@ -47,7 +49,6 @@ from serlib.studies.common import (
     with_overrides,
 )
 from serlib.studies.common import corpus_for as corpus_for  # re-exported for notebooks
-from serlib.studies.common import load_study_records as _load_records
 from serlib.studies.common import split_for as split_for  # re-exported for notebooks
 
 N_VERSIONS = 8
@@ -199,6 +200,7 @@ def grid_k_version(base: Experiment, ks: Iterable[int] = range(1, 9),
     """Fig. 6: one experiment per (channel scale k, STFT version), named ``<base>__<model tag>_k<k>_v<v>``. The
     model is the base's (the paper's Fig. 6 is the plain CNN: pass ``cnn(base)``); augmentation is dropped."""
     return [_at_version(base, v).replace(name=f"{base.name}__{model_tag(base)}_k{k}_v{v}",
+                                         arm=f"{model_tag(base)}_k{k}_v{v}",
                                          model_kwargs={**base.model_kwargs, "scale": int(k)})
             for k in ks for v in versions]
 
@@ -284,7 +286,7 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
     steps = ALL_STEPS if controls else ABLATION_STEPS
     if controls:
         models["cnn_matched_steps"] = cnn(b).replace(train={**b.train, "epochs": int(b.train["epochs"]) * n_augment})
-    return [models[step].replace(name=f"{base.name}__abl-{step}") for step, _ in steps]
+    return [models[step].replace(name=f"{base.name}__abl-{step}", arm=step) for step, _ in steps]
 
 
 PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
@@ -327,13 +329,13 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
 
 def run_grid(exps: Experiment | Sequence[Experiment], results_dir: str | Path, n_jobs: int = 1, *,
              backend: str = "process", progress: bool = False) -> list[dict]:
-    """:func:`serlib.studies.common.run_study` (every (experiment, fold, seed) not yet recorded)."""
+    """The one runner, :func:`serlib.studies.common.run_study`, with the notebook's positional arguments."""
     return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress)
 
 
-def load_study_records(results_dir: str | Path, prefix: str = "eca") -> list[dict]:
-    """Every finished ECA run record under ``results_dir/<prefix>*/``."""
-    return _load_records(results_dir, prefix)
+def load_study_records(results_dir: str | Path) -> list[dict]:
+    """Every finished ECA-CNN run record under ``results_dir``."""
+    return STUDY.records(results_dir)
 
 
 def train_and_keep(exp: Experiment, corpus, split, seed: int, *, results_dir: str | Path | None = None,
@@ -408,7 +410,7 @@ def channel_weight_effects(model, views: Views, layers: Sequence[int] = (5, 6), 
 
 # ------------------------------------------------------------------------------------------------ tables
 def _ok(records) -> list[dict]:
-    return [r for r in records if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r]
+    return [r for r in records if report.is_ok(r)]
 
 
 def describe(config: dict) -> dict:
@@ -449,11 +451,13 @@ def config_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _step_of(kind: str) -> tuple[str, str] | None:
-    if "__abl-" not in kind:
+def _step_of(record: dict) -> tuple[str, str] | None:
+    """(base experiment, ablation step) of an ablation run, from its identity; None for other runs."""
+    ident = report.identity(record)
+    step = ident["arm"]
+    if step not in dict(ALL_STEPS):
         return None
-    base, step = kind.rsplit("__abl-", 1)
-    return (base, step) if step in dict(ALL_STEPS) else None
+    return ident["experiment"].removesuffix(f"__abl-{step}"), step
 
 
 def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
@@ -465,7 +469,7 @@ def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
     paper = paper_reference().set_index("key") if with_paper else None
     groups: dict[tuple, list[dict]] = {}
     for r in _ok(records):
-        bs = _step_of(r["kind"])
+        bs = _step_of(r)
         if bs:
             groups.setdefault((bs[0], r["corpus"]["name"], r["split"]["protocol"], bs[1]), []).append(r)
     order = {s: i for i, (s, _) in enumerate(ALL_STEPS)}
@@ -498,34 +502,10 @@ def ablation_tests(records, metric: str = "ua",
     pairs of :data:`ABLATION_STEPS` keys). Paired t-test and, from 6 pairs, Wilcoxon
     (:func:`serlib.evaluate.paired_test`); ``mean diff (pp)`` is a - b in percentage points, positive when a is
     better."""
-    from serlib.evaluate import paired_test
-
-    runs: dict[tuple, dict[str, dict[tuple, float]]] = {}
-    for r in _ok(records):
-        bs = _step_of(r["kind"])
-        if bs:
-            key = (bs[0], r["corpus"]["name"], r["split"]["protocol"])
-            runs.setdefault(key, {}).setdefault(bs[1], {})[(r["seed"], r["split"].get("fold"))] = \
-                100 * r["metrics"][metric]
-    labels = dict(ALL_STEPS)
-    rows = []
-    for (base, corpus, protocol), steps in sorted(runs.items()):
-        for a, b in comparisons:
-            if a not in steps or b not in steps:
-                continue
-            common = sorted(set(steps[a]) & set(steps[b]))
-            row = {"base": base, "corpus": corpus, "protocol": protocol,
-                   "comparison": f"{labels[a]} vs {labels[b].removeprefix('+ ')}", "metric": metric.upper(),
-                   "n pairs": len(common)}
-            if len(common) >= 2:
-                t = paired_test([steps[a][c] for c in common], [steps[b][c] for c in common])
-                row.update({"mean diff (pp)": t["mean_diff"], "std diff (pp)": t["std_diff"], "t": t["t"],
-                            "p (paired t)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"],
-                            "a better in": f"{sum(steps[a][c] > steps[b][c] for c in common)}/{len(common)}"})
-            else:
-                row.update({"mean diff (pp)": float("nan"), "note": "fewer than 2 matched runs: no test"})
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return report.paired_tests(
+        records, comparisons, arm_of=lambda r: (_step_of(r) or (None, None))[1],
+        group_of=lambda r: (_step_of(r)[0], r["corpus"]["name"], r["split"]["protocol"]),
+        group_names=("base", "corpus", "protocol"), labels=dict(ALL_STEPS), metric=metric)
 
 
 def paper_reference() -> pd.DataFrame:
@@ -567,10 +547,10 @@ def timing_basis(records) -> tuple[list[dict], str]:
     (``__cnn_k`` runs) when there is one, else the plain-CNN ablation runs of the paper protocol (one k only, so
     every other k is projected at that k's rate per GMAC), else none."""
     recs = _ok(records)
-    grid = [r for r in recs if "__cnn_k" in r["kind"]]
+    grid = [r for r in recs if report.identity(r)["arm"].startswith("cnn_k")]
     if grid:
         return grid, "grid slice"
-    cnn = [r for r in recs if r["kind"].endswith("__abl-cnn") and r["split"]["protocol"] != "speaker_independent"]
+    cnn = [r for r in recs if report.identity(r)["arm"] == "cnn" and r["split"]["protocol"] != "speaker_independent"]
     if cnn:
         ks = sorted({int(r["config"]["model_kwargs"]["scale"]) for r in cnn})
         return cnn, (f"the ablation's plain-CNN runs (k = {', '.join(map(str, ks))} only; every other k at the "
@@ -644,6 +624,42 @@ def grid_timing(records, *, ks: Iterable[int] = range(1, 9), n_versions: int = N
     projection.attrs["setting"] = (f"{fixed_s} s inputs, {n_train} training utterances, {epochs} epochs, "
                                    f"{n_versions} versions x {n_folds} folds x {n_seeds} seeds")
     return per_config, projection
+
+
+def timing_table(records) -> pd.DataFrame:
+    """The recorded wall times behind the grid projection (:func:`grid_timing`'s ``per_config`` on
+    :func:`timing_basis`)."""
+    grid, _ = timing_basis(records)
+    if not grid:
+        return pd.DataFrame()
+    per_config, _ = grid_timing(grid)
+    return per_config[["experiment", "k", "version", "n_train", "epochs", "epoch_s", "run_total_s", "n_runs"]]
+
+
+def projection_table(records) -> pd.DataFrame:
+    """The full k x version grid projected from :func:`timing_table` (CPU measured rate; GPU assumed)."""
+    grid, _ = timing_basis(records)
+    return grid_timing(grid)[1] if grid else pd.DataFrame()
+
+
+STUDY = Study(
+    name="eca",
+    title="ECA-CNN (efficient channel attention, STFT augmentation)",
+    paper="Kim & Kwon, arXiv 2409.04007 (Sci. Rep. 2025), efficient channel attention and STFT data augmentation "
+          "for speech emotion recognition",
+    experiments=reproduction_experiments,
+    tables=(Table("ablation", "Ablation (Tables IV-V)", ablation_table),
+            Table("timing", "Grid timing basis (recorded)", timing_table),
+            Table("projection", "Full k x version grid, projected (GPU column assumed, not measured)",
+                  projection_table, digits=2)),
+    tests=(Table("ablation_tests", "Paired tests over matched (seed, fold) runs", ablation_tests, digits=3),),
+    prefixes=("eca_",),
+    paper_reference=paper_reference,
+    notebook="04_eca_cnn.ipynb",
+    options={"parts": (PARTS, ("ablation",), "the ablation and/or the k x version grid slice behind the timing")},
+    main_arm="our_eca_stft_aug",
+    paper_claim="see the paper's Table IV-V (quoted in docs/RESULTS.md)",
+)
 
 
 __all__ = [

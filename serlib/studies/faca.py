@@ -30,9 +30,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from serlib.experiment import Experiment, build_views, run_experiment
-from serlib.studies.common import apply_profile, percent_summary, profile_of, with_overrides
-from serlib.studies.common import load_study_records as _load_records
+from serlib import report
+from serlib.experiment import Experiment
+from serlib.studies.base import Study, Table
+from serlib.studies.common import apply_profile, with_overrides
 from serlib.train import ArrayData
 
 VARIANTS: tuple[str, ...] = ("bmhsa", "fa", "faca")
@@ -73,6 +74,7 @@ def paper_experiment(variant: str = "faca", corpus: str = "ravdess", data_root: 
         view="sequence",
         model="cldnn_attention",
         model_kwargs={**PAPER_MODEL, "attention": variant},
+        arm=variant,
         train=dict(PAPER_TRAIN),
         seeds=PAPER_SEEDS,
         aggregate="mean_prob",
@@ -110,85 +112,21 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
 
 
 # ------------------------------------------------------------------------------------------------ running
-def checkpoint_dir(exp: Experiment, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
-    """Where :func:`serlib.experiment.run_one` puts a run's checkpoint when given ``checkpoint_root``."""
-    return Path(checkpoint_root) / f"{exp.name}_{split_name.replace('/', '_')}_s{seed}"
-
-
-def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path | None, corpus=None,
-              checkpoint_root: str | Path | None = None, skip_existing: bool = True, device=None) -> list[dict]:
-    """Run every experiment for its seeds x folds (serially, in this process); return all records.
-
-    With ``checkpoint_root`` each run keeps its trainer checkpoint, from which :func:`load_model` restores the
-    selected weights (for the attention figures). Records already under ``results_dir`` are loaded, not re-run."""
-    exps = [exps] if isinstance(exps, Experiment) else list(exps)
-    out = []
-    for exp in exps:
-        out += run_experiment(exp, results_dir=results_dir, corpus=corpus, skip_existing=skip_existing,
-                              checkpoint_root=checkpoint_root, device=device)
-    return out
-
-
-def load_model(record: dict, checkpoint_root: str | Path) -> nn.Module:
-    """The model of a run record with its selected weights (validation-selected, or last for ``select="last"``),
-    from the checkpoint :func:`run_study` kept; eval mode, on CPU."""
-    from serlib.models.registry import build_model
-    from serlib.train import CHECKPOINT_NAME
-
-    cfg = record["config"]
-    path = checkpoint_dir(Experiment(name=cfg["name"]), record["split"]["name"], int(record["seed"]), checkpoint_root) / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint for {record['kind']} {record['split']['name']} seed "
-                                f"{record['seed']} at {path}; run with checkpoint_root")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    resolved = dict(cfg["model_resolved"])
-    model, _ = build_model(cfg["model"], **resolved)
-    best = ckpt["selection"].get("best_state")
-    model.load_state_dict(best if best is not None and cfg["train"].get("select", "val") != "last"
-                          else ckpt["model"])
-    return model.eval()
-
-
-def eval_view(record: dict, corpus, part: str = "test") -> ArrayData:
-    """The (normalised) ``part`` ("test" or "val") of a record's split, as the run saw it."""
-    from serlib.data.splits import Split
-
-    cfg = record["config"]
-    exp = Experiment(**{k: v for k, v in cfg.items() if k in Experiment.__dataclass_fields__})
-    exp = exp.replace(seeds=tuple(exp.seeds), folds=None if exp.folds is None else tuple(exp.folds))
-    return getattr(build_views(exp, corpus, Split.from_dict(record["split"])), part)
+# the one runner and its checkpoint helpers, re-exported for the notebooks
+from serlib.studies.common import checkpoint_dir, eval_view, load_model, run_study  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _frame(records) -> pd.DataFrame:
-    from serlib.records import flatten_record
-
-    if isinstance(records, pd.DataFrame):
-        return records
-    return pd.DataFrame([flatten_record(r, r.get("_path")) for r in records
-                         if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r])
-
-
-def _variant_col(df: pd.DataFrame) -> pd.Series:
-    return df["config.model_kwargs.attention"].astype(str)
-
-
 def variants_table(records) -> pd.DataFrame:
     """Tables 2 / 3: per (corpus, protocol, variant) mean and std (ddof 1, over seeds x folds) of UA and WA, %."""
-    df = _frame(records)
+    df = report.frame(records)
     if df.empty:
         return pd.DataFrame()
-    df = df.assign(variant=_variant_col(df), profile=df["kind"].map(profile_of))
-    rows = []
-    for (corpus, protocol, profile, variant), part in df.groupby(["corpus", "protocol", "profile", "variant"],
-                                                                 sort=False):
-        row = {"corpus": corpus, "protocol": protocol, "profile": profile,
-               "model": VARIANT_NAMES.get(variant, variant)}
-        row.update(percent_summary(part))
-        row["n runs"] = len(part)
-        row["epochs"] = part["config.train.epochs"].iloc[0]
-        rows.append(row)
-    out = pd.DataFrame(rows)
+    out = report.summarise(df, ["corpus", "protocol", "profile", "arm"], first={"config.train.epochs": "epochs"},
+                           label=lambda k: {"corpus": k[0], "protocol": k[1], "profile": k[2],
+                                            "model": VARIANT_NAMES.get(k[3], k[3])})
+    out = out[["corpus", "protocol", "profile", "model", "UA mean (%)", "UA std (%)", "WA mean (%)", "WA std (%)",
+               "n runs", "epochs"]]
     order = {VARIANT_NAMES[v]: i for i, v in enumerate(VARIANTS)}
     return out.sort_values(["corpus", "protocol", "profile", "model"], key=lambda s: s.map(order) if s.name == "model" else s,
                            ignore_index=True)
@@ -200,31 +138,11 @@ def ablation_tests(records, metric: str = "ua",
     """Paired tests (:func:`serlib.evaluate.paired_test`) of ``a`` vs ``b`` over (seed, fold) runs both have, per
     (corpus, protocol). ``mean diff`` is a - b in percentage points; positive = ``a`` better. Pairs with fewer than
     2 matched runs are reported with n and no test."""
-    from serlib.evaluate import paired_test
-
-    df = _frame(records)
-    if df.empty:
-        return pd.DataFrame()
-    df = df.assign(variant=_variant_col(df), profile=df["kind"].map(profile_of))
-    rows = []
-    for (corpus, protocol, profile), part in df.groupby(["corpus", "protocol", "profile"], sort=False):
-        wide = part.pivot_table(index=["seed", "fold"], columns="variant", values=metric, aggfunc="mean")
-        for a, b in pairs:
-            if a not in wide or b not in wide:
-                continue
-            both = wide[[a, b]].dropna()
-            row = {"corpus": corpus, "protocol": protocol, "profile": profile,
-                   "comparison": f"{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}", "metric": metric.upper(),
-                   "n pairs": len(both)}
-            if len(both) >= 2:
-                t = paired_test(100 * both[a].to_numpy(), 100 * both[b].to_numpy())
-                row.update({"mean diff (pp)": t["mean_diff"], "std diff (pp)": t["std_diff"], "t": t["t"],
-                            "p (t-test)": t["p_t"], "p (Wilcoxon)": t["p_wilcoxon"],
-                            "a better in": f"{int((both[a] > both[b]).sum())}/{len(both)}"})
-            else:
-                row["mean diff (pp)"] = float(100 * (both[a] - both[b]).mean()) if len(both) else float("nan")
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return report.paired_tests(records, pairs, arm_of=lambda r: report.identity(r)["arm"],
+                               group_of=lambda r: (r["corpus"]["name"], r["split"]["protocol"],
+                                                   report.identity(r)["profile"]),
+                               group_names=("corpus", "protocol", "profile"), labels=VARIANT_NAMES, metric=metric,
+                               sep=" - ")
 
 
 def summary_markdown(records, alpha: float = 0.05) -> str:
@@ -258,7 +176,7 @@ def summary_markdown(records, alpha: float = 0.05) -> str:
             if row.empty:
                 continue
             row = row.iloc[0]
-            p = row.get("p (t-test)", float("nan"))
+            p = row.get("p (paired t)", float("nan"))
             verdict = ("no test (fewer than 2 pairs)" if row["n pairs"] < 2 else
                        "no test (the paired differences have no spread)" if pd.isna(p) else
                        f"significant at {alpha}" if p < alpha and row["mean diff (pp)"] > 0 else
@@ -281,9 +199,9 @@ def paper_reference() -> pd.DataFrame:
     return pd.DataFrame(rows).assign(source=src)
 
 
-def load_study_records(results_dir: str | Path, prefix: str = "faca_") -> list[dict]:
-    """Every finished FACA run record under ``results_dir/<prefix>*/``."""
-    return _load_records(results_dir, prefix)
+def load_study_records(results_dir: str | Path) -> list[dict]:
+    """Every finished MHSA-FACA run record under ``results_dir``."""
+    return STUDY.records(results_dir)
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 2 / peaks
@@ -473,3 +391,18 @@ __all__ = [
     "variant_experiments",
     "variants_table",
 ]
+
+
+STUDY = Study(
+    name="faca",
+    title="MHSA-FACA (focus and calibration attention)",
+    paper="Kim, An, Kim 2022, Speech emotion recognition with focus-attention and calibration-attention (Interspeech)",
+    experiments=reproduction_experiments,
+    tables=(Table("variants", "BMHSA / MHSA-FA / MHSA-FACA (Tables 2-3)", variants_table),),
+    tests=(Table("ablation_tests", "Paired tests over matched (seed, fold) runs", ablation_tests, digits=3),),
+    prefixes=("faca_",),
+    paper_reference=paper_reference,
+    notebook="02_focus_calibration.ipynb",
+    main_arm="faca",
+    paper_claim="82.47 UA (RAVDESS, 5-fold 3/1/1)",
+)

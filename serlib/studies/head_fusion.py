@@ -34,17 +34,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from serlib import report
 from serlib.experiment import (
     Experiment,
     build_views,
     utterance_scores,
 )
-from serlib.studies import common
+from serlib.studies.base import Study, Table
 from serlib.studies.common import (
     apply_profile,
     corpus_for,
     experiment_from_dict,
-    percent_summary,
     run_study,
     run_task,
     split_for,
@@ -117,8 +117,8 @@ def speaker_independent_experiment(corpus: str = "ravdess", data_root: str | Non
 def sweep_experiments(base: Experiment, n_heads: Iterable[int] = SWEEP_N_HEADS,
                       n_sizes: Iterable[int] = SWEEP_N_SIZES) -> list[Experiment]:
     """Fig. 5 / 6: one experiment per (n_head, n_size), named ``<base>__nh<h>_ns<s>``."""
-    return [base.replace(name=f"{base.name}__nh{h}_ns{s}", model_kwargs={**base.model_kwargs, "n_head": int(h),
-                                                                         "n_size": int(s)})
+    return [base.replace(name=f"{base.name}__nh{h}_ns{s}", arm=f"nh{h}_ns{s}",
+                         model_kwargs={**base.model_kwargs, "n_head": int(h), "n_size": int(s)})
             for h in n_heads for s in n_sizes]
 
 
@@ -126,10 +126,10 @@ def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head
                          n_middle_convs: Sequence[int] = (2, 3, 5)) -> list[Experiment]:
     """Table 5 (attention: head fusion / conventional self-attention / none) and Table 6 (middle conv layers; the
     paper's model has 4, which is the ``head_fusion`` row)."""
-    out = [base.replace(name=f"{base.name}__att-{a}", model_kwargs={**base.model_kwargs, "attention": a})
-           for a in attentions]
-    out += [base.replace(name=f"{base.name}__convs{n}", model_kwargs={**base.model_kwargs, "attention": "head_fusion",
-                                                                      "n_middle_convs": int(n)})
+    out = [base.replace(name=f"{base.name}__att-{a}", arm=f"att-{a}",
+                        model_kwargs={**base.model_kwargs, "attention": a}) for a in attentions]
+    out += [base.replace(name=f"{base.name}__convs{n}", arm=f"convs{n}",
+                         model_kwargs={**base.model_kwargs, "attention": "head_fusion", "n_middle_convs": int(n)})
             for n in n_middle_convs]
     return out
 
@@ -154,49 +154,31 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
 # ------------------------------------------------------------------------------------------------ running
 
 
-def load_study_records(results_dir: str | Path, prefix: str = "head_fusion") -> list[dict]:
-    """Every finished Head Fusion run record under ``results_dir/<prefix>*/``."""
-    return common.load_study_records(results_dir, prefix)
+def load_study_records(results_dir: str | Path) -> list[dict]:
+    """Every finished Head Fusion run record under ``results_dir``."""
+    return STUDY.records(results_dir)
 
 
 _run_task, _corpus_for, _split_for, _experiment_from_dict = run_task, corpus_for, split_for, experiment_from_dict
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _frame(records) -> pd.DataFrame:
-    from serlib.records import flatten_record
-
-    if isinstance(records, pd.DataFrame):
-        return records
-    rows = [flatten_record(r, r.get("_path")) for r in records
-            if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r]
-    return pd.DataFrame(rows)
-
-
 def table(records, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean / std (ddof 1, over seeds and folds) of UA and WA in percent, per configuration.
 
     records: run records (list of dicts, e.g. from :func:`run_study`) or a :func:`serlib.records.load_records` frame.
     by: grouping columns (default: experiment name, corpus, protocol, selection). Model settings are shown beside.
     """
-    df = _frame(records)
+    df = report.frame(records)
     if df.empty:
         return pd.DataFrame()
     by = list(by or ["kind", "corpus", "protocol", "selection"])
-    shown = [c for c in ("config.model_kwargs.attention", "config.model_kwargs.n_head", "config.model_kwargs.n_size",
-                         "config.model_kwargs.n_middle_convs", "config.train.epochs") if c in df.columns]
-    rows = []
-    for key, part in df.groupby(by, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
-        for col in shown:
-            if col not in by:
-                row[col.split(".")[-1]] = part[col].iloc[0]
-        row.update(percent_summary(part))
-        row["n runs"] = len(part)
-        row["seeds"] = ",".join(str(s) for s in sorted(part["seed"].unique()))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    shown = {c: c.split(".")[-1] for c in ("config.model_kwargs.attention", "config.model_kwargs.n_head",
+                                           "config.model_kwargs.n_size", "config.model_kwargs.n_middle_convs",
+                                           "config.train.epochs") if c not in by}
+    out = report.summarise(df, by, first=shown)
+    seeds = df.groupby(by, sort=True, dropna=False)["seed"].apply(lambda s: ",".join(map(str, sorted(s.unique()))))
+    return out.assign(seeds=seeds.to_numpy())
 
 
 def reproduction_table(records) -> pd.DataFrame:
@@ -321,6 +303,30 @@ def make_widget(state: dict):
     panel.controls = {"n_head": n_head, "n_size": n_size, "epochs": epochs, "button": button, "output": out}
     return panel
 
+
+def speaker_independent_folds(records) -> pd.DataFrame:
+    """The speaker-independent runs per fold over their seeds, and the mean of the fold means
+    (:func:`serlib.studies.compare.fold_table`), for each experiment."""
+    si = [r for r in records if r["split"]["protocol"] == "speaker_independent" and not report.identity(r)["arm"]]
+    return fold_table(si)
+
+
+STUDY = Study(
+    name="head_fusion",
+    title="Head Fusion ACNN",
+    paper="Xu, Zhang, Zhang 2021, Head Fusion: improving the accuracy and robustness of speech emotion recognition "
+          "on the IEMOCAP and RAVDESS dataset",
+    experiments=reproduction_experiments,
+    tables=(Table("reproduction", "Paper protocol and speaker-independent, per selection", reproduction_table),
+            Table("speaker_independent_folds", "Speaker-independent, per fold over its seeds (last row: the mean "
+                  "of the fold means, std over folds)", speaker_independent_folds)),
+    prefixes=("head_fusion",),
+    paper_reference=paper_reference,
+    notebook="01_head_fusion.ipynb",
+    options={"track_test": ((True, False), True, "evaluate the test split every epoch (for the authors' "
+                                                  "best-test-epoch figure)")},
+    paper_claim="77.4 UA (RAVDESS, random 80/20, best test epoch)",
+)
 
 __all__ = [
     "PAPER_MODEL",

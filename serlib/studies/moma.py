@@ -22,10 +22,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from serlib import report
 from serlib.experiment import Experiment
 from serlib.models.moma import attention_smoothness
-from serlib.studies.common import apply_profile, percent_summary, profile_of, with_overrides
-from serlib.studies.faca import _frame, eval_view, load_model, run_study
+from serlib.studies.base import Study, Table
+from serlib.studies.common import apply_profile, with_overrides
+from serlib.studies.common import (
+    eval_view as eval_view,  # the one runner and checkpoint helpers, for notebooks
+)
+from serlib.studies.common import load_model as load_model
+from serlib.studies.common import run_study as run_study
 from serlib.train import ArrayData
 
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2)  # the paper names none
@@ -100,19 +106,9 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
 # ------------------------------------------------------------------------------------------------ tables
 def results_table(records) -> pd.DataFrame:
     """Table 1-style: per (corpus, protocol, selection) mean / std (ddof 1, over seeds x folds) of UA and WA, %."""
-    df = _frame(records)
-    if df.empty:
-        return pd.DataFrame()
-    df = df.assign(profile=df["kind"].map(profile_of))
-    rows = []
-    for (corpus, protocol, profile, selection), part in df.groupby(["corpus", "protocol", "profile", "selection"],
-                                                                   sort=True):
-        row = {"model": "MOMA", "corpus": corpus, "protocol": protocol, "profile": profile, "selection": selection}
-        row.update(percent_summary(part))
-        row["n runs"] = len(part)
-        row["epochs"] = part["config.train.epochs"].iloc[0]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    by = ["corpus", "protocol", "profile", "selection"]
+    return report.summarise(report.frame(records), by, first={"config.train.epochs": "epochs"},
+                            label=lambda k: {"model": "MOMA", **dict(zip(by, k))})
 
 
 def paper_reference() -> pd.DataFrame:
@@ -220,3 +216,17 @@ __all__ = [
     "smoothing_table",
     "speaker_independent_experiment",
 ]
+
+
+STUDY = Study(
+    name="moma",
+    title="MOMA (mixture of multi-view attention)",
+    paper="MOMA: a mixture of multi-view attention for speech emotion recognition (BiLSTM with multi-view "
+          "attention)",
+    experiments=reproduction_experiments,
+    tables=(Table("results", "MOMA, per protocol and selection", results_table),),
+    prefixes=("moma_",),
+    paper_reference=paper_reference,
+    notebook="03_moma.ipynb",
+    paper_claim="80.5 UA (IEMOCAP IEM4, session 5 test; absent here)",
+)
