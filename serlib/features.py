@@ -1,6 +1,8 @@
 """Batched MFCC / log-Mel features on ``torch.stft`` (CPU or CUDA), equal to librosa 0.11 to a stated tolerance.
 
-Pure functions and module constants; nothing here knows about models or emotions.
+Pure functions and module constants; nothing here knows about models or emotions. (Over 450 lines on purpose: the
+filterbanks, the STFT, MFCC / log-Mel, the presets of four papers and their length arithmetic are one parity-tested
+unit against librosa; split up, a preset would live apart from the functions its parity tolerance is stated for.)
 
 Pipeline (one :class:`FeaturePreset` describes every choice)::
 

@@ -181,7 +181,43 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",
                 f"({int((tests['n folds'] < 2).sum())} pairs sharing fewer than 2 folds: no test, not listed)", ""]
+    bench = benchmarks_table(results_dir)
+    if not bench.empty:
+        out += ["## Benchmarks", "",
+                "Each speed claim is a ratio against a reference measured in the same run (`benchmarks/`); the "
+                "ratios, speed-ups and parity figures of each record, with its revision and machine:", "",
+                markdown(bench, digits=3), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+BENCH_KEYS = ("ratio", "speedup", "max_abs", "parity", "_per_")
+
+
+def benchmarks_table(results_dir: str | Path = "results") -> pd.DataFrame:
+    """One row per figure of interest (ratios, speed-ups, parity) in ``results_dir/benchmarks/*.json``."""
+    import json
+
+    rows = []
+    for path in sorted(Path(results_dir, "benchmarks").glob("*.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        git = rec.get("git") or rec.get("git_revision") or ""
+        git = (git.get("revision") if isinstance(git, dict) else str(git))[:7]
+        env = rec.get("environment") or {}
+        machine = env.get("device") or rec.get("device") or "cpu"
+        threads = rec.get("torch_threads", env.get("torch_threads"))
+
+        def walk(d, prefix=""):
+            for k, v in d.items():
+                key = f"{prefix}{k}"
+                if isinstance(v, dict):
+                    yield from walk(v, key + ".")
+                elif isinstance(v, (int, float)) and not isinstance(v, bool) and any(t in key for t in BENCH_KEYS):
+                    yield key, float(v)
+
+        for key, value in walk({k: v for k, v in rec.items() if k not in ("environment", "settings", "versions")}):
+            rows.append({"record": f"benchmarks/{path.name}", "figure": key, "value": value, "device": machine,
+                         "torch threads": threads, "git": git})
+    return pd.DataFrame(rows)
 
 
 def status_markdown(results_dir: str | Path = "results") -> str:

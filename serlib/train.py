@@ -3,6 +3,8 @@
 Nothing in this file has anything to do with emotions. The experiment code hands it tensors (:class:`ArrayData`), a
 model whose ``forward(x, lengths=None)`` returns ``(logits, aux)`` (a plain logits tensor is tolerated), and
 optionally a ``score_fn`` that turns logits into metrics (e.g. segment -> utterance aggregation and UA).
+(Over 450 lines on purpose: the loop, selection, AMP, checkpoint / resume and the data holder are one contract that
+its tests pin down together.)
 
 Data is held in memory (on the GPU when training there); batches are index slices of a permutation drawn from a
 ``torch.Generator`` seeded with ``TrainConfig.seed``, so no DataLoader and no worker processes are involved. When
@@ -76,30 +78,37 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 class ArrayData:
     """In-memory tensors of one split.
 
-    x:       (N, ...) features; for variable-length items padded along the last axis to T_max.
+    x:       (N, ...) features; for variable-length items padded along the last axis to T_max. Or a dict of named
+             inputs, each (N, ...), passed to the model as keyword arguments (``model(**batch)``): a two-input model
+             (e.g. ``{"mfcc": (N, F, T1), "mfcc_lengths": (N,), "w2v2": (N, D, T2), "w2v2_lengths": (N,)}``) needs
+             no change here; an input ``k`` with a ``k_lengths`` entry is cropped per batch like ``x`` is.
     y:       (N,) int64 class indices.
-    lengths: (N,) int64 valid lengths along the last axis of ``x``, or None for fixed-size items.
+    lengths: (N,) int64 valid lengths along the last axis of ``x`` (a tensor ``x``), or None for fixed-size items.
     groups:  (N,) int64 group of each item (e.g. the source-utterance index of each segment), or None.
 
-    numpy arrays are accepted and converted; float64 ``x`` is stored as float32.
+    numpy arrays are accepted and converted; float64 inputs are stored as float32.
     """
 
-    x: Tensor
+    x: Tensor | dict[str, Tensor]
     y: Tensor
     lengths: Tensor | None = None
     groups: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.x = torch.as_tensor(self.x)
-        if self.x.dtype == torch.float64:
-            self.x = self.x.float()
+        def as_input(a):
+            a = torch.as_tensor(a)
+            return a.float() if a.dtype == torch.float64 else a
+
+        self.x = {k: as_input(v) for k, v in self.x.items()} if isinstance(self.x, dict) else as_input(self.x)
         self.y = torch.as_tensor(self.y).long()
-        n = self.x.shape[0] if self.x.ndim else -1
-        if self.y.shape != (n,):
-            raise ValueError(
-                f"y has shape {tuple(self.y.shape)}, expected ({n},) to match x {tuple(self.x.shape)}"
-            )
+        n = len(self.y) if self.y.ndim else -1
+        for name, a in (self.x.items() if isinstance(self.x, dict) else [("x", self.x)]):
+            if not a.ndim or a.shape[0] != n or self.y.shape != (n,):
+                raise ValueError(f"y has shape {tuple(self.y.shape)}; {name} {tuple(a.shape)} must have as many "
+                                 "items")
         if self.lengths is not None:
+            if isinstance(self.x, dict):
+                raise ValueError("a dict x carries its lengths as inputs (e.g. 'mfcc_lengths'), not in lengths")
             self.lengths = torch.as_tensor(self.lengths).long()
             if self.lengths.shape != (n,):
                 raise ValueError(f"lengths has shape {tuple(self.lengths.shape)}, expected ({n},)")
@@ -115,13 +124,16 @@ class ArrayData:
 
     @property
     def device(self) -> torch.device:
-        return self.x.device
+        return self.y.device
+
+    def _map(self, fn) -> Tensor | dict[str, Tensor]:
+        return {k: fn(v) for k, v in self.x.items()} if isinstance(self.x, dict) else fn(self.x)
 
     def to(self, device: str | torch.device) -> ArrayData:
         """The same data on ``device`` (tensors already there are not copied)."""
         device = torch.device(device)
         return ArrayData(
-            x=self.x.to(device),
+            x=self._map(lambda a: a.to(device)),
             y=self.y.to(device),
             lengths=None if self.lengths is None else self.lengths.to(device),
             groups=None if self.groups is None else self.groups.to(device),
@@ -132,17 +144,26 @@ class ArrayData:
         idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, Tensor) else idx)
         if idx.dtype == torch.bool:
             idx = idx.nonzero().flatten()
-        idx = idx.long().to(self.x.device)
+        idx = idx.long().to(self.y.device)
         return ArrayData(
-            x=self.x[idx],
+            x=self._map(lambda a: a[idx]),
             y=self.y[idx],
             lengths=None if self.lengths is None else self.lengths[idx],
             groups=None if self.groups is None else self.groups[idx],
         )
 
-    def batch(self, idx: Tensor | slice) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x, y, lengths)`` of items ``idx``, with ``x`` cropped to the batch's longest item when lengths exist."""
-        x, y = self.x[idx], self.y[idx]
+    def batch(self, idx: Tensor | slice) -> tuple[Tensor | dict[str, Tensor], Tensor, Tensor | None]:
+        """``(x, y, lengths)`` of items ``idx``, with ``x`` cropped to the batch's longest item when lengths exist
+        (a dict ``x``: each input ``k`` to the longest of its ``k_lengths``)."""
+        y = self.y[idx]
+        if isinstance(self.x, dict):
+            x = {k: v[idx] for k, v in self.x.items()}
+            for k in list(x):
+                lens = x.get(f"{k}_lengths")
+                if lens is not None and len(lens):
+                    x[k] = x[k][..., : int(lens.max())]
+            return x, y, None
+        x = self.x[idx]
         if self.lengths is None:
             return x, y, None
         lengths = self.lengths[idx]
@@ -395,7 +416,9 @@ class Trainer:
         }
 
     # --------------------------------------------------------------------------------------- forward
-    def _forward(self, x: Tensor, lengths: Tensor | None):
+    def _forward(self, x: Tensor | dict[str, Tensor], lengths: Tensor | None):
+        if isinstance(x, dict):  # named inputs: the model's keyword arguments
+            return self.model(**x)
         return self.model(x, lengths=lengths) if lengths is not None else self.model(x)
 
     def _autocast(self):
@@ -423,7 +446,7 @@ class Trainer:
             outs.append(logits.float())
             if with_aux:
                 auxs.append(aux)
-                sizes.append(x.shape[0])
+                sizes.append(logits.shape[0])
         if not outs:
             raise ValueError("cannot predict on an empty split")
         return torch.cat(outs), (_merge_aux(auxs, sizes) if with_aux else {})

@@ -231,6 +231,7 @@ def test_train_and_keep_equals_run_one_without_results_dir(synthetic):
 # ----------------------------------------------------------------------------------------------------- tables
 def _fake(step, seed, fold, ua, wa=None, base="b"):
     return {"kind": f"{base}__abl-{step}", "corpus": {"name": "ravdess"},
+            "identity": {"experiment": f"{base}__abl-{step}", "study": "eca", "profile": "cpu", "arm": step},
             "split": {"protocol": "random_kfold5", "fold": fold}, "seed": seed,
             "metrics": {"ua": ua, "wa": ua if wa is None else wa}, "config": {}}
 
@@ -314,8 +315,9 @@ def test_conv_macs_and_grid_timing(grid_run):
 
 def test_timing_basis_prefers_the_grid_slice_then_the_paper_protocols_plain_cnn():
     def rec(kind, k, protocol="random_kfold5"):
+        arm = kind.split("__abl-")[1] if "__abl-" in kind else kind.split("__")[1]
         return {"kind": kind, "split": {"protocol": protocol}, "metrics": {"ua": 0.5},
-                "config": {"model_kwargs": {"scale": k}}}
+                "identity": {"experiment": kind, "arm": arm}, "config": {"model_kwargs": {"scale": k}}}
 
     abl = [rec("b__abl-cnn", 1), rec("b__abl-our_eca", 1), rec("si__abl-cnn", 1, "speaker_independent")]
     recs, label = eca.timing_basis(abl + [{"status": "error"}])

@@ -98,6 +98,7 @@ def _fake_records(base: dict, values: dict[str, list[float]]) -> list[dict]:
             r = copy.deepcopy(base)
             r.pop("_path", None)
             r["config"]["model_kwargs"]["attention"] = variant
+            r["identity"] = {**r["identity"], "arm": variant}
             r["seed"], r["split"]["fold"] = k // 2, k % 2
             r["metrics"]["ua"], r["metrics"]["wa"] = ua, ua + 0.01
             out.append(r)
@@ -117,10 +118,10 @@ def test_variants_table_and_ablation_tests_on_known_records(quick_run):
     tests = faca.ablation_tests(recs).set_index("comparison")
     fa_bm = tests.loc["MHSA-FA - BMHSA"]
     assert fa_bm["n pairs"] == 4 and fa_bm["mean diff (pp)"] == pytest.approx(1.75)
-    assert fa_bm["a better in"] == "4/4" and 0 < fa_bm["p (t-test)"] < 0.05
+    assert fa_bm["a better in"] == "4/4" and 0 < fa_bm["p (paired t)"] < 0.05
     assert tests.loc["MHSA-FACA - MHSA-FA", "mean diff (pp)"] == pytest.approx(0.0, abs=1e-9)
     one = faca.ablation_tests(_fake_records(base, {"bmhsa": [0.5], "fa": [0.6]}))
-    assert one.iloc[0]["n pairs"] == 1 and "p (t-test)" not in one.columns
+    assert one.iloc[0]["n pairs"] == 1 and "p (paired t)" not in one.columns
     # the summary in words: FA's gain is significant, CA's (+0.00) is not
     text = faca.summary_markdown(recs)
     assert f"MHSA-FACA UA **{table.iloc[2]['UA mean (%)']:.2f} ± {table.iloc[2]['UA std (%)']:.2f} %**" in text

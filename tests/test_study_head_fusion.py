@@ -84,8 +84,8 @@ def test_run_study_writes_records_and_skips_them(tmp_path, synthetic, monkeypatc
     exps = [_tiny(), _tiny().replace(name="tiny_b", model_kwargs={"n_head": 2, "n_size": 4})]
     recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
     assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
-    files = sorted(tmp_path.rglob("*.json"))
-    assert len(files) == 2
+    files = sorted(p for p in tmp_path.rglob("*.json") if p.parent.name != "splits")
+    assert len(files) == 2 and len(list((tmp_path / "splits").glob("*.json"))) == 1  # one split, stored once
     assert {r["kind"] for r in recs} == {"head_fusion_paper_best_test", "tiny_b"}
     assert all(r["selection"] == "best_test" and 0 <= r["metrics"]["ua"] <= 1 for r in recs)
     assert recs[0]["counts"]["dropped_min_len"] == int((synthetic.table["duration"] <= 2.0).sum())

@@ -1,5 +1,8 @@
 """Train / validation / test splits: every protocol of the five papers, plus an honest speaker-independent one.
 
+(Over 450 lines on purpose: every protocol the five papers use, with their shared balancing and disjointness checks,
+in one place, so that all models are split by one code path.)
+
 Every protocol is a function ``protocol(corpus, *, ..., seed) -> list[Split]`` and is deterministic given the
 corpus table and the seed. A :class:`Split` stores utterance ids (not row positions), so it survives a table
 reorder and can be saved as JSON beside a run record; :meth:`Split.indices` turns it back into row positions.

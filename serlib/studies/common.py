@@ -200,7 +200,8 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
     paths = {t.task_id: Path(p).resolve() for t, p in pairs}
     records = run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
                         progress=progress, path_fn=lambda t: paths[t.task_id], skip_existing=skip_existing)
-    return [inflate_split(r, results_dir) if is_ok(r) else r for r in records]
+    return [{**(inflate_split(r, results_dir) if is_ok(r) else r), "_path": str(paths[t.task_id])}
+            for (t, _), r in zip(pairs, records)]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -1,5 +1,8 @@
 """ECA-CNN (Kim & Kwon, arXiv 2409.04007, Sci. Rep. 2025) study: experiments, grids, ablation, tests, timing.
 
+(Over 450 lines on purpose: the paper has four grids, an ablation, a cost projection and Fig. 14; they share its
+variant builders and its notebook imports this one module.)
+
 Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing runs until :func:`run_grid`):
 
 * :func:`paper_experiment`: the paper's setting. Log-Mel (64 mels) of STFT version ``v`` (preset ``eca_v<v>``),
