@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,8 @@ def check_noise(noise, *, sr: int, name: str = "<unnamed>", min_s: float = MIN_N
         raise NoiseError(name, "clip is empty (0 samples); drop it from the noise list")
     if x.numel() < n_min:
         raise NoiseError(
-            name, f"clip has {x.numel()} samples, fewer than {n_min} ({min_s} s at {sr} Hz); drop it or lower min_s"
+            name,
+            f"clip has {x.numel()} samples, fewer than {n_min} ({min_s} s at {sr} Hz); drop it or lower min_s",
         )
     if not torch.isfinite(x).all():
         raise NoiseError(name, "clip contains NaN or infinite samples")
@@ -187,7 +188,12 @@ def make_condition(
     if len(set(utt_ids)) != len(utt_ids):
         raise ValueError("make_condition: utt_ids contains duplicates")
     return [
-        {"utt": str(u), "noise": pool[_pick(f"{seed}|{u}", len(pool))], "offset_s": float(offset_s), "af": float(af)}
+        {
+            "utt": str(u),
+            "noise": pool[_pick(f"{seed}|{u}", len(pool))],
+            "offset_s": float(offset_s),
+            "af": float(af),
+        }
         for u in utt_ids
     ]
 
@@ -195,8 +201,15 @@ def make_condition(
 def condition_hash(condition: Sequence[Mapping]) -> str:
     """16 hex digits of the sha256 of the condition's canonical JSON (rows sorted by utterance)."""
     rows = sorted(
-        ({"utt": str(r["utt"]), "noise": str(r["noise"]), "offset_s": float(r["offset_s"]), "af": float(r["af"])}
-         for r in condition),
+        (
+            {
+                "utt": str(r["utt"]),
+                "noise": str(r["noise"]),
+                "offset_s": float(r["offset_s"]),
+                "af": float(r["af"]),
+            }
+            for r in condition
+        ),
         key=lambda r: r["utt"],
     )
     blob = json.dumps(rows, sort_keys=True, separators=(",", ":"))
@@ -221,7 +234,9 @@ def read_condition(path: str | Path) -> list[dict]:
     d = json.loads(p.read_text())
     rows = d["rows"]
     if condition_hash(rows) != d.get("hash"):
-        raise ValueError(f"{p}: condition rows do not match the stored hash {d.get('hash')}; the file was edited")
+        raise ValueError(
+            f"{p}: condition rows do not match the stored hash {d.get('hash')}; the file was edited"
+        )
     return rows
 
 

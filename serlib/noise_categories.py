@@ -10,7 +10,8 @@ measures on the frame envelope of one clip:
 * ``active_frac``: fraction of frames above the gate ``GATE_DB`` (dB below the loudest frame);
 * ``n_segments``: runs of active frames after closing gaps shorter than ``MIN_GAP_S``;
 * ``decay_s`` (how a segment drops after its high point): median over segments of the time from the segment's
-  loudest frame until the envelope first falls ``SEG_DROP_DB`` below it (or the segment ends);
+  high point (its first frame within ``PEAK_TOL_DB`` of its loudest, so a steady tone's high point is its onset)
+  until the envelope first falls ``SEG_DROP_DB`` below it (or the segment ends);
 * ``fluct_s`` (how the envelope fluctuates): median, over the envelope's peaks with a prominence of at least
   ``FLUCT_DB``, of the time the envelope takes to fall ``FLUCT_DB`` below the peak (a peak it never falls from counts
   the time to the clip's end); with no such peak (a steady sound) it is the clip's duration.
@@ -40,6 +41,7 @@ HOP_S = 0.01
 GATE_DB = -20.0
 MIN_GAP_S = 0.05
 SEG_DROP_DB = 20.0
+PEAK_TOL_DB = 1.0
 FLUCT_DB = 10.0
 DISCRETE_MAX_ACTIVE = 0.5
 SHORT_MAX_DECAY_S = 0.25
@@ -82,7 +84,8 @@ def _segments(active: np.ndarray, min_gap: int) -> list[tuple[int, int]]:
 def _decay_s(env: np.ndarray, segs: list[tuple[int, int]]) -> float:
     times = []
     for s, e in segs:
-        p = s + int(np.argmax(env[s:e]))
+        seg = env[s:e]
+        p = s + int(np.argmax(seg >= seg.max() - PEAK_TOL_DB))
         below = np.nonzero(env[p:e] <= env[p] - SEG_DROP_DB)[0]
         times.append((below[0] if len(below) else e - p) * HOP_S)
     return float(np.median(times)) if times else 0.0
@@ -167,7 +170,9 @@ def load_categories(path: str | Path | None = None) -> dict[str, str]:
     """``{class: category}`` from a CSV with columns ``class, category`` (default: the published table)."""
     p = Path(path) if path is not None else CATEGORY_CSV
     if not p.is_file():
-        raise FileNotFoundError(f"noise category table not found: {p} (regenerate it with scripts/noise_categories.py)")
+        raise FileNotFoundError(
+            f"noise category table not found: {p} (regenerate it with scripts/noise_categories.py)"
+        )
     df = pd.read_csv(p, dtype=str, keep_default_na=False)
     missing = [c for c in ("class", "category") if c not in df.columns]
     if missing:
