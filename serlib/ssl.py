@@ -51,6 +51,7 @@ __all__ = [
     "WeightsUnavailableError",
     "audio_hash",
     "cached_hidden_states",
+    "cached_layers",
     "hidden_states",
     "load_ssl",
     "ssl_cache_folder",
@@ -122,7 +123,7 @@ def _weights_hash(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -237,8 +238,10 @@ def _check_layer(net: torch.nn.Module, layer: int) -> None:
         raise ValueError(f"layer must be in 0..{n} for this model ({n} transformer blocks), got {layer}")
 
 
-def _run(net: torch.nn.Module, waves: list[np.ndarray], layer: int, device: torch.device) -> list[np.ndarray]:
-    """One forward pass over already prepared waveforms -> per-utterance (T_i, D) float32 arrays."""
+def _run(
+    net: torch.nn.Module, waves: list[np.ndarray], layers: Sequence[int], device: torch.device
+) -> list[dict[int, np.ndarray]]:
+    """One forward pass over already prepared waveforms -> per utterance {layer: (T_i, D) float32 array}."""
     lengths = [len(w) for w in waves]
     T = max(lengths)
     x = torch.zeros(len(waves), T, dtype=torch.float32)
@@ -251,10 +254,14 @@ def _run(net: torch.nn.Module, waves: list[np.ndarray], layer: int, device: torc
         raise AssertionError("group-norm models must be batched over equal lengths only")
     kwargs = {"attention_mask": mask.to(device)} if padded else {}
     out = net(x.to(device), output_hidden_states=True, **kwargs)
-    h = out.hidden_states[layer].float().cpu().numpy()  # (B, T_frames, D)
     frames = frame_counts(net.config, lengths)
-    assert h.shape[1] == max(frames), f"frame count {h.shape[1]} != expected {max(frames)}"
-    return [np.ascontiguousarray(h[b, : frames[b]]) for b in range(len(waves))]
+    result: list[dict[int, np.ndarray]] = [{} for _ in waves]
+    for layer in layers:
+        h = out.hidden_states[layer].float().cpu().numpy()  # (B, T_frames, D)
+        assert h.shape[1] == max(frames), f"frame count {h.shape[1]} != expected {max(frames)}"
+        for b in range(len(waves)):
+            result[b][layer] = np.ascontiguousarray(h[b, : frames[b]])
+    return result
 
 
 def hidden_states(
@@ -287,8 +294,8 @@ def hidden_states(
     equal_only = net.config.feat_extract_norm != "layer"
     with torch.no_grad():
         for idx in _batches([len(w) for w in prepared], batch_size, equal_only):
-            for i, h in zip(idx, _run(net, [prepared[i] for i in idx], layer, dev)):
-                results[i] = h
+            for i, h in zip(idx, _run(net, [prepared[i] for i in idx], [layer], dev)):
+                results[i] = h[layer]
     return results  # type: ignore[return-value]
 
 
@@ -323,6 +330,118 @@ def _read_npy(path: Path) -> np.ndarray | None:
         return None
 
 
+def _readable_header(path: Path) -> bool:
+    """A cheap validity check without reading the data: a 2-D .npy header and a file long enough for it."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            expected = f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if len(shape) != 2 or path.stat().st_size < expected:
+            raise ValueError(f"shape {shape}, {path.stat().st_size} bytes of {expected}")
+        return True
+    except Exception as exc:
+        warnings.warn(f"SSL cache file {path} is unusable ({type(exc).__name__}: {exc}); recomputing it", stacklevel=3)
+        return False
+
+
+def _write_spec(folder: Path, ssl: SSLModel, layer: int, sample_rate: int) -> None:
+    spec_file = folder / "spec.json"
+    if spec_file.exists():
+        return
+    spec = {
+        "source": ssl.source, "weights_hash": ssl.weights_hash, "revision": ssl.revision, "layer": layer,
+        "normalize": ssl.normalize, "sample_rate": sample_rate, "format": SSL_CACHE_FORMAT, "dim": ssl.dim,
+        **ssl.meta,
+    }
+    _atomic_write(spec_file, lambda f: f.write((json.dumps(spec, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def cached_layers(
+    ssl: SSLModel,
+    waves: Sequence[np.ndarray],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 8,
+    sample_rate: int = SAMPLE_RATE,
+    root: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    load: bool = True,
+) -> dict[int, list[np.ndarray]] | None:
+    """:func:`hidden_states` of several layers with a per-utterance, per-layer disk cache; resumable.
+
+    One forward pass per missing utterance fills every requested layer (a layer sweep costs one extraction).
+    ``waves`` must be mono at ``sample_rate`` = 16 kHz (resample first). Returns {layer: [(T_i, D) float32 arrays
+    in the order of ``waves``]}, or None with ``load=False`` (build the cache only; wav2vec2-base takes 50 frames x
+    768 float32 = 150 kB per second of audio per layer, so a sweep over 13 layers reads one layer at a time back).
+    """
+    from tqdm.auto import tqdm
+
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"wav2vec 2.0 expects {SAMPLE_RATE}-Hz audio, got sample_rate={sample_rate}; resample first")
+    layers = sorted(set(int(k) for k in layers))
+    if not layers:
+        raise ValueError("no layers requested")
+    for layer in layers:
+        _check_layer(ssl.model, layer)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    folders = {layer: ssl_cache_folder(ssl, layer, root) for layer in layers}
+    for layer, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_spec(folder, ssl, layer, sample_rate)
+    keys = [audio_hash(w, sample_rate) for w in waves]
+    results: dict[int, list[np.ndarray | None]] = {layer: [None] * len(waves) for layer in layers}
+    missing: list[int] = []
+    for i, k in enumerate(keys):
+        ok = True
+        for layer in layers:
+            path = folders[layer] / f"{k}.npy"
+            if not path.exists():
+                ok = False
+            elif load:
+                arr = _read_npy(path)
+                results[layer][i] = arr
+                ok = ok and arr is not None
+            elif not _readable_header(path):
+                ok = False
+        if not ok:
+            missing.append(i)
+    todo: dict[str, int] = {}  # identical audio appearing twice is computed once
+    for i in missing:
+        todo.setdefault(keys[i], i)
+    if todo:
+        order = list(todo.values())
+        net, norm = ssl.model, ssl.normalize
+        prepared = {i: _prepare(waves[i], norm) for i in order}
+        short = [i for i, n in zip(order, frame_counts(net.config, [len(prepared[i]) for i in order])) if n < 1]
+        if short:
+            raise ValueError(f"utterances {short[:10]} are too short for the model's CNN (no output frame)")
+        equal_only = net.config.feat_extract_norm != "layer"
+        net.eval()
+        bar = tqdm(total=len(order), desc=desc or f"{ssl.name} layers {layers}", unit="utt", disable=not progress)
+        try:
+            with torch.no_grad():
+                for idx in _batches([len(prepared[i]) for i in order], batch_size, equal_only):
+                    chosen = [order[j] for j in idx]
+                    for i, hs in zip(chosen, _run(net, [prepared[i] for i in chosen], layers, ssl.device)):
+                        for layer, h in hs.items():
+                            _write_npy(folders[layer] / f"{keys[i]}.npy", h)
+                            if load:
+                                results[layer][i] = h
+                    bar.update(len(chosen))
+        finally:
+            bar.close()
+        if load:
+            for i in missing:
+                for layer in layers:
+                    if results[layer][i] is None:
+                        results[layer][i] = results[layer][todo[keys[i]]]
+    return results if load else None  # type: ignore[return-value]
+
+
 def cached_hidden_states(
     ssl: SSLModel,
     waves: Sequence[np.ndarray],
@@ -334,57 +453,11 @@ def cached_hidden_states(
     progress: bool = True,
     desc: str | None = None,
 ) -> list[np.ndarray]:
-    """:func:`hidden_states` with a per-utterance disk cache (see the module docstring); resumable.
+    """:func:`hidden_states` of one layer with a per-utterance disk cache (see the module docstring); resumable.
 
     ``waves`` must be mono at ``sample_rate`` = 16 kHz (resample first). Returns (T_i, D) float32 arrays in the
     order of ``waves``.
     """
-    from tqdm.auto import tqdm
-
-    if sample_rate != SAMPLE_RATE:
-        raise ValueError(f"wav2vec 2.0 expects {SAMPLE_RATE}-Hz audio, got sample_rate={sample_rate}; resample first")
-    _check_layer(ssl.model, layer)
-    folder = ssl_cache_folder(ssl, layer, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_file = folder / "spec.json"
-    if not spec_file.exists():
-        spec = {
-            "source": ssl.source, "weights_hash": ssl.weights_hash, "revision": ssl.revision, "layer": layer,
-            "normalize": ssl.normalize, "sample_rate": sample_rate, "format": SSL_CACHE_FORMAT, "dim": ssl.dim,
-            **ssl.meta,
-        }
-        _atomic_write(spec_file, lambda f: f.write((json.dumps(spec, indent=2, sort_keys=True) + "\n").encode()))
-    keys = [audio_hash(w, sample_rate) for w in waves]
-    results: list[np.ndarray | None] = [None] * len(waves)
-    for i, k in enumerate(keys):
-        path = folder / f"{k}.npy"
-        if path.exists():
-            results[i] = _read_npy(path)
-    missing = [i for i, r in enumerate(results) if r is None]
-    # identical audio appearing twice is computed once
-    todo: dict[str, int] = {}
-    for i in missing:
-        todo.setdefault(keys[i], i)
-    if todo:
-        order = list(todo.values())
-        bar = tqdm(total=len(order), desc=desc or f"{ssl.name} layer {layer}", unit="utt", disable=not progress)
-        try:
-            net, norm = ssl.model, ssl.normalize
-            prepared = {i: _prepare(waves[i], norm) for i in order}
-            short = [i for i, n in zip(order, frame_counts(net.config, [len(prepared[i]) for i in order])) if n < 1]
-            if short:
-                raise ValueError(f"utterances {short[:10]} are too short for the model's CNN (no output frame)")
-            equal_only = net.config.feat_extract_norm != "layer"
-            with torch.no_grad():
-                for idx in _batches([len(prepared[i]) for i in order], batch_size, equal_only):
-                    chosen = [order[j] for j in idx]
-                    for i, h in zip(chosen, _run(net, [prepared[i] for i in chosen], layer, ssl.device)):
-                        _write_npy(folder / f"{keys[i]}.npy", h)
-                        results[i] = h
-                    bar.update(len(chosen))
-        finally:
-            bar.close()
-        for i in missing:
-            if results[i] is None:
-                results[i] = results[todo[keys[i]]]
-    return results  # type: ignore[return-value]
+    out = cached_layers(ssl, waves, [layer], batch_size=batch_size, sample_rate=sample_rate, root=root,
+                        progress=progress, desc=desc)
+    return out[layer]  # type: ignore[index]

@@ -233,3 +233,24 @@ def test_cross_attention_rows_sum_to_one_zero_on_padding():
         model(mfcc, l1, None, None)
     with pytest.raises(AssertionError):
         model(mfcc[:, :5], l1, w2v2, l2)  # wrong MFCC width
+
+
+def test_cached_layers_one_pass_fills_every_layer(tiny_dir, tmp_path):
+    root = tmp_path / "cache"
+    ssl = S.load_ssl(tiny_dir, device="cpu")
+    calls = count_calls(ssl)
+    ws = waves(4)
+    assert S.cached_layers(ssl, ws, [0, 1, 2, 3], root=root, progress=False, load=False) is None
+    assert calls["utts"] == len(ws)  # one extraction for all four layers
+    for layer in range(4):
+        from_cache = S.cached_hidden_states(ssl, ws, layer, root=root, progress=False)
+        direct = S.hidden_states(ssl, ws, layer)
+        for a, b in zip(from_cache, direct):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert calls["utts"] == len(ws) + 4 * len(ws)  # only the direct calls ran the model
+    # a truncated file of one layer is found without loading (load=False) and only that utterance recomputed
+    path = S.ssl_cache_folder(ssl, 2, root) / f"{S.audio_hash(ws[3])}.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.warns(UserWarning, match="unusable"):
+        S.cached_layers(ssl, ws, [1, 2], root=root, progress=False, load=False)
+    assert calls["utts"] == 5 * len(ws) + 1
