@@ -283,8 +283,10 @@ def hidden_states(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = torch.device(device) if device is not None else next(net.parameters()).device
-    if next(net.parameters()).device != dev:
+    if next(net.parameters()).device != dev:  # move the model (and say so on the SSLModel)
         net.to(dev)
+        if isinstance(model, SSLModel):
+            model.device = dev
     net.eval()
     prepared = [_prepare(w, norm) for w in waves]
     too_short = [i for i, n in enumerate(frame_counts(net.config, [len(w) for w in prepared])) if n < 1]

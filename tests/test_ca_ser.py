@@ -254,3 +254,30 @@ def test_cached_layers_one_pass_fills_every_layer(tiny_dir, tmp_path):
     with pytest.warns(UserWarning, match="unusable"):
         S.cached_layers(ssl, ws, [1, 2], root=root, progress=False, load=False)
     assert calls["utts"] == 5 * len(ws) + 1
+
+
+def test_frame_counts_match_wav2vec2_base_arithmetic():
+    # wav2vec2-base's CNN (kernels 10,3,3,3,3,2,2; strides 5,2,2,2,2,2,2): 1 s at 16 kHz -> 49 frames of 20 ms
+    assert S.frame_counts(transformers.Wav2Vec2Config(), [16000, 48000, 400, 399]) == [49, 149, 1, 0]
+
+
+def test_ssl_features_into_caser_end_to_end(tiny_dir, tmp_path):
+    librosa = pytest.importorskip("librosa")
+    from serlib.data.segment import pad_sequences
+
+    ssl = S.load_ssl(tiny_dir, device="cpu")
+    ws = waves(3)
+    hs = S.cached_hidden_states(ssl, ws, 2, root=tmp_path, progress=False)
+    mf = [librosa.feature.mfcc(y=w, sr=16000, n_mfcc=8, n_fft=400, hop_length=160) for w in ws]  # 10-ms hop
+    mfcc, l1 = pad_sequences(mf)
+    w2v2, l2 = pad_sequences([h.T for h in hs])
+    assert w2v2.shape == (3, 32, max(h.shape[0] for h in hs))
+    torch.manual_seed(0)
+    model = CASER(CASERConfig(n_classes=4, n_features=8, w2v2_dim=32, lstm_hidden=8, enc_dim=16, enc_layers=1,
+                              enc_heads=2, enc_ff=16, d_model=16, n_heads=2, ff_dim=16)).eval()
+    with torch.no_grad():
+        logits, aux = model(mfcc, l1, w2v2, l2)
+        assert aux["cross_attention"].shape == (3, 2, mfcc.shape[2], w2v2.shape[2])
+        for b in range(3):
+            alone, _ = model(torch.from_numpy(mf[b])[None], None, torch.from_numpy(hs[b].T)[None], None)
+            torch.testing.assert_close(alone[0], logits[b], atol=1e-5, rtol=0)

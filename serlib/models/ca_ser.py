@@ -118,7 +118,14 @@ class CASER(nn.Module):
     aux: ``embedding`` (B, E) the pooled utterance representation (E = d_model for fusion / w2v2, enc_dim for
     mfcc); ``cross_attention`` (B, n_heads, T1, T2) per-head weights of each MFCC frame over the wav2vec frames
     (rows sum to 1 over valid keys, zero on padded keys; rows of padded MFCC frames are meaningless), None outside
-    fusion; ``aux_logits`` (B, C) of the MFCC-branch head, None outside fusion.
+    fusion; ``aux_logits`` (B, C) of the MFCC-branch head, None outside fusion. In training mode the
+    cross-attention weights are those after attention dropout (as ``nn.MultiheadAttention`` returns them): draw
+    maps in eval mode.
+
+    Inputs: ``mfcc`` (B, n_features, T1) with ``mfcc_lengths`` (B,), ``w2v2`` (B, w2v2_dim, T2) with
+    ``w2v2_lengths`` (B,), zero-padded on the right; lengths None = all frames valid. ``mfcc`` may be None only for
+    ``branch="w2v2"``, ``w2v2`` only for ``branch="mfcc"``. A list of :func:`serlib.ssl.hidden_states` arrays
+    (T_i, D) becomes ``w2v2`` by ``serlib.data.segment.pad_sequences([h.T for h in hs])``.
     """
 
     def __init__(self, config: CASERConfig):
