@@ -52,6 +52,7 @@ __all__ = [
     "audio_hash",
     "cached_hidden_states",
     "cached_layers",
+    "frame_counts",
     "hidden_states",
     "load_ssl",
     "ssl_cache_folder",
@@ -119,7 +120,10 @@ def _looks_like_path(source: str) -> bool:
 
 def _weights_hash(model: torch.nn.Module) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    # the architecture, not where it was loaded from or by which transformers version
+    config = {k: v for k, v in model.config.to_dict().items()
+              if not k.startswith("_") and k not in ("transformers_version", "name_or_path", "dtype", "torch_dtype")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -162,7 +166,7 @@ def load_ssl(
         model = transformers.Wav2Vec2Model.from_pretrained(
             str(folder) if is_folder else source, revision=revision, local_files_only=local_files_only
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError (missing files, no network), ValueError, network-library errors
         where = f"folder {str(folder)!r}" if is_folder else f"hub id {source!r}"
         raise WeightsUnavailableError(
             f"could not load wav2vec 2.0 weights from {where} ({type(exc).__name__}: {str(exc).splitlines()[0]}). "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,8 @@ def test_frozen_eval_and_hash(tiny_dir, tmp_path):
     ssl = S.load_ssl(tiny_dir, device="cpu")
     assert not ssl.model.training and not any(p.requires_grad for p in ssl.model.parameters())
     assert S.load_ssl(tiny_dir, device="cpu").weights_hash == ssl.weights_hash
+    copy = shutil.copytree(tiny_dir, tmp_path / "elsewhere" / "copy")  # same weights at another path: same key
+    assert S.load_ssl(copy, device="cpu").weights_hash == ssl.weights_hash
     assert S.load_ssl(save_tiny(tmp_path / "other", seed=1), device="cpu").weights_hash != ssl.weights_hash
 
 
