@@ -61,6 +61,7 @@ class Experiment:
     fixed_s: float = 6.0
     augment_features: tuple[str, ...] = ()  # "fixed" view: extra presets whose training copies join the train set
     normalize: bool = True  # per-feature-bin mean / std from the training part only
+    view_kwargs: dict = field(default_factory=dict)  # settings of a registered view (e.g. the SSL model and layer)
     model: str = "reference"
     model_kwargs: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)  # TrainConfig fields
@@ -409,6 +410,9 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
 RUN_INDEPENDENT = ("seeds", "folds", "study", "profile", "arm")
 
 
+ADDED_FIELDS: dict = {"view_kwargs": {}}
+
+
 def identity_of(exp: Experiment) -> dict:
     """What a run is within its study, for its record's ``identity`` (see :class:`Experiment`)."""
     return {"experiment": exp.name, "study": exp.study, "profile": exp.profile, "arm": exp.arm}
@@ -418,7 +422,11 @@ def run_config(config: dict) -> dict:
     """The part of an experiment config (``Experiment.to_dict()``, or a record's ``config``) that decides one run:
     without the seeds / folds the experiment enumerates and the ``*_resolved`` entries a record adds, so one
     (seed, fold) run has one record path whichever subset of seeds and folds it was launched with."""
-    return {k: v for k, v in config.items() if k not in RUN_INDEPENDENT and not k.endswith("_resolved")}
+    out = {k: v for k, v in config.items() if k not in RUN_INDEPENDENT and not k.endswith("_resolved")}
+    for k, default in ADDED_FIELDS.items():  # fields added later leave older runs' record paths as they were
+        if out.get(k, default) == default:
+            out.pop(k, None)
+    return out
 
 
 def experiment_record_path(exp: Experiment, corpus: Corpus, split: Split, seed: int, results_dir) -> Path:

@@ -227,3 +227,15 @@ def test_migration_round_trip(tmp_path):
     assert new["split"]["n"] == {"train": 2, "val": 1, "test": 1} and "train" not in new["split"]
     assert migrate_records.migrate(new, tmp_path) == new
     assert inflate_split(new, tmp_path)["split"] == split
+
+
+def test_committed_records_keep_their_paths():
+    """A record's path is a hash of its run config; fields added since (identity, view settings) leave it as it was,
+    so a rerun finds the committed record instead of running again."""
+    from serlib.experiment import record_path_of
+    from serlib.studies.common import load_records
+
+    recs = load_records(REPO / "results")
+    assert recs
+    for r in recs:
+        assert record_path_of(r, REPO / "results").resolve() == Path(r["_path"]).resolve(), r["_path"]
