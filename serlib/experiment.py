@@ -330,16 +330,15 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
 
 # --------------------------------------------------------------------------------------------- running
 def utterance_scores(labels: tuple[str, ...], how: str = "mean_prob"):
-    """A trainer ``score_fn``: segment logits -> utterance predictions -> UA (the selection score), WA, F1."""
+    """A trainer ``score_fn``: segment logits -> utterance predictions -> UA (the selection score), WA, macro-F1
+    (:func:`serlib.evaluate.make_score_fn`, its scalar metrics only, so per-epoch history stays small)."""
+    from serlib.evaluate import make_score_fn
+
+    full = make_score_fn(labels, how=how)
 
     def score_fn(logits: torch.Tensor, data: ArrayData) -> dict:
-        groups = data.groups if data.groups is not None else torch.arange(len(data))
-        utt_logits, gid = aggregate(logits, groups, how=how)
-        y_by_group = {int(g): int(y) for g, y in zip(groups.tolist(), data.y.tolist())}
-        y_true = np.asarray([y_by_group[int(g)] for g in gid])
-        m = classification_metrics([labels[i] for i in y_true], [labels[i] for i in utt_logits.argmax(1)],
-                                   labels=list(labels))
-        return {"score": m["ua"], "ua": m["ua"], "wa": m["wa"], "macro_f1": m["macro_f1"]}
+        m = full(logits, data)
+        return {k: m[k] for k in ("score", "ua", "wa", "macro_f1")}
 
     return score_fn
 

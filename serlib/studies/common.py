@@ -239,3 +239,22 @@ def eval_view(record: dict, corpus, part: str = "test"):
 
     exp = experiment_from_dict({k: v for k, v in record["config"].items() if k in Experiment.__dataclass_fields__})
     return getattr(build_views(exp, corpus, Split.from_dict(record["split"])), part)
+
+
+def retrain_recorded(exp: Experiment, recorded: str | Path) -> tuple[dict, object, object, dict]:
+    """Seed 0 / fold 0 of ``exp`` retrained with its model and views (training is deterministic on CPU, so this is
+    the committed run when ``recorded`` holds it), and a summary naming the committed record it repeats, with both
+    test UAs. For the figure records: ``(record, model, views, run summary)``."""
+    from serlib.experiment import record_path_of
+
+    exp = exp.replace(seeds=(0,), folds=(0,))
+    corpus = corpus_for(exp)
+    rec, model, views = run_one(exp, corpus, split_for(exp, corpus, 0), 0, results_dir=None, return_model=True)
+    recorded = Path(recorded)
+    path = record_path_of(rec, recorded)
+    committed = json.loads(path.read_text()) if path.exists() else None
+    run = {"kind": rec["kind"], "seed": 0, "fold": 0, "config_hash": rec["config_hash"],
+           "test_ua": rec["metrics"]["ua"], "test_wa": rec["metrics"]["wa"],
+           "recorded_path": str(path.relative_to(recorded.parent)),
+           "recorded_test_ua": committed["metrics"]["ua"] if committed else None}
+    return rec, model, views, run

@@ -645,6 +645,22 @@ def projection_table(records) -> pd.DataFrame:
     return grid_timing(grid)[1] if grid else pd.DataFrame()
 
 
+def channel_weights_record(data_root, recorded, corpus: str = "ravdess", profile: str = "cpu") -> dict:
+    """Fig. 14's number: the ablation's "our ECA + STFT augmentation" seed-0 / fold-0 run retrained, and whether
+    its ECA channel weights differ between emotions at layers 5 and 6 (:func:`channel_weight_effects`)."""
+    from serlib.studies.common import retrain_recorded
+
+    base = paper_experiment(corpus, data_root, profile=profile)
+    n_augment = CPU_PROFILE["n_augment"] if profile == "cpu" else 3 if profile == "quick" else N_VERSIONS
+    exp = ablation_experiments(base, n_augment=n_augment)[-1]  # our ECA + STFT augmentation
+    rec, model, views, run = retrain_recorded(exp, recorded)
+    means = channel_weights_by_emotion(model, views, (5, 6))
+    effects = channel_weight_effects(model, views, (5, 6))
+    return {"figure": "eca_channel_weights", "corpus": rec["corpus"]["name"], "runs": [run],
+            "labels": rec["corpus"]["labels"], "effects": effects.to_dict("records"),
+            "mean_weights_by_emotion": {str(k): v.tolist() for k, v in means.items()}}
+
+
 STUDY = Study(
     name="eca",
     title="ECA-CNN (efficient channel attention, STFT augmentation)",
@@ -659,6 +675,7 @@ STUDY = Study(
     prefixes=("eca_",),
     paper_reference=paper_reference,
     notebook="04_eca_cnn.ipynb",
+    figures={"eca_channel_weights": channel_weights_record},
     options={"parts": (PARTS, ("ablation",), "the ablation and/or the k x version grid slice behind the timing")},
     main_arm="our_eca_stft_aug",
     paper_claim="see the paper's Table IV-V (quoted in docs/RESULTS.md)",

@@ -393,6 +393,24 @@ __all__ = [
 ]
 
 
+def peak_alignment_record(data_root, recorded, corpus: str = "ravdess", profile: str = "cpu") -> dict:
+    """Fig. 2's number: each variant's seed-0 / fold-0 run retrained, and how often its most-attended key lies at
+    the 0.5-s segment's amplitude peak on that run's test utterances (:func:`peak_alignment_table`)."""
+    from serlib.experiment import corpus_waveforms
+    from serlib.studies.common import corpus_for, retrain_recorded
+
+    models, runs, views = {}, [], None
+    for variant in VARIANTS:
+        _, models[variant], views, run = retrain_recorded(paper_experiment(variant, corpus, data_root,
+                                                                           profile=profile), recorded)
+        runs.append(run)
+    data = corpus_for(paper_experiment("faca", corpus, data_root))
+    waves_all, _ = corpus_waveforms(data)
+    waves = [waves_all[g] for g in views.test.groups.tolist()]
+    table = peak_alignment_table(models, views.test, waves, tols=(0, 1, 2))
+    return {"figure": "faca_peak_alignment", "corpus": data.name, "runs": runs, "table": table.to_dict("records")}
+
+
 STUDY = Study(
     name="faca",
     title="MHSA-FACA (focus and calibration attention)",
@@ -403,6 +421,7 @@ STUDY = Study(
     prefixes=("faca_",),
     paper_reference=paper_reference,
     notebook="02_focus_calibration.ipynb",
+    figures={"faca_peak_alignment": peak_alignment_record},
     main_arm="faca",
     paper_claim="82.47 UA (RAVDESS, 5-fold 3/1/1)",
 )
