@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +30,36 @@ def _notebooks(folder: Path, only: list[str] | None) -> list[Path]:
     return nbs
 
 
-def _offer_download(root: Path | None, assume_yes: bool) -> None:
+def _download_each(target: Path, corpora: list[str], *, esc50_hash: str | None = None,
+                   allow_unverified: bool = False) -> dict[str, str]:
+    """Download each corpus on its own: one's failure never discards another's success. Returns name -> one line
+    (the folder, or ``FAILED: ...``)."""
     from serlib.data import download
 
+    out = {}
+    for name in corpora:
+        try:
+            if name == "ravdess":
+                root = download.download_ravdess(target, url=download.RAVDESS_URL,
+                                                 known_hash=download.RAVDESS_KNOWN_HASH)
+            else:
+                known = f"sha256:{esc50_hash.lower().removeprefix('sha256:')}" if esc50_hash else \
+                    download.ESC50_KNOWN_HASH
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the hash is printed below instead
+                    root = download.download_esc50(target, url=download.ESC50_URL, known_hash=known,
+                                                   allow_unverified=allow_unverified)
+                if known is None:
+                    sha = json.loads((root / download.MARKER).read_text()).get("sha256", "")
+                    print(f"ESC-50 was downloaded WITHOUT hash verification; its archive's sha256 is {sha} "
+                          f"(pin it: --sha256 {sha})")
+            out[name] = str(root)
+        except Exception as exc:  # network absent, refused, wrong hash: reported, and the others go on
+            out[name] = f"FAILED: {type(exc).__name__}: {exc}"
+    return out
+
+
+def _offer_download(root: Path | None, assume_yes: bool) -> None:
     target = root or Path(os.environ.get("SERLIB_DATA", REPO / "build" / "data"))
     if not (assume_yes or (sys.stdin is not None and sys.stdin.isatty())):
         print(f"(no data root: run `python -m serlib download --root {target}` on a machine with internet "
@@ -41,21 +69,24 @@ def _offer_download(root: Path | None, assume_yes: bool) -> None:
         answer = input(f"Download RAVDESS (~208 MB) and ESC-50 (~600 MB) into {target}? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             return
-    try:
-        download.download_ravdess(target)
-        download.download_esc50(target)
-        os.environ["SERLIB_DATA"] = str(target)
-    except Exception as exc:  # network absent or refused: fall back loudly, never silently
-        print(f"download failed ({type(exc).__name__}: {exc}); continuing without real data")
+    done = _download_each(target, ["ravdess", "esc50"])
+    for name, line in done.items():
+        print(f"{name}: {line}")
+    if any(not line.startswith("FAILED") for line in done.values()):
+        os.environ["SERLIB_DATA"] = str(target)  # keep what succeeded, even when another corpus failed
 
 
 def cmd_study(args) -> int:
-    import papermill as pm
-
     from serlib.data.registry import data_root, find_corpora
 
     root = data_root(args.data_root)
     found = find_corpora(root) if root else {}
+    if args.data_root and not args.download and not found:  # an explicit root is never replaced by synthetic audio
+        from serlib.data.corpus import DataError
+
+        what = "does not exist" if not root.exists() else "holds no ravdess/, esc50/ or IEMOCAP_full_release/ folder"
+        raise DataError(f"--data-root {root} {what}; pass the folder that holds the corpora, add --download to "
+                        "fetch them there, or leave --data-root out to run on the synthetic corpus")
     if not found:
         _offer_download(root, args.download)
         root = data_root(args.data_root)
@@ -66,6 +97,8 @@ def cmd_study(args) -> int:
               f"every number it prints is about synthetic audio, not emotional speech.\n{BANNER}")
     else:
         print(f"data root {root}: found {', '.join(f'{k} ({v})' for k, v in found.items())}; studies use {corpus}")
+    import papermill as pm
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Path(args.results)
@@ -109,14 +142,11 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from serlib.data import download
-
-    root = Path(args.root)
-    if "ravdess" in args.corpora:
-        print("RAVDESS ->", download.download_ravdess(root))
-    if "esc50" in args.corpora:
-        print("ESC-50 ->", download.download_esc50(root))
-    return 0
+    done = _download_each(Path(args.root), args.corpora, esc50_hash=args.sha256,
+                          allow_unverified=args.allow_unverified)
+    for name, line in done.items():
+        print(f"{name} -> {line}")
+    return 1 if any(line.startswith("FAILED") for line in done.values()) else 0
 
 
 def cmd_experiment(args) -> int:
@@ -129,12 +159,25 @@ def cmd_experiment(args) -> int:
     for key in ("seeds", "folds"):
         if cfg.get(key) is not None:
             cfg[key] = tuple(cfg[key])
+    import dataclasses
+
+    from serlib.cache import cache_dir
+
+    unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(Experiment)})
+    if unknown:
+        raise ValueError(f"{args.config or '--set'}: unknown experiment field(s) {unknown}; the fields are those of "
+                         "serlib.experiment.Experiment")
     exp = Experiment(**cfg)
-    records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else cache_dir() / "checkpoints"
+    records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun,
+                             checkpoint_root=checkpoints, resume=not (args.rerun or args.no_resume))
     for r in records:
         m = r["metrics"]
+        if r.get("status", "ok") != "ok":
+            print(f"{r['split']['name']} seed {r['seed']}: FAILED ({r.get('reason')}) -> {r.get('_path')}")
+            continue
         print(f"{r['split']['name']} seed {r['seed']}: UA {100 * m['ua']:.2f} WA {100 * m['wa']:.2f} -> {r.get('_path')}")
-    return 0
+    return 1 if any(r.get("status", "ok") != "ok" for r in records) else 0
 
 
 STUDIES = ("head_fusion", "faca", "moma", "eca")
@@ -171,12 +214,12 @@ def cmd_reproduce(args) -> int:
         corpus = corpus_for(exp)
         build_views(exp, corpus, split_for(exp, corpus, (exp.folds or (0,))[0]))
     records = run_study(exps, results_dir=args.results, n_jobs=args.n_jobs, progress=False)
-    ok = [r for r in records if r.get("status", "ok") != "error"]
+    ok = [r for r in records if r.get("status", "ok") == "ok"]
     if ok:
         print(table(ok).to_string())
-    errors = [r for r in records if r.get("status") == "error"]
+    errors = [r for r in records if r.get("status", "ok") != "ok"]
     for r in errors:
-        print("ERROR", r.get("task"), r.get("error", "")[-2000:])
+        print(r.get("status", "").upper(), r.get("task"), (r.get("error") or r.get("reason") or "")[-2000:])
     return 1 if errors else 0
 
 
@@ -206,13 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("download", help="download public corpora (needs internet)")
     d.add_argument("--root", required=True)
     d.add_argument("--corpora", nargs="+", default=["ravdess", "esc50"], choices=["ravdess", "esc50"])
+    d.add_argument("--sha256", metavar="HEX", help="the sha256 of the ESC-50 archive to verify against (no hash is "
+                   "pinned for it; RAVDESS's is)")
+    d.add_argument("--allow-unverified", action="store_true", help="download ESC-50 without a hash and print the "
+                   "sha256 it has, to pin with --sha256 next time")
     d.set_defaults(fn=cmd_download)
 
     e = sub.add_parser("experiment", help="run an experiment from a JSON config (fields of serlib.experiment.Experiment)")
     e.add_argument("--config", help="JSON file")
     e.add_argument("--set", nargs="*", help="overrides key=value (JSON values)")
     e.add_argument("--results", default="results")
-    e.add_argument("--rerun", action="store_true", help="rerun even when a record exists")
+    e.add_argument("--rerun", action="store_true", help="rerun from scratch even when a record exists")
+    e.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints); a run "
+                   "killed midway resumes from its checkpoint there")
+    e.add_argument("--no-resume", action="store_true", help="start afresh even when a checkpoint exists")
     e.set_defaults(fn=cmd_experiment)
 
     r = sub.add_parser("reproduce", help="run a paper's study (paper protocol and speaker-independent)")
@@ -234,8 +284,27 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--results", default="results")
     r.set_defaults(fn=cmd_reproduce)
 
-    args = p.parse_args(argv)
-    return int(args.fn(args) or 0)
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error, anywhere on the "
+                   "line (also: SERLIB_DEBUG=1)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv or os.environ.get("SERLIB_DEBUG", "") not in ("", "0")
+    args = p.parse_args([a for a in argv if a != "--traceback"])
+    try:
+        return int(args.fn(args) or 0)
+    except _user_errors() as exc:  # evaluated only when an exception arrives: no import cost otherwise
+        if show_traceback:
+            raise
+        msg = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"serlib {args.command}: error: {type(exc).__name__}: {msg} (--traceback for details)", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are about the user's input (files, data, configuration): one line each, not a traceback."""
+    from serlib.data.audio import AudioError
+    from serlib.data.corpus import DataError
+
+    return (DataError, AudioError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError)
 
 
 if __name__ == "__main__":

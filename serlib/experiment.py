@@ -118,7 +118,14 @@ class Experiment:
 
 # ----------------------------------------------------------------------------------------------- corpora
 def load_experiment_corpus(name: str, data_root: str | Path | None = None, **kwargs) -> Corpus:
-    """``"synthetic"`` (generated on first use) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    """``"synthetic"`` (generated on first use), ``"custom"`` (``data_root`` is the manifest CSV of
+    :func:`serlib.data.custom.load_custom`) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    if name == "custom":
+        from serlib.data.custom import load_custom
+
+        if not data_root:
+            raise FileNotFoundError("corpus 'custom' needs data_root: the path of its manifest CSV")
+        return load_custom(data_root, **kwargs)
     if name == "synthetic":
         from serlib.data.synthetic import default_synthetic_root, make_synthetic
 
