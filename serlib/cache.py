@@ -13,9 +13,9 @@ are deleted the next time a cache file is written in that folder.
 Content keys: :func:`file_digests` hashes the bytes of audio files (blake2b), so that features are keyed on what the
 files hold, not on their names. Digests are memoised in ``<cache>/content_digests.json`` by each file's stat
 signature (size, mtime_ns, ctime_ns, inode): an unchanged file is not read again, and a file edited in place changes
-its signature (``ctime`` cannot be set back by a user, unlike ``mtime``). A signature is only memoised when the file
-is older than :data:`RACY_S` at hashing time, so two edits within one file-system clock tick are never mistaken
-for one (the "racy git" rule).
+its signature (``ctime`` cannot be set back by a user, unlike ``mtime``). A signature is only memoised when the file's
+``mtime`` is older than :data:`RACY_S` at hashing time, so two edits within one file-system clock tick are never
+mistaken for one (the "racy git" rule).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def file_digests(paths: list[str | Path], *, memo_dir: str | Path | None = None)
             out.append("missing")
             continue
         out.append(digest)
-        if now - st.st_mtime > RACY_S and now - st.st_ctime > RACY_S:
+        if now - st.st_mtime > RACY_S:
             _DIGESTS[key] = [*sig, digest]
             changed = True
         else:

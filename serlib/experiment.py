@@ -33,6 +33,7 @@ Nothing silent (see ``docs/DATA.md``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,9 +50,10 @@ from serlib.data.segment import center_pad_or_crop, segment_batch
 from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
-from serlib.records import config_hash, make_record, read_record, record_path, safe_name, write_record
+from serlib.records import make_record, read_record, record_path, safe_name, to_jsonable, write_record
 from serlib.train import (
     CHECKPOINT_NAME,
+    RESUME_IGNORED,
     ArrayData,
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -472,8 +474,15 @@ def checkpoint_dir(exp_name: str, split_name: str, seed: int, checkpoint_root: s
 
 
 def _run_identity(exp: Experiment, corpus: Corpus, split: Split, seed: int) -> dict:
-    return {"run_config_hash": config_hash(run_config(exp.to_dict())), "seed": int(seed), "split": split.name,
-            "corpus": corpus.name, "content_hash": corpus.content_hash()}
+    """What makes a checkpoint this run's: the run config (dicts flattened to ``train.lr``, ...), seed, split and
+    audio; as it reads back from JSON, so that it compares equal to a stored copy."""
+    ident = {"seed": int(seed), "split": split.name, "corpus": corpus.name, "content_hash": corpus.content_hash()}
+    for k, v in run_config(exp.to_dict()).items():
+        if isinstance(v, dict) and v:
+            ident.update({f"{k}.{kk}": vv for kk, vv in v.items() if not (k == "train" and kk in RESUME_IGNORED)})
+        else:
+            ident[k] = v
+    return json.loads(json.dumps(to_jsonable(ident, rounded=True), sort_keys=True))
 
 
 def _check_or_mark_checkpoint(folder: Path, identity: dict, resume: bool) -> bool:
@@ -484,7 +493,8 @@ def _check_or_mark_checkpoint(folder: Path, identity: dict, resume: bool) -> boo
     if resume and (folder / CHECKPOINT_NAME).is_file():
         if marker.is_file():
             old = read_record(marker)
-            changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+            changed = {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
+                       if old.get(k) != identity.get(k)}
             if changed:
                 raise CheckpointMismatchError(folder / CHECKPOINT_NAME, changed)
         return True

@@ -50,6 +50,11 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = (None, "step", "plateau", "cosine")
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
+# TrainConfig fields that may change between a run and its resumption (more epochs, another device, progress bars);
+# any other change makes a resume refuse with CheckpointMismatchError.
+RESUME_IGNORED = frozenset(
+    {"epochs", "progress", "checkpoint_dir", "device", "track_test", "eval_every", "eval_batch_size"}
+)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -724,17 +729,8 @@ class Trainer:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: checkpoint format {ckpt.get('format')} != {CHECKPOINT_FORMAT}")
-        ignore = {
-            "epochs",
-            "progress",
-            "checkpoint_dir",
-            "device",
-            "track_test",
-            "eval_every",
-            "eval_batch_size",
-        }
         old, new = ckpt["config"], self.config.to_dict()
-        changed = {k: (old.get(k), new[k]) for k in new if k not in ignore and old.get(k) != new[k]}
+        changed = {k: (old.get(k), new[k]) for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]}
         if changed:
             raise CheckpointMismatchError(path, changed)
         self.model.load_state_dict(ckpt["model"])
