@@ -535,3 +535,18 @@ def test_item7_record_paths_unchanged_by_the_new_policy_fields(tmp_path):
     assert record_path_of(record, tmp_path) == path
     assert experiment_record_path(exp.replace(silent="keep"), corpus, split, 0, tmp_path) != path
 
+
+
+def test_item6_esc50_meta_cannot_name_files_outside_audio(tmp_path):
+    from serlib.data.esc50 import load_esc50
+
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "1-100-A-0.wav", _tone("calm", 0, 0), SR)
+    sf.write(tmp_path / "secret.wav", _tone("loud", 0, 0), SR)
+    (tmp_path / "meta" / "esc50.csv").write_text(
+        "filename,fold,target,category,esc10,src_file,take\n1-100-A-0.wav,1,0,dog,True,100,A\n"
+        "../secret.wav,1,0,dog,True,101,A\n")
+    corpus = load_esc50(tmp_path)
+    assert corpus.table["path"].tolist() == ["audio/1-100-A-0.wav"]
+    assert any(s["path"] == "audio/../secret.wav" and "not a file name" in s["reason"] for s in corpus.skipped)

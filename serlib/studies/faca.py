@@ -112,7 +112,9 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
 # ------------------------------------------------------------------------------------------------ running
 def checkpoint_dir(exp: Experiment, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
     """Where :func:`serlib.experiment.run_one` puts a run's checkpoint when given ``checkpoint_root``."""
-    return Path(checkpoint_root) / f"{exp.name}_{split_name.replace('/', '_')}_s{seed}"
+    from serlib.experiment import checkpoint_dir as _checkpoint_dir
+
+    return _checkpoint_dir(exp.name, split_name, seed, checkpoint_root)
 
 
 def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path | None, corpus=None,
