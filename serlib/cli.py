@@ -170,7 +170,7 @@ def cmd_experiment(args) -> int:
     exp = Experiment(**cfg)
     checkpoints = Path(args.checkpoints) if args.checkpoints else cache_dir() / "checkpoints"
     records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun,
-                             checkpoint_root=checkpoints, resume=not (args.rerun or args.no_resume))
+                             checkpoint_root=checkpoints, resume=False if (args.rerun or args.no_resume) else True)
     for r in records:
         m = r["metrics"]
         if r.get("status", "ok") != "ok":

@@ -485,34 +485,49 @@ def _run_identity(exp: Experiment, corpus: Corpus, split: Split, seed: int) -> d
     return json.loads(json.dumps(to_jsonable(ident, rounded=True), sort_keys=True))
 
 
-def _check_or_mark_checkpoint(folder: Path, identity: dict, resume: bool) -> bool:
-    """True when the run should resume from ``folder``'s checkpoint; raises
-    :class:`~serlib.train.CheckpointMismatchError` when that checkpoint belongs to another run (other config,
-    seed, split or audio). Without a checkpoint (or with ``resume=False``) the folder is marked for this run."""
-    marker = folder / RUN_MARKER
-    if resume and (folder / CHECKPOINT_NAME).is_file():
-        if marker.is_file():
-            old = read_record(marker)
-            changed = {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
-                       if old.get(k) != identity.get(k)}
+RESUME_MODES = (True, False, "matching")
+
+
+def _check_or_mark_checkpoint(folder: Path, identity: dict, resume: bool | str) -> bool:
+    """True when the run should resume from ``folder``'s checkpoint (see :func:`run_one` for ``resume``). Otherwise
+    the folder is marked for this run, and an older checkpoint in it removed, so a fresh run never mixes with it."""
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume={resume!r}: choose True, False or 'matching'")
+    marker, ckpt = folder / RUN_MARKER, folder / CHECKPOINT_NAME
+    if resume is not False and ckpt.is_file():
+        old = read_record(marker) if marker.is_file() else None
+        changed = {} if old is None else {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
+                                          if old.get(k) != identity.get(k)}
+        if resume is True:
             if changed:
-                raise CheckpointMismatchError(folder / CHECKPOINT_NAME, changed)
-        return True
+                raise CheckpointMismatchError(ckpt, changed)
+            return True  # without a marker (older checkpoints) the trainer still compares its own configuration
+        if old is not None and not changed:
+            return True
+        what = "no record of which run made it" if old is None else \
+            "another run made it (" + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) + ")"
+        warnings.warn(f"{ckpt}: not resumed, {what}; starting afresh and replacing it", stacklevel=3)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CHECKPOINT_NAME).unlink(missing_ok=True)  # a fresh run never mixes with an older checkpoint
+    ckpt.unlink(missing_ok=True)
     write_record(identity, marker)
     return False
 
 
 def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results_dir: str | Path | None,
             device=None, checkpoint_root: str | Path | None = None, manifest_hash: str | None = None,
-            return_model: bool = False, resume: bool = True):
+            return_model: bool = False, resume: bool | str = "matching"):
     """Train and evaluate one (seed, fold); returns the run record (written when ``results_dir`` is given), or
     ``(record, model, views)`` with ``return_model`` (the model with its selected weights, in eval mode).
 
-    With ``checkpoint_root`` the trainer checkpoints every epoch under :func:`checkpoint_dir`, and (``resume``, the
-    default) a run killed midway continues from its last epoch; a checkpoint made by another configuration, seed,
-    split or audio is refused (:class:`~serlib.train.CheckpointMismatchError`). ``resume=False`` starts afresh.
+    With ``checkpoint_root`` the trainer checkpoints every epoch under :func:`checkpoint_dir`, and a run killed
+    midway continues from its last epoch. ``resume``:
+
+    * ``"matching"`` (default): resume from a checkpoint this same run made (same configuration, seed, split and
+      audio, recorded in ``run.json`` beside it); a checkpoint of another run is replaced with a warning;
+    * ``True`` (what ``serlib experiment`` passes): resume, and refuse a checkpoint made by another configuration,
+      seed, split or audio with :class:`~serlib.train.CheckpointMismatchError` naming what changed;
+    * ``False``: start afresh.
+
     A non-finite training loss gives a record with ``status: "failed"`` and the reason (written like any other),
     never metrics that look like a result."""
     t0 = time.perf_counter()
@@ -620,7 +635,7 @@ def record_path_of(record: dict, results_dir) -> Path:
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results", device=None,
                    corpus: Corpus | None = None, skip_existing: bool = False, manifest_hash: str | None = None,
-                   checkpoint_root: str | Path | None = None, resume: bool = True) -> list[dict]:
+                   checkpoint_root: str | Path | None = None, resume: bool | str = "matching") -> list[dict]:
     """Run ``exp`` for every seed x selected fold; returns the records (also written under ``results_dir``).
 
     With ``skip_existing`` a record already on disk is returned instead of running again, unless it is not current
@@ -637,7 +652,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results
     records = []
     for split in splits:
         for seed in exp.seeds:
-            fresh = not resume
+            mode = resume
             if skip_existing and results_dir is not None:
                 path = experiment_record_path(exp, corpus, split, seed, results_dir)
                 if path.exists():
@@ -649,7 +664,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results
                         warnings.warn(f"{path}: recorded on other audio (content hash "
                                       f"{old['corpus'].get('content_hash')} != {corpus.content_hash()}); "
                                       "running it again", stacklevel=2)
-                        fresh = True
+                        mode = False
             records.append(run_one(exp, corpus, split, seed, results_dir=results_dir, device=device,
-                                   manifest_hash=manifest_hash, checkpoint_root=checkpoint_root, resume=not fresh))
+                                   manifest_hash=manifest_hash, checkpoint_root=checkpoint_root, resume=mode))
     return records

@@ -550,3 +550,22 @@ def test_item6_esc50_meta_cannot_name_files_outside_audio(tmp_path):
     corpus = load_esc50(tmp_path)
     assert corpus.table["path"].tolist() == ["audio/1-100-A-0.wav"]
     assert any(s["path"] == "audio/../secret.wav" and "not a file name" in s["reason"] for s in corpus.skipped)
+
+
+def test_item5_default_mode_replaces_another_runs_checkpoint_with_a_warning(tmp_path):
+    """Study runners (notebooks) use the default ``resume="matching"``: a checkpoint another configuration left in
+    the same folder is never resumed from, and never stops the run."""
+    csv = make_corpus(tmp_path)
+    corpus = load_custom(csv)
+    exp = _exp(csv, train=dict(epochs=1, batch_size=8, lr=1e-3, progress=False))
+    split = make_splits(exp.protocol, corpus)[0]
+    run_one(exp, corpus, split, 0, results_dir=None, checkpoint_root=tmp_path / "ck")
+    other = exp.replace(train=dict(epochs=1, batch_size=8, lr=1e-2, progress=False))
+    with pytest.warns(UserWarning, match=r"not resumed, another run made it \(.*train.lr: 0.001 -> 0.01"):
+        record = run_one(other, corpus, split, 0, results_dir=None, checkpoint_root=tmp_path / "ck")
+    assert record["extra"]["resumed"] is False
+    fresh = run_one(other, corpus, split, 0, results_dir=None)
+    assert record["history"][0]["train_loss"] == pytest.approx(fresh["history"][0]["train_loss"])
+    again = run_one(other, corpus, split, 0, results_dir=None, checkpoint_root=tmp_path / "ck")
+    assert again["extra"]["resumed"] is True  # its own checkpoint now: resumed (finished, so nothing retrained)
+    assert again["metrics"]["ua"] == pytest.approx(record["metrics"]["ua"])
