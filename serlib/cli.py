@@ -45,6 +45,10 @@ def _download_each(target: Path, corpora: list[str], *, esc50_hash: str | None =
             else:
                 known = f"sha256:{esc50_hash.lower().removeprefix('sha256:')}" if esc50_hash else \
                     download.ESC50_KNOWN_HASH
+                if known is None and not allow_unverified:
+                    out[name] = ("FAILED: no verified hash is pinned for the ESC-50 archive; pass --sha256 HEX, or "
+                                 "--allow-unverified to download it and print the sha256 to pin")
+                    continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the hash is printed below instead
                     root = download.download_esc50(target, url=download.ESC50_URL, known_hash=known,

@@ -569,3 +569,14 @@ def test_item5_default_mode_replaces_another_runs_checkpoint_with_a_warning(tmp_
     again = run_one(other, corpus, split, 0, results_dir=None, checkpoint_root=tmp_path / "ck")
     assert again["extra"]["resumed"] is True  # its own checkpoint now: resumed (finished, so nothing retrained)
     assert again["metrics"]["ua"] == pytest.approx(record["metrics"]["ua"])
+
+
+def test_item2_summaries_never_count_a_failed_run():
+    from serlib.evaluate import summarize_runs
+
+    ok = {"status": "ok", "metrics": {"ua": 0.5}, "corpus": {"name": "c"}, "split": {}}
+    failed = {"status": "failed", "reason": "non-finite training loss", "metrics": {"ua": 0.125},
+              "corpus": {"name": "c"}, "split": {}}
+    assert summarize_runs([ok, failed])["n"].tolist() == [1]
+    frame = __import__("pandas").DataFrame([{"status": "ok", "ua": 0.5}, {"status": "failed", "ua": 0.125}])
+    assert summarize_runs(frame)["mean"].tolist() == [0.5]
