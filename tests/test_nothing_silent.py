@@ -300,7 +300,7 @@ def test_item3_one_corpus_failing_keeps_the_other(tmp_path, server, monkeypatch,
     assert code == 1 and "ravdess -> FAILED" in out
     assert (dest / "esc50" / "meta" / "esc50.csv").is_file()
     # and the study's --download path keeps what succeeded instead of falling back to synthetic audio
-    monkeypatch.delenv("SERLIB_DATA", raising=False)
+    monkeypatch.setenv("SERLIB_DATA", str(tmp_path / "unused"))  # restored after the test (_offer_download sets it)
     monkeypatch.setattr(dl, "ESC50_KNOWN_HASH", sha)
     cli._offer_download(tmp_path / "data4", assume_yes=True)
     assert os.environ["SERLIB_DATA"] == str(tmp_path / "data4")
