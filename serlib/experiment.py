@@ -22,8 +22,9 @@ Nothing silent (see ``docs/DATA.md``):
 * every run record lists each utterance left out (``skips``: path, reason, stage) and each kept one worth knowing
   about (``flags``: padded short clips, containers that differ from the extension), with counts in ``counts``;
 * a non-finite training loss gives a record with ``status: "failed"`` and its reason, which no table counts;
-* :func:`run_one` resumes from a matching checkpoint under ``checkpoint_root`` and refuses one made with another
-  configuration (:class:`serlib.train.CheckpointMismatchError`);
+* :func:`run_one` resumes from its own checkpoint under ``checkpoint_root``; with ``resume=True`` (``serlib
+  experiment``) it refuses one made by another configuration (:class:`serlib.train.CheckpointMismatchError`), by
+  default it replaces it with a warning, never resuming from it;
 * a record on disk made from other audio (its ``corpus.content_hash`` differs) is stale: :func:`run_experiment`
   runs it again instead of returning it. Record paths depend on the configuration only, so the committed records
   of an unchanged corpus keep their paths; records written before content hashes existed carry none and are taken
