@@ -7,7 +7,15 @@
 cache file can always be traced to its settings. Files are written to a temporary name in the same folder and
 renamed with ``os.replace``: a process killed mid-write leaves at most a temporary file, which is never read.
 A cache file that does not load (truncated, corrupt) or lacks arrays its ``.json`` lists is reported with a warning
-naming it and rebuilt.
+naming it and rebuilt. Temporary files (``*.tmp-*``) older than :data:`STALE_TMP_S` that a killed writer left behind
+are deleted the next time a cache file is written in that folder.
+
+Content keys: :func:`file_digests` hashes the bytes of audio files (blake2b), so that features are keyed on what the
+files hold, not on their names. Digests are memoised in ``<cache>/content_digests.json`` by each file's stat
+signature (size, mtime_ns, ctime_ns, inode): an unchanged file is not read again, and a file edited in place changes
+its signature (``ctime`` cannot be set back by a user, unlike ``mtime``). A signature is only memoised when the file's
+``mtime`` is older than :data:`RACY_S` at hashing time, so two edits within one file-system clock tick are never
+mistaken for one (the "racy git" rule).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 import uuid
 import warnings
 import zipfile
@@ -27,6 +36,9 @@ import numpy as np
 
 KEY_CHARS = 20  # hex characters of sha256 kept in the file name
 CACHE_FORMAT = 1  # layout of the .npz / .json pair, recorded in the .json
+STALE_TMP_S = 3600.0  # temporary files older than this (seconds) are a killed writer's leftovers
+RACY_S = 2.0  # files modified less than this long before hashing are not memoised (see module docstring)
+DIGEST_MEMO = "content_digests.json"
 
 
 def cache_dir() -> Path:
@@ -67,6 +79,88 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def clean_stale_tmp(folder: str | Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
+    """Delete ``*.tmp-*`` files in ``folder`` older than ``max_age_s`` (a killed writer's leftovers); return them.
+
+    A younger temporary file may belong to a writer still running (another process), so it is left alone."""
+    removed = []
+    now = time.time()
+    for p in Path(folder).glob("*.tmp-*"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # removed meanwhile by another process
+            continue
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ content digests
+_DIGESTS: dict[str, list] = {}  # abs path -> [size, mtime_ns, ctime_ns, ino, digest]; this process's view
+_DIGESTS_LOADED: set[str] = set()  # memo files already read in this process
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)]
+
+
+def _hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(paths: list[str | Path], *, memo_dir: str | Path | None = None) -> list[str]:
+    """blake2b digest (32 hex) of the bytes of every file in ``paths``, in order.
+
+    Unchanged files (same stat signature as when last hashed) are answered from the memo in
+    ``memo_dir`` (default :func:`cache_dir`), so checking 1440 RAVDESS files costs one ``stat`` each. A missing or
+    unreadable file gives ``"missing"`` (the adapters have already listed it as a skip)."""
+    folder = Path(memo_dir) if memo_dir is not None else cache_dir()
+    memo_path = folder / DIGEST_MEMO
+    if str(memo_path) not in _DIGESTS_LOADED:
+        _DIGESTS_LOADED.add(str(memo_path))
+        try:
+            _DIGESTS.update(json.loads(memo_path.read_text()))
+        except (OSError, ValueError):
+            pass
+    out, changed = [], False
+    now = time.time()
+    for p in paths:
+        key = os.path.abspath(p)
+        try:
+            st = os.stat(key)
+        except OSError:
+            out.append("missing")
+            continue
+        sig = _signature(st)
+        hit = _DIGESTS.get(key)
+        if hit is not None and hit[:4] == sig:
+            out.append(hit[4])
+            continue
+        try:
+            digest = _hash_file(Path(key))
+        except OSError:
+            out.append("missing")
+            continue
+        out.append(digest)
+        if now - st.st_mtime > RACY_S:
+            _DIGESTS[key] = [*sig, digest]
+            changed = True
+        else:
+            _DIGESTS.pop(key, None)
+    if changed:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(_DIGESTS, separators=(",", ":"), sort_keys=True)
+            _atomic_write(memo_path, lambda f: f.write(text.encode()))
+        except OSError as exc:  # a read-only cache only costs speed
+            warnings.warn(f"could not write the content-digest memo {memo_path}: {exc}", stacklevel=2)
+    return out
 
 
 def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
@@ -132,6 +226,7 @@ def cached_arrays(
             )
     arrays = _checked(build())
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)
     _atomic_write(npz, lambda f: _write_npz(f, arrays))
     record = {
         "key": key,

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,9 +32,40 @@ def _notebooks(folder: Path, only: list[str] | None) -> list[Path]:
     return nbs
 
 
-def _offer_download(root: Path | None, assume_yes: bool) -> None:
+def _download_each(target: Path, corpora: list[str], *, esc50_hash: str | None = None,
+                   allow_unverified: bool = False) -> dict[str, str]:
+    """Download each corpus on its own: one's failure never discards another's success. Returns name -> one line
+    (the folder, or ``FAILED: ...``)."""
     from serlib.data import download
 
+    out = {}
+    for name in corpora:
+        try:
+            if name == "ravdess":
+                root = download.download_ravdess(target, url=download.RAVDESS_URL,
+                                                 known_hash=download.RAVDESS_KNOWN_HASH)
+            else:
+                known = f"sha256:{esc50_hash.lower().removeprefix('sha256:')}" if esc50_hash else \
+                    download.ESC50_KNOWN_HASH
+                if known is None and not allow_unverified:
+                    out[name] = ("FAILED: no verified hash is pinned for the ESC-50 archive; pass --sha256 HEX, or "
+                                 "--allow-unverified to download it and print the sha256 to pin")
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the hash is printed below instead
+                    root = download.download_esc50(target, url=download.ESC50_URL, known_hash=known,
+                                                   allow_unverified=allow_unverified)
+                if known is None:
+                    sha = json.loads((root / download.MARKER).read_text()).get("sha256", "")
+                    print(f"ESC-50 was downloaded WITHOUT hash verification; its archive's sha256 is {sha} "
+                          f"(pin it: --sha256 {sha})")
+            out[name] = str(root)
+        except Exception as exc:  # network absent, refused, wrong hash: reported, and the others go on
+            out[name] = f"FAILED: {type(exc).__name__}: {exc}"
+    return out
+
+
+def _offer_download(root: Path | None, assume_yes: bool) -> None:
     target = root or Path(os.environ.get("SERLIB_DATA", REPO / "build" / "data"))
     if not (assume_yes or (sys.stdin is not None and sys.stdin.isatty())):
         print(f"(no data root: run `python -m serlib download --root {target}` on a machine with internet "
@@ -43,21 +75,24 @@ def _offer_download(root: Path | None, assume_yes: bool) -> None:
         answer = input(f"Download RAVDESS (~208 MB) and ESC-50 (~600 MB) into {target}? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             return
-    try:
-        download.download_ravdess(target)
-        download.download_esc50(target)
-        os.environ["SERLIB_DATA"] = str(target)
-    except Exception as exc:  # network absent or refused: fall back loudly, never silently
-        print(f"download failed ({type(exc).__name__}: {exc}); continuing without real data")
+    done = _download_each(target, ["ravdess", "esc50"])
+    for name, line in done.items():
+        print(f"{name}: {line}")
+    if any(not line.startswith("FAILED") for line in done.values()):
+        os.environ["SERLIB_DATA"] = str(target)  # keep what succeeded, even when another corpus failed
 
 
 def cmd_study(args) -> int:
-    import papermill as pm
-
     from serlib.data.registry import data_root, find_corpora
 
     root = data_root(args.data_root)
     found = find_corpora(root) if root else {}
+    if args.data_root and not args.download and not found:  # an explicit root is never replaced by synthetic audio
+        from serlib.data.corpus import DataError
+
+        what = "does not exist" if not root.exists() else "holds no ravdess/, esc50/ or IEMOCAP_full_release/ folder"
+        raise DataError(f"--data-root {root} {what}; pass the folder that holds the corpora, add --download to "
+                        "fetch them there, or leave --data-root out to run on the synthetic corpus")
     if not found:
         _offer_download(root, args.download)
         root = data_root(args.data_root)
@@ -68,6 +103,8 @@ def cmd_study(args) -> int:
               f"every number it prints is about synthetic audio, not emotional speech.\n{BANNER}")
     else:
         print(f"data root {root}: found {', '.join(f'{k} ({v})' for k, v in found.items())}; studies use {corpus}")
+    import papermill as pm
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Path(args.results)
@@ -121,14 +158,11 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from serlib.data import download
-
-    root = Path(args.root)
-    if "ravdess" in args.corpora:
-        print("RAVDESS ->", download.download_ravdess(root))
-    if "esc50" in args.corpora:
-        print("ESC-50 ->", download.download_esc50(root))
-    return 0
+    done = _download_each(Path(args.root), args.corpora, esc50_hash=args.sha256,
+                          allow_unverified=args.allow_unverified)
+    for name, line in done.items():
+        print(f"{name} -> {line}")
+    return 1 if any(line.startswith("FAILED") for line in done.values()) else 0
 
 
 def cmd_experiment(args) -> int:
@@ -141,22 +175,38 @@ def cmd_experiment(args) -> int:
     for key in ("seeds", "folds"):
         if cfg.get(key) is not None:
             cfg[key] = tuple(cfg[key])
+    import dataclasses
+
+    from serlib.cache import cache_dir
+
+    unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(Experiment)})
+    if unknown:
+        raise ValueError(f"{args.config or '--set'}: unknown experiment field(s) {unknown}; the fields are those of "
+                         "serlib.experiment.Experiment")
     exp = Experiment(**cfg)
-    records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else cache_dir() / "checkpoints"
+    records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun,
+                             checkpoint_root=checkpoints, resume=False if (args.rerun or args.no_resume) else True)
     for r in records:
         m = r["metrics"]
+        if r.get("status", "ok") != "ok":
+            print(f"{r['split']['name']} seed {r['seed']}: FAILED ({r.get('reason')}) -> {r.get('_path')}")
+            continue
         print(f"{r['split']['name']} seed {r['seed']}: UA {100 * m['ua']:.2f} WA {100 * m['wa']:.2f} -> {r.get('_path')}")
-    return 0
+    return 1 if any(r.get("status", "ok") != "ok" for r in records) else 0
 
 
-def cmd_reproduce(args, overrides: dict) -> int:
+def cmd_reproduce(args) -> int:
+    from serlib.cache import cache_dir
     from serlib.studies.base import get_study, run, summary
 
     study = get_study(args.paper)
     options = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
+    checkpoints = None if args.no_resume else Path(args.checkpoints) if args.checkpoints else \
+        cache_dir() / "checkpoints"
     records = run(study, corpus=args.corpus, data_root=args.data_root, profile=args.profile, protocols=args.protocols,
-                  overrides=overrides, seeds=args.seeds, folds=args.folds, results_dir=args.results,
-                  n_jobs=args.n_jobs, **options)
+                  overrides=getattr(args, "overrides", {}), seeds=args.seeds, folds=args.folds,
+                  results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **options)
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
         print(summary(study, ok).to_string())
@@ -228,13 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("download", help="download public corpora (needs internet)")
     d.add_argument("--root", required=True)
     d.add_argument("--corpora", nargs="+", default=["ravdess", "esc50"], choices=["ravdess", "esc50"])
+    d.add_argument("--sha256", metavar="HEX", help="the sha256 of the ESC-50 archive to verify against (no hash is "
+                   "pinned for it; RAVDESS's is)")
+    d.add_argument("--allow-unverified", action="store_true", help="download ESC-50 without a hash and print the "
+                   "sha256 it has, to pin with --sha256 next time")
     d.set_defaults(fn=cmd_download)
 
     e = sub.add_parser("experiment", help="run an experiment from a JSON config (fields of serlib.experiment.Experiment)")
     e.add_argument("--config", help="JSON file")
     e.add_argument("--set", nargs="*", help="overrides key=value (JSON values)")
     e.add_argument("--results", default="results")
-    e.add_argument("--rerun", action="store_true", help="rerun even when a record exists")
+    e.add_argument("--rerun", action="store_true", help="rerun from scratch even when a record exists")
+    e.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints); a run "
+                   "killed midway resumes from its checkpoint there")
+    e.add_argument("--no-resume", action="store_true", help="start afresh even when a checkpoint exists")
     e.set_defaults(fn=cmd_experiment)
 
     from serlib.studies.base import PROFILES, all_studies
@@ -254,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--folds", nargs="*", type=int)
     r.add_argument("--n-jobs", type=int, default=1)
     r.add_argument("--results", default="results")
+    r.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints): a "
+                   "killed run resumes from its last epoch when its checkpoint is this same run's")
+    r.add_argument("--no-resume", action="store_true", help="keep no checkpoints; every run starts afresh")
     _add_study_options(r, studies)
     r.set_defaults(fn=cmd_reproduce)
 
@@ -264,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--check", action="store_true", help="fail (exit 1) when the committed files are stale")
     g.set_defaults(fn=cmd_results)
 
-    args, extra = p.parse_known_args(argv)
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error, anywhere on the "
+                   "line (also: SERLIB_DEBUG=1)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv or os.environ.get("SERLIB_DEBUG", "") not in ("", "0")
+    args, extra = p.parse_known_args([a for a in argv if a != "--traceback"])
     if args.fn is cmd_reproduce:
         from serlib.studies.base import ConfigError, get_study, parse_overrides
 
@@ -276,11 +340,25 @@ def main(argv: list[str] | None = None) -> int:
                         overrides=overrides, **opts)  # types and names checked here, before any data is read
         except (ConfigError, KeyError, ValueError, TypeError) as exc:
             p.error(str(exc))
-        return int(cmd_reproduce(args, overrides) or 0)
-    if extra:
+        args.overrides = overrides
+    elif extra:
         p.error(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        return int(args.fn(args) or 0)
+    except _user_errors() as exc:  # evaluated only when an exception arrives: no import cost otherwise
+        if show_traceback:
+            raise
+        msg = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"serlib {args.command}: error: {type(exc).__name__}: {msg} (--traceback for details)", file=sys.stderr)
+        return 2
 
-    return int(args.fn(args) or 0)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are about the user's input (files, data, configuration): one line each, not a traceback."""
+    from serlib.data.audio import AudioError
+    from serlib.data.corpus import DataError
+
+    return (DataError, AudioError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError)
 
 
 if __name__ == "__main__":

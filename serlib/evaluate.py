@@ -152,12 +152,15 @@ def mean_std(values) -> dict:
 def summarize_runs(records, metric: str = "ua", *, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, std (ddof=1) and n of ``metric`` over runs, one row per ``by`` group (a single row when None).
 
-    records: a DataFrame from :func:`serlib.records.load_records` or a list of run-record dicts.
+    records: a DataFrame from :func:`serlib.records.load_records` or a list of run-record dicts. Records whose
+    ``status`` is not ``"ok"`` (failed runs) are never counted.
     """
     if not isinstance(records, pd.DataFrame):
         from serlib.records import flatten_record
 
-        records = pd.DataFrame([flatten_record(r) for r in records])
+        records = pd.DataFrame([flatten_record(r) for r in records if r.get("status", "ok") == "ok"])
+    elif "status" in records.columns:
+        records = records[records["status"].fillna("ok") == "ok"]
     if metric not in records.columns:
         raise KeyError(f"metric {metric!r} not among the columns {sorted(records.columns)}")
     by = list(by or [])

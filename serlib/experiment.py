@@ -10,13 +10,31 @@ Views of the audio (``Experiment.view``):
 * ``"sequence"``: whole utterances as variable-length frame sequences with lengths (FACA, MOMA).
 * ``"fixed"``: every utterance centre-padded / centre-cropped to ``fixed_s`` seconds (ECA's 6 s).
 
-Features are computed once per (corpus fingerprint, preset, view settings) and cached on disk
-(:mod:`serlib.cache`); every split, seed and model reads the same cached arrays.
+Features are computed once per (corpus content, preset, view settings) and cached on disk
+(:mod:`serlib.cache`); every split, seed and model reads the same cached arrays. The cache key holds
+:meth:`Corpus.content_hash`, a hash of every file's bytes, so a file fixed in place gets new features.
+
+Nothing silent (see ``docs/DATA.md``):
+
+* utterances whose features are not finite (NaN / inf) are skipped and listed (``Experiment.nonfinite="skip"``,
+  the default) or stop the run with :class:`NonFiniteFeaturesError` (``"fail"``); all-zero (silent) clips are
+  skipped and listed (``Experiment.silent="skip"``) or kept and flagged (``"keep"``);
+* every run record lists each utterance left out (``skips``: path, reason, stage) and each kept one worth knowing
+  about (``flags``: padded short clips, containers that differ from the extension), with counts in ``counts``;
+* a non-finite training loss gives a record with ``status: "failed"`` and its reason, which no table counts;
+* :func:`run_one` resumes from its own checkpoint under ``checkpoint_root``; with ``resume=True`` (``serlib
+  experiment``) it refuses one made by another configuration (:class:`serlib.train.CheckpointMismatchError`), by
+  default it replaces it with a warning, never resuming from it;
+* a record on disk made from other audio (its ``corpus.content_hash`` differs) is stale: :func:`run_experiment`
+  runs it again instead of returning it. Record paths depend on the configuration only, so the committed records
+  of an unchanged corpus keep their paths; records written before content hashes existed carry none and are taken
+  as matching.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,10 +51,32 @@ from serlib.data.segment import center_pad_or_crop, segment_batch
 from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
-from serlib.records import make_record, record_path, store_split, write_record
-from serlib.train import ArrayData, TrainConfig, Trainer
+from serlib.records import (
+    make_record,
+    read_record,
+    record_path,
+    safe_name,
+    store_split,
+    to_jsonable,
+    write_record,
+)
+from serlib.train import (
+    CHECKPOINT_NAME,
+    RESUME_IGNORED,
+    ArrayData,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+)
 
-FEATURE_FORMAT = 1  # bump when the cached layout changes
+FEATURE_FORMAT = 2  # bump when the cached layout changes (2: nonfinite / silent / padded rows)
+NONFINITE_POLICIES = ("skip", "fail")
+SILENT_POLICIES = ("skip", "keep")
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features of some utterances are NaN or infinite and the policy is ``nonfinite="fail"``."""
 
 
 @dataclass
@@ -75,6 +115,14 @@ class Experiment:
     study: str = ""
     profile: str = ""
     arm: str = ""
+    nonfinite: str = "skip"  # utterances with NaN / inf features: "skip" (listed in the record) or "fail"
+    silent: str = "skip"  # all-zero clips: "skip" (listed in the record) or "keep" (flagged in the record)
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE_POLICIES}")
+        if self.silent not in SILENT_POLICIES:
+            raise ValueError(f"silent={self.silent!r}: choose one of {SILENT_POLICIES}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -88,7 +136,14 @@ class Experiment:
 
 # ----------------------------------------------------------------------------------------------- corpora
 def load_experiment_corpus(name: str, data_root: str | Path | None = None, **kwargs) -> Corpus:
-    """``"synthetic"`` (generated on first use) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    """``"synthetic"`` (generated on first use), ``"custom"`` (``data_root`` is the manifest CSV of
+    :func:`serlib.data.custom.load_custom`) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    if name == "custom":
+        from serlib.data.custom import load_custom
+
+        if not data_root:
+            raise FileNotFoundError("corpus 'custom' needs data_root: the path of its manifest CSV")
+        return load_custom(data_root, **kwargs)
     if name == "synthetic":
         from serlib.data.synthetic import default_synthetic_root, make_synthetic
 
@@ -112,7 +167,7 @@ _WAVE_MEMO: dict[tuple[str, int], tuple[list, list]] = {}
 
 def corpus_waveforms(corpus: Corpus, sr: int = 16_000) -> tuple[list[np.ndarray | None], list[dict]]:
     """Decode every utterance once per process. Undecodable files give ``None`` and a skip entry naming the file."""
-    key = (corpus.fingerprint() + str(corpus.root), sr)
+    key = (corpus.content_hash() + str(corpus.root), sr)
     if key not in _WAVE_MEMO:
         waves, failed = [], []
         for i, path in enumerate(corpus.paths):
@@ -128,13 +183,29 @@ def corpus_waveforms(corpus: Corpus, sr: int = 16_000) -> tuple[list[np.ndarray 
 
 def _spec(corpus: Corpus, preset: F.FeaturePreset, **view) -> dict:
     return {"format": FEATURE_FORMAT, "corpus": corpus.name, "fingerprint": corpus.fingerprint(),
-            "root": str(Path(corpus.root).resolve()), "preset": preset.to_dict(), **view}
+            "content": corpus.content_hash(), "root": str(Path(corpus.root).resolve()), "preset": preset.to_dict(),
+            **view}
+
+
+def _silent(waves) -> np.ndarray:
+    """Rows whose decoded audio is all zeros."""
+    return np.asarray([i for i, w in enumerate(waves) if w is not None and not np.any(w)], np.int64)
+
+
+def _nonfinite_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Distinct ``rows[k]`` for which ``x[k]`` holds a NaN or an infinity."""
+    if len(x) == 0:
+        return np.zeros(0, np.int64)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    return np.unique(np.asarray(rows, np.int64)[bad])
 
 
 def segment_features(corpus: Corpus, preset: F.FeaturePreset, *, win_s: float, step_s: float, short: str,
                      device=None, refresh: bool = False) -> dict[str, np.ndarray]:
     """Features of fixed windows of every utterance: ``x`` (N, F, T), ``groups`` (N,) row of the source utterance,
-    ``too_short`` (rows that gave no window), ``failed`` (rows whose audio could not be decoded)."""
+    ``too_short`` (rows that gave no window), ``failed`` (rows whose audio could not be decoded), ``nonfinite``
+    (rows with a NaN / inf feature), ``silent`` (all-zero rows), ``padded`` (rows shorter than one window that were
+    padded or tiled to one)."""
     sr = preset.sr
     spec = _spec(corpus, preset, view="segments", win_s=win_s, step_s=step_s, short=short)
 
@@ -145,16 +216,22 @@ def segment_features(corpus: Corpus, preset: F.FeaturePreset, *, win_s: float, s
                             short=short)
         x = F.compute(preset, seg.segments, device=device).cpu().numpy() if len(seg.segments) else \
             np.zeros((0, preset.n_features, preset.n_frames(int(round(win_s * sr)))), np.float32)
-        return {"x": x.astype(np.float32), "groups": np.asarray(ok, np.int64)[seg.groups],
+        groups = np.asarray(ok, np.int64)[seg.groups]
+        win = int(round(win_s * sr))
+        return {"x": x.astype(np.float32), "groups": groups,
                 "too_short": np.asarray([ok[j] for j in seg.too_short_ids], np.int64),
-                "failed": np.asarray([f["index"] for f in failed], np.int64)}
+                "failed": np.asarray([f["index"] for f in failed], np.int64),
+                "failed_reason": np.asarray([f["reason"] for f in failed], dtype=str),
+                "nonfinite": _nonfinite_rows(x, groups), "silent": _silent(waves),
+                "padded": np.asarray([i for i in ok if len(waves[i]) < win and short != "drop"], np.int64)}
 
     return feature_cache.cached_arrays(spec, build, refresh=refresh)
 
 
 def sequence_features(corpus: Corpus, preset: F.FeaturePreset, *, device=None, refresh: bool = False,
                       batch_seconds: float = 600.0) -> dict[str, np.ndarray]:
-    """Whole-utterance frame sequences: ``frames`` (sum T_i, F) concatenated, ``offsets`` (n+1,), ``failed``."""
+    """Whole-utterance frame sequences: ``frames`` (sum T_i, F) concatenated, ``offsets`` (n+1,), ``failed``,
+    ``nonfinite``, ``silent`` (as in :func:`segment_features`)."""
     spec = _spec(corpus, preset, view="sequence")
 
     def build():
@@ -178,15 +255,19 @@ def sequence_features(corpus: Corpus, preset: F.FeaturePreset, *, device=None, r
                 feats[i] = x[r, :, : int(n[r])].T.astype(np.float32)
             start = stop
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in feats])]).astype(np.int64)
+        nonfinite = np.asarray([i for i, f in enumerate(feats) if not np.isfinite(f).all()], np.int64)
         return {"frames": np.concatenate(feats, 0), "offsets": offsets,
-                "failed": np.asarray([f["index"] for f in failed], np.int64)}
+                "failed": np.asarray([f["index"] for f in failed], np.int64),
+                "failed_reason": np.asarray([f["reason"] for f in failed], dtype=str), "nonfinite": nonfinite,
+                "silent": _silent(waves)}
 
     return feature_cache.cached_arrays(spec, build, refresh=refresh)
 
 
 def fixed_features(corpus: Corpus, preset: F.FeaturePreset, *, seconds: float, device=None,
                    refresh: bool = False, batch: int = 64) -> dict[str, np.ndarray]:
-    """Every utterance centre-padded / centre-cropped to ``seconds``: ``x`` (n, F, T), ``failed``."""
+    """Every utterance centre-padded / centre-cropped to ``seconds``: ``x`` (n, F, T), ``failed``, ``nonfinite``,
+    ``silent``, ``padded`` (rows shorter than ``seconds``, zero-padded)."""
     spec = _spec(corpus, preset, view="fixed", seconds=seconds)
     n_samples = int(round(seconds * preset.sr))
 
@@ -197,7 +278,11 @@ def fixed_features(corpus: Corpus, preset: F.FeaturePreset, *, seconds: float, d
             chunk = [center_pad_or_crop(w if w is not None else np.zeros(n_samples, np.float32), n_samples)
                      for w in waves[s: s + batch]]
             x[s: s + len(chunk)] = F.compute(preset, np.stack(chunk), device=device).cpu().numpy()
-        return {"x": x, "failed": np.asarray([f["index"] for f in failed], np.int64)}
+        return {"x": x, "failed": np.asarray([f["index"] for f in failed], np.int64),
+                "failed_reason": np.asarray([f["reason"] for f in failed], dtype=str),
+                "nonfinite": _nonfinite_rows(x, np.arange(len(x))), "silent": _silent(waves),
+                "padded": np.asarray([i for i, w in enumerate(waves) if w is not None and len(w) < n_samples],
+                                     np.int64)}
 
     return feature_cache.cached_arrays(spec, build, refresh=refresh)
 
@@ -205,12 +290,17 @@ def fixed_features(corpus: Corpus, preset: F.FeaturePreset, *, seconds: float, d
 # ------------------------------------------------------------------------------------------ data views
 @dataclass
 class Views:
-    """Train / val / test :class:`ArrayData` of one split plus counts for the run record."""
+    """Train / val / test :class:`ArrayData` of one split plus counts for the run record.
+
+    skips: every utterance of the corpus left out, ``{"path", "reason", "stage"}``; flags: kept utterances worth
+    knowing about, ``{"path", "flag"}`` (both corpus-wide, like ``counts``)."""
 
     train: ArrayData
     val: ArrayData | None
     test: ArrayData
     counts: dict
+    skips: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
 
 
 def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
@@ -235,6 +325,47 @@ def register_view(name: str, fn) -> None:
     if name in ("segments", "sequence", "fixed"):
         raise ValueError(f"view {name!r} is built in")
     VIEWS[name] = fn
+def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndarray, win_short: set[int]
+              ) -> tuple[set[int], dict, list, list]:
+    """Rows no view may use, the counts, the skip list (path, reason, stage) and the flag list of a run."""
+    path = corpus.table["path"].astype(str).tolist()
+    failed_reasons = {int(i): str(r) for s in stores for i, r in zip(s["failed"], s.get("failed_reason", []))}
+    failed = set().union(*(s["failed"].tolist() for s in stores))
+    nonfinite = set().union(*(s.get("nonfinite", np.zeros(0, np.int64)).tolist() for s in stores))
+    silent = set().union(*(s.get("silent", np.zeros(0, np.int64)).tolist() for s in stores))
+    padded = set().union(*(s.get("padded", np.zeros(0, np.int64)).tolist() for s in stores))
+    if nonfinite and exp.nonfinite == "fail":
+        names = ", ".join(path[i] for i in sorted(nonfinite)[:10])
+        more = f" (and {len(nonfinite) - 10} more)" if len(nonfinite) > 10 else ""
+        raise NonFiniteFeaturesError(
+            f"{corpus.name}: {len(nonfinite)} utterance(s) under {corpus.root} give NaN / infinite {exp.features} "
+            f"features: {names}{more}. Fix or remove those files, or set nonfinite='skip' to leave them out")
+    skips: list[dict] = [{"path": s["path"], "reason": s["reason"], "stage": "scan"} for s in corpus.skipped]
+    out: set[int] = set()
+
+    def add(rows, reason, stage):
+        for i in sorted(rows):
+            if i not in out:
+                out.add(i)
+                skips.append({"path": path[i], "reason": reason(i) if callable(reason) else reason, "stage": stage})
+
+    add(failed, lambda i: failed_reasons.get(i, "audio could not be decoded"), "decode")
+    add(nonfinite, "features contain NaN or infinite values (nonfinite='skip')", "features")
+    if exp.silent == "skip":
+        add(silent, "audio is all zeros (silent='skip')", "decode")
+    add(win_short, f"shorter than one {exp.win_s:g}-s window (short='drop')", "segment")
+    add({i for i in range(len(keep)) if not keep[i]}, f"not longer than min_len_s={exp.min_len_s:g} s", "policy")
+    flags = [{"path": path[i], "flag": f"padded: shorter than {exp.win_s if exp.view == 'segments' else exp.fixed_s:g}"
+              f" s ({'short=' + exp.short if exp.view == 'segments' else 'centre zero-padding'})"}
+             for i in sorted(padded) if i not in out]
+    if exp.silent == "keep":
+        flags += [{"path": path[i], "flag": "all-zero audio kept (silent='keep')"} for i in sorted(silent - out)]
+    flags += [{"path": p, "flag": "format_mismatch: container differs from the extension"}
+              for p in corpus.format_mismatches()]
+    counts = {"failed_audio": len(failed), "nonfinite": len(nonfinite), "silent": len(silent),
+              "padded_short": len([i for i in padded if i not in out]), "format_mismatch": len(corpus.format_mismatches()),
+              "skipped_total": len(skips)}
+    return out, counts, skips, flags
 
 
 def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
@@ -250,34 +381,36 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
         keep &= durations > exp.min_len_s
         counts["dropped_min_len"] = int((~keep).sum())
 
-    def rows(idx):
-        return np.asarray([i for i in idx if keep[i]], np.int64)
-
     if exp.view == "segments":
         tr_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.train_step_s, short=exp.short,
                                     device=device)
         te_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.test_step_s, short=exp.short,
                                     device=device)
-        failed = set(tr_store["failed"].tolist())
         too_short = set(tr_store["too_short"].tolist()) | set(te_store["too_short"].tolist())
+        out, c, skips, flags = _left_out(exp, corpus, [tr_store, te_store], keep, too_short)
 
         def make(store, idx):
-            idx = np.asarray([i for i in rows(idx) if i not in failed and i not in too_short], np.int64)
+            idx = np.asarray([i for i in idx if i not in out], np.int64)
             sel = np.isin(store["groups"], idx)
             g = torch.as_tensor(store["groups"][sel])
             return ArrayData(x=torch.as_tensor(store["x"][sel]), y=y_all[g], lengths=None, groups=g)
 
         train, test = make(tr_store, tr_idx), make(te_store, te_idx)
         val = make(te_store, va_idx) if len(va_idx) else None
-        counts.update(failed_audio=len(failed), too_short=len(too_short),
+        counts.update(c, too_short=len(too_short),
                       segments={"train": len(train), "val": len(val) if val else 0, "test": len(test)})
     elif exp.view == "sequence":
         store = sequence_features(corpus, preset, device=device)
-        failed = set(store["failed"].tolist())
         off = store["offsets"]
+        empty = {i for i in range(len(corpus)) if off[i + 1] == off[i]} - set(store["failed"].tolist())
+        out, c, skips, flags = _left_out(exp, corpus, [store], keep, set())
+        for i in sorted(empty - out):
+            out.add(i)
+            skips.append({"path": str(corpus.table.at[i, "path"]), "reason": "no feature frames (too short)",
+                          "stage": "features"})
 
         def make(idx):
-            idx = np.asarray([i for i in rows(idx) if i not in failed and off[i + 1] > off[i]], np.int64)
+            idx = np.asarray([i for i in idx if i not in out], np.int64)
             seqs = [torch.as_tensor(store["frames"][off[i]: off[i + 1]].T) for i in idx]
             lengths = torch.as_tensor([s.shape[1] for s in seqs], dtype=torch.long)
             x = torch.zeros(len(seqs), preset.n_features, int(lengths.max()) if len(seqs) else 1)
@@ -288,23 +421,25 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
 
         train, test = make(tr_idx), make(te_idx)
         val = make(va_idx) if len(va_idx) else None
-        counts.update(failed_audio=len(failed))
+        counts.update(c)
+        counts["skipped_total"] = len(skips)
     elif exp.view == "fixed":
         store = fixed_features(corpus, preset, seconds=exp.fixed_s, device=device)
-        failed = set(store["failed"].tolist())
+        extras = [fixed_features(corpus, F.PRESETS[name], seconds=exp.fixed_s, device=device)
+                  for name in exp.augment_features]
+        out, c, skips, flags = _left_out(exp, corpus, [store, *extras], keep, set())
 
         def make(idx):
-            idx = np.asarray([i for i in rows(idx) if i not in failed], np.int64)
+            idx = np.asarray([i for i in idx if i not in out], np.int64)
             g = torch.as_tensor(idx)
             return ArrayData(x=torch.as_tensor(store["x"][idx]), y=y_all[g], lengths=None, groups=g)
 
         train, test = make(tr_idx), make(te_idx)
         val = make(va_idx) if len(va_idx) else None
-        counts.update(failed_audio=len(failed))
+        counts.update(c)
         if exp.augment_features:  # STFT augmentation: the same training utterances in other STFT versions
             parts = [train]
-            for name in exp.augment_features:
-                extra = fixed_features(corpus, F.PRESETS[name], seconds=exp.fixed_s, device=device)
+            for name, extra in zip(exp.augment_features, extras):
                 if extra["x"].shape[1:] != store["x"].shape[1:]:
                     raise ValueError(f"augment preset {name}: shape {extra['x'].shape[1:]} != {store['x'].shape[1:]}")
                 parts.append(ArrayData(x=torch.as_tensor(extra["x"][train.groups.numpy()]), y=train.y,
@@ -325,7 +460,7 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
                 if part.lengths is not None:  # keep padding at zero
                     mask = torch.arange(part.x.shape[-1])[None, :] < part.lengths[:, None]
                     part.x = part.x * mask[:, None, :]
-    return Views(train, val, test, counts)
+    return Views(train, val, test, counts, skips, flags)
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -351,50 +486,131 @@ def _make_loss(exp: Experiment, train: ArrayData, n_classes: int):
     return make_loss(exp.loss, y_train=train.y, n_classes=n_classes, **exp.loss_kwargs)
 
 
+RUN_MARKER = "run.json"  # beside a run's checkpoint: what the run is, so a resume can tell it is the same run
+
+
+def checkpoint_dir(exp_name: str, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
+    """``checkpoint_root/<name>_<split>_s<seed>`` with every part made safe (:func:`serlib.records.safe_name`): an
+    experiment named ``"../x"`` cannot put its checkpoint outside ``checkpoint_root``."""
+    root = Path(checkpoint_root)
+    path = root / safe_name(f"{exp_name}_{split_name.replace('/', '_')}_s{seed}")
+    if Path(path).resolve().parent != root.resolve():  # cannot happen with safe_name; kept as the contract
+        raise ValueError(f"checkpoint folder {path} would leave the checkpoint root {root}")
+    return path
+
+
+def _run_identity(exp: Experiment, corpus: Corpus, split: Split, seed: int) -> dict:
+    """What makes a checkpoint this run's: the run config (dicts flattened to ``train.lr``, ...), seed, split and
+    audio; as it reads back from JSON, so that it compares equal to a stored copy."""
+    ident = {"seed": int(seed), "split": split.name, "corpus": corpus.name, "content_hash": corpus.content_hash()}
+    for k, v in run_config(exp.to_dict()).items():
+        if isinstance(v, dict) and v:
+            ident.update({f"{k}.{kk}": vv for kk, vv in v.items() if not (k == "train" and kk in RESUME_IGNORED)})
+        else:
+            ident[k] = v
+    return json.loads(json.dumps(to_jsonable(ident, rounded=True), sort_keys=True))
+
+
+RESUME_MODES = (True, False, "matching")
+
+
+def _check_or_mark_checkpoint(folder: Path, identity: dict, resume: bool | str) -> bool:
+    """True when the run should resume from ``folder``'s checkpoint (see :func:`run_one` for ``resume``). Otherwise
+    the folder is marked for this run, and an older checkpoint in it removed, so a fresh run never mixes with it."""
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume={resume!r}: choose True, False or 'matching'")
+    marker, ckpt = folder / RUN_MARKER, folder / CHECKPOINT_NAME
+    if resume is not False and ckpt.is_file():
+        old = read_record(marker) if marker.is_file() else None
+        changed = {} if old is None else {k: (old.get(k), identity.get(k)) for k in sorted(set(old) | set(identity))
+                                          if old.get(k) != identity.get(k)}
+        if resume is True:
+            if changed:
+                raise CheckpointMismatchError(ckpt, changed)
+            return True  # without a marker (older checkpoints) the trainer still compares its own configuration
+        if old is not None and not changed:
+            return True
+        what = "no record of which run made it" if old is None else \
+            "another run made it (" + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) + ")"
+        warnings.warn(f"{ckpt}: not resumed, {what}; starting afresh and replacing it", stacklevel=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt.unlink(missing_ok=True)
+    write_record(identity, marker)
+    return False
+
+
 def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results_dir: str | Path | None,
             device=None, checkpoint_root: str | Path | None = None, manifest_hash: str | None = None,
-            return_model: bool = False):
+            return_model: bool = False, resume: bool | str = "matching"):
     """Train and evaluate one (seed, fold); returns the run record (written when ``results_dir`` is given), or
-    ``(record, model, views)`` with ``return_model`` (the model with its selected weights, in eval mode)."""
+    ``(record, model, views)`` with ``return_model`` (the model with its selected weights, in eval mode).
+
+    With ``checkpoint_root`` the trainer checkpoints every epoch under :func:`checkpoint_dir`, and a run killed
+    midway continues from its last epoch. ``resume``:
+
+    * ``"matching"`` (default): resume from a checkpoint this same run made (same configuration, seed, split and
+      audio, recorded in ``run.json`` beside it); a checkpoint of another run is replaced with a warning;
+    * ``True`` (what ``serlib experiment`` passes): resume, and refuse a checkpoint made by another configuration,
+      seed, split or audio with :class:`~serlib.train.CheckpointMismatchError` naming what changed;
+    * ``False``: start afresh.
+
+    A non-finite training loss gives a record with ``status: "failed"`` and the reason (written like any other),
+    never metrics that look like a result."""
     t0 = time.perf_counter()
     views = build_views(exp, corpus, split, device=device)
     t_feat = time.perf_counter() - t0
     labels = corpus.labels
     tcfg = TrainConfig(**{**exp.train, "seed": seed, "device": device or exp.train.get("device", "auto")})
+    resuming = False
     if checkpoint_root:
-        tcfg.checkpoint_dir = str(Path(checkpoint_root) / f"{exp.name}_{split.name.replace('/', '_')}_s{seed}")
+        folder = checkpoint_dir(exp.name, split.name, seed, checkpoint_root)
+        tcfg.checkpoint_dir = str(folder)
+        resuming = _check_or_mark_checkpoint(folder, _run_identity(exp, corpus, split, seed), resume)
     torch.manual_seed(seed)
     model, model_cfg = build_model(exp.model, n_classes=len(labels), n_features=views.train.x.shape[1],
                                    **exp.model_kwargs)
     trainer = Trainer(model, tcfg, loss_fn=_make_loss(exp, views.train, len(labels)),
                       score_fn=utterance_scores(labels, exp.aggregate))
-    result = trainer.fit(views.train, views.val, views.test)
-    # final utterance-level metrics on the test split, evaluated once with the selected weights
-    utt_logits, gid = aggregate(result.test_logits, views.test.groups, how=exp.aggregate)
-    y_true = corpus.y[gid]
-    metrics = classification_metrics([labels[i] for i in y_true], [labels[i] for i in utt_logits.argmax(1)],
-                                     labels=list(labels))
-    if views.val is not None and result.history:
-        best = [h for h in result.history if h["epoch"] == result.best_epoch]
-        if best and "val" in best[0]:
-            metrics["val"] = best[0]["val"]
-    tested = [h for h in result.history if "test" in h]
-    if tested:  # per-epoch test curves were tracked (train={"track_test": True}): keep the authors' figure too
-        best = max(tested, key=lambda h: h["test"]["score"])
-        metrics["best_test_epoch"] = {**best["test"], "epoch": best["epoch"],
-                                      "note": "checkpoint selected on the TEST set (the authors' protocol)"}
-        metrics["last_epoch"] = {**tested[-1]["test"], "epoch": tested[-1]["epoch"]}
+    status, reason, result, failure = "ok", None, None, None
+    try:
+        result = trainer.fit(views.train, views.val, views.test, resume=resuming)
+    except NonFiniteLossError as exc:
+        status, reason, failure = "failed", str(exc), exc
+    if result is not None:
+        # final utterance-level metrics on the test split, evaluated once with the selected weights
+        utt_logits, gid = aggregate(result.test_logits, views.test.groups, how=exp.aggregate)
+        y_true = corpus.y[gid]
+        metrics = classification_metrics([labels[i] for i in y_true], [labels[i] for i in utt_logits.argmax(1)],
+                                         labels=list(labels))
+        if views.val is not None and result.history:
+            best = [h for h in result.history if h["epoch"] == result.best_epoch]
+            if best and "val" in best[0]:
+                metrics["val"] = best[0]["val"]
+        tested = [h for h in result.history if "test" in h]
+        if tested:  # per-epoch test curves were tracked (train={"track_test": True}): keep the authors' figure too
+            best = max(tested, key=lambda h: h["test"]["score"])
+            metrics["best_test_epoch"] = {**best["test"], "epoch": best["epoch"],
+                                          "note": "checkpoint selected on the TEST set (the authors' protocol)"}
+            metrics["last_epoch"] = {**tested[-1]["test"], "epoch": tested[-1]["epoch"]}
+        history, timings, selection = result.history, {"features_s": t_feat, **result.timings}, result.selection
+        extra = {"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp,
+                 "amp_dtype": result.amp_dtype, "resumed": resuming}
+    else:
+        metrics, history, timings, selection = {}, failure.history, {"features_s": t_feat}, tcfg.select
+        extra = {"failed_epoch": failure.epoch, "device": str(trainer.device), "resumed": resuming}
+    extra["n_parameters"] = sum(p.numel() for p in model.parameters())
     counts = {**views.counts, "skipped_at_scan": len(corpus.skipped)}
     record = make_record(
         kind=exp.name, config={**exp.to_dict(), "model_resolved": model_cfg, "train_resolved": tcfg.to_dict()},
         seed=seed,
-        corpus={"name": corpus.name, "fingerprint": corpus.fingerprint(), "manifest_hash": manifest_hash,
-                "n_utts": len(corpus), "synthetic": corpus.synthetic, "labels": list(labels)},
-        split=split.to_dict(), metrics=metrics, history=result.history, counts=counts,
-        timings={"features_s": t_feat, **result.timings}, selection=result.selection,
-        extra={"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp, "amp_dtype": result.amp_dtype,
-               "n_parameters": sum(p.numel() for p in model.parameters())},
+        corpus={"name": corpus.name, "fingerprint": corpus.fingerprint(), "content_hash": corpus.content_hash(),
+                "manifest_hash": manifest_hash, "n_utts": len(corpus), "synthetic": corpus.synthetic,
+                "labels": list(labels)},
+        split=split.to_dict(), metrics=metrics, history=history, counts=counts, timings=timings,
+        selection=selection, extra=extra, status=status, reason=reason, skips=views.skips, flags=views.flags,
         identity=identity_of(exp))
+    if status != "ok":
+        warnings.warn(f"{exp.name} {split.name} seed {seed}: run FAILED ({reason})", stacklevel=2)
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
         write_record(store_split(record, results_dir), path)
@@ -407,9 +623,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
 
 # which runs an experiment enumerates and what names it, not how one run is configured
 RUN_INDEPENDENT = ("seeds", "folds", "study", "profile", "arm")
-
-
-ADDED_FIELDS: dict = {"view_kwargs": {}}
+# Fields added after records were committed: at these values they leave the record path (the config hash) as it was.
+PATH_NEUTRAL_DEFAULTS = {"nonfinite": "skip", "silent": "skip", "view_kwargs": {}}
 
 
 def identity_of(exp: Experiment) -> dict:
@@ -420,12 +635,21 @@ def identity_of(exp: Experiment) -> dict:
 def run_config(config: dict) -> dict:
     """The part of an experiment config (``Experiment.to_dict()``, or a record's ``config``) that decides one run:
     without the seeds / folds the experiment enumerates and the ``*_resolved`` entries a record adds, so one
-    (seed, fold) run has one record path whichever subset of seeds and folds it was launched with."""
-    out = {k: v for k, v in config.items() if k not in RUN_INDEPENDENT and not k.endswith("_resolved")}
-    for k, default in ADDED_FIELDS.items():  # fields added later leave older runs' record paths as they were
-        if out.get(k, default) == default:
-            out.pop(k, None)
-    return out
+    (seed, fold) run has one record path whichever subset of seeds and folds it was launched with. Fields of
+    :data:`PATH_NEUTRAL_DEFAULTS` at their default are left out too, so records made before those fields existed
+    keep their paths."""
+    return {k: v for k, v in config.items() if k not in RUN_INDEPENDENT and not k.endswith("_resolved")
+            and not (k in PATH_NEUTRAL_DEFAULTS and v == PATH_NEUTRAL_DEFAULTS[k])}
+
+
+def record_is_current(record: dict, corpus: Corpus) -> bool:
+    """True when a record on disk may stand for a run on ``corpus`` as it is now: its status is ``"ok"`` and its
+    ``corpus.content_hash`` equals the corpus's (a record without one, written before content hashes existed, is
+    taken as current: its path already pins the configuration, and its fingerprint the file list)."""
+    if record.get("status", "ok") != "ok" or "metrics" not in record:
+        return False
+    recorded = (record.get("corpus") or {}).get("content_hash")
+    return recorded is None or recorded == corpus.content_hash()
 
 
 def experiment_record_path(exp: Experiment, corpus: Corpus, split: Split, seed: int, results_dir) -> Path:
@@ -444,9 +668,12 @@ def record_path_of(record: dict, results_dir) -> Path:
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results", device=None,
                    corpus: Corpus | None = None, skip_existing: bool = False, manifest_hash: str | None = None,
-                   checkpoint_root: str | Path | None = None) -> list[dict]:
-    """Run ``exp`` for every seed x selected fold; returns the records (also written under ``results_dir``)."""
-    import json
+                   checkpoint_root: str | Path | None = None, resume: bool | str = "matching") -> list[dict]:
+    """Run ``exp`` for every seed x selected fold; returns the records (also written under ``results_dir``).
+
+    With ``skip_existing`` a record already on disk is returned instead of running again, unless it is not current
+    (:func:`record_is_current`: a failed run, or made from audio whose content has changed since); a stale record
+    is run again from scratch and overwritten. ``checkpoint_root`` / ``resume``: see :func:`run_one`."""
 
     corpus = corpus or load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
     if corpus.skipped:
@@ -458,11 +685,19 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = "results
     records = []
     for split in splits:
         for seed in exp.seeds:
+            mode = resume
             if skip_existing and results_dir is not None:
                 path = experiment_record_path(exp, corpus, split, seed, results_dir)
                 if path.exists():
-                    records.append({**json.loads(path.read_text()), "_path": str(path)})
-                    continue
+                    old = read_record(path)
+                    if record_is_current(old, corpus):
+                        records.append({**old, "_path": str(path)})
+                        continue
+                    if old.get("status", "ok") == "ok":  # made from other audio: its checkpoint is stale too
+                        warnings.warn(f"{path}: recorded on other audio (content hash "
+                                      f"{old['corpus'].get('content_hash')} != {corpus.content_hash()}); "
+                                      "running it again", stacklevel=2)
+                        mode = False
             records.append(run_one(exp, corpus, split, seed, results_dir=results_dir, device=device,
-                                   manifest_hash=manifest_hash, checkpoint_root=checkpoint_root))
+                                   manifest_hash=manifest_hash, checkpoint_root=checkpoint_root, resume=mode))
     return records

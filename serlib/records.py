@@ -30,6 +30,7 @@ import pandas as pd
 
 SCHEMA_VERSION = 1
 SELECTIONS = ("val", "last", "best_test")
+STATUSES = ("ok", "failed")
 _PACKAGES = {
     "torch": "torch",
     "numpy": "numpy",
@@ -168,6 +169,10 @@ def make_record(
     selection: str,
     extra: dict | None = None,
     identity: dict | None = None,
+    status: str = "ok",
+    reason: str | None = None,
+    skips: list | None = None,
+    flags: list | None = None,
 ) -> dict:
     """One run's record (JSON-ready dict).
 
@@ -176,14 +181,22 @@ def make_record(
     selection: how the reported epoch was chosen (``"val"``, ``"last"`` or ``"best_test"``).
     identity: what the run is within its study (``study``, ``profile``, ``arm``, ``experiment``): tables read these
     fields, never folder or experiment names.
+    status: ``"ok"``, or ``"failed"`` with ``reason`` (e.g. a non-finite training loss); tables and
+    :func:`load_records` never count a record whose status is not ``"ok"``.
+    skips: every utterance left out, as ``{"path", "reason", "stage"}``; flags: kept utterances worth knowing
+    about (padded, container differing from the extension), as ``{"path", "flag"}``.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection {selection!r} not in {SELECTIONS}")
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} not in {STATUSES}")
     if "name" not in corpus:
         raise ValueError("corpus must contain 'name'")
     config = to_jsonable(config)
     return {
         "schema_version": SCHEMA_VERSION,
+        "status": status,
+        **({"reason": str(reason)} if reason is not None else {}),
         "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git": git_revision(),
@@ -200,6 +213,8 @@ def make_record(
         "timings": to_jsonable(timings or {}),
         "extra": to_jsonable(extra or {}),
         "identity": to_jsonable(identity or {"experiment": kind}),
+        "skips": to_jsonable(skips or []),
+        "flags": to_jsonable(flags or []),
     }
 
 
@@ -262,6 +277,13 @@ def results_root(record_file: str | Path) -> Path:
 def _slug(value: Any) -> str:
     s = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(value)).strip("-.")
     return s or "x"
+
+
+def safe_name(value: Any) -> str:
+    """``value`` as one path component that cannot leave its folder: runs of characters other than letters,
+    digits and ``._=+-`` become ``-``, leading / trailing dots and dashes go (so ``"../x"`` gives ``"x"``), and an
+    empty result gives ``"x"``. Names that are already safe are returned unchanged."""
+    return _slug(value)
 
 
 def record_path(results_dir: str | Path, kind: str, name_parts: dict) -> Path:
@@ -347,6 +369,7 @@ def flatten_record(record: dict, path: str | Path | None = None) -> dict:
     split, corpus = record.get("split") or {}, record.get("corpus") or {}
     row = {
         "path": None if path is None else str(path),
+        "status": record.get("status", "ok"),
         "kind": record.get("kind"),
         "created": record.get("created"),
         "git": record.get("git"),
@@ -367,10 +390,11 @@ def flatten_record(record: dict, path: str | Path | None = None) -> dict:
     return row
 
 
-def load_records(pattern_or_dir: str | Path | list) -> pd.DataFrame:
+def load_records(pattern_or_dir: str | Path | list, *, include_failed: bool = False) -> pd.DataFrame:
     """Records under a folder (recursively), matching a glob pattern, or listed -> one row each (see
     :func:`flatten_record`), sorted by path. JSON files that are not records are skipped; an empty DataFrame when
-    nothing matches."""
+    nothing matches. Records whose ``status`` is not ``"ok"`` (a failed run, an error) are left out unless
+    ``include_failed`` (then the ``status`` column tells them apart): a table never counts a failed run."""
     if isinstance(pattern_or_dir, (list, tuple)):
         paths = [Path(p) for p in pattern_or_dir]
     else:
@@ -387,6 +411,8 @@ def load_records(pattern_or_dir: str | Path | list) -> pd.DataFrame:
             continue
         record = read_record(p)
         if isinstance(record, dict) and "schema_version" in record:
+            if record.get("status", "ok") != "ok" and not include_failed:
+                continue
             rows.append(flatten_record(record, p))
     return pd.DataFrame(rows)
 

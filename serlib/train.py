@@ -19,6 +19,11 @@ Model selection (``TrainConfig.select``):
   it is only used when named explicitly and :class:`FitResult` records it in ``selection``.
 
 Early stopping always watches the validation score.
+
+Nothing silent: a non-finite mean training loss (NaN / inf, e.g. from non-finite features) stops the run with
+:class:`NonFiniteLossError` (carrying the epoch and the history so far; no checkpoint is written for that epoch), and
+resuming from a checkpoint whose configuration differs from this one (seed, lr, optimiser, ...) raises
+:class:`CheckpointMismatchError` instead of returning the old run's results under a new configuration.
 """
 
 from __future__ import annotations
@@ -47,6 +52,38 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = (None, "step", "plateau", "cosine")
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
+# TrainConfig fields that may change between a run and its resumption (more epochs, another device, progress bars);
+# any other change makes a resume refuse with CheckpointMismatchError.
+RESUME_IGNORED = frozenset(
+    {"epochs", "progress", "checkpoint_dir", "device", "track_test", "eval_every", "eval_batch_size"}
+)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class NonFiniteLossError(FloatingPointError):
+    """The mean training loss of an epoch was NaN or infinite: the run cannot go on.
+
+    ``epoch`` (1-based), ``loss`` and ``history`` (the entries of the epochs before it) are kept so the caller can
+    record the failure."""
+
+    def __init__(self, epoch: int, loss: float, history: list[dict]):
+        self.epoch, self.loss, self.history = int(epoch), float(loss), list(history)
+        super().__init__(
+            f"non-finite training loss {loss} at epoch {epoch}: the inputs or the learning rate make training "
+            "diverge (check the features for NaN / inf and the learning rate)"
+        )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint to resume from was made with a different configuration (``changed``: key -> (old, new))."""
+
+    def __init__(self, path: str | Path, changed: dict):
+        self.path, self.changed = str(path), dict(changed)
+        diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        super().__init__(
+            f"{path}: checkpoint made with a different configuration ({diff}); delete that folder or run without "
+            "resuming to start afresh"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ utilities
@@ -628,7 +665,7 @@ class Trainer:
             "train_seconds": time.perf_counter() - t0,
         }
         if not math.isfinite(train_loss):
-            log.warning("epoch %d: non-finite training loss %s", epoch, train_loss)
+            raise NonFiniteLossError(epoch, train_loss, self.history)
         evaluated = epoch % c.eval_every == 0 or epoch == c.epochs
         if evaluated and "val" in dev:
             entry["val"] = _scalars(self.evaluate(dev["val"], scoring=cpu["val"])[1])
@@ -715,19 +752,10 @@ class Trainer:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: checkpoint format {ckpt.get('format')} != {CHECKPOINT_FORMAT}")
-        ignore = {
-            "epochs",
-            "progress",
-            "checkpoint_dir",
-            "device",
-            "track_test",
-            "eval_every",
-            "eval_batch_size",
-        }
         old, new = ckpt["config"], self.config.to_dict()
-        changed = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+        changed = {k: (old.get(k), new[k]) for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]}
         if changed:
-            log.warning("resuming %s with changed config keys %s", path, changed)
+            raise CheckpointMismatchError(path, changed)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
@@ -754,4 +782,4 @@ def _progress(config: TrainConfig, *, total: int, initial: int):
     return tqdm(total=total, initial=initial, disable=disable, desc="epochs", unit="ep", leave=False)
 
 
-__all__ = ["ArrayData", "FitResult", "TrainConfig", "Trainer", "accuracy_score", "resolve_device", "set_seed"]
+__all__ = ["ArrayData", "CheckpointMismatchError", "FitResult", "NonFiniteLossError", "TrainConfig", "Trainer", "accuracy_score", "resolve_device", "set_seed"]

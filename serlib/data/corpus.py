@@ -88,6 +88,21 @@ class Corpus:
         blob += ("|".join(self.labels)).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def content_hash(self) -> str:
+        """A hash of every file's bytes (with its path) and the table's identity: changes when any file's content
+        changes, even in place with the same length. What feature caches key on and run records store as
+        ``corpus.content_hash``.
+
+        Kept apart from :meth:`fingerprint` on purpose: committed records and split metadata store the fingerprint,
+        and changing its definition would make every committed record look like it came from other data. Digests
+        are memoised by stat signature (:func:`serlib.cache.file_digests`), so repeated calls cost one ``stat`` per
+        file."""
+        from serlib.cache import file_digests
+
+        digests = file_digests(self.paths)
+        blob = "\n".join(f"{p}\t{d}" for p, d in zip(self.table["path"], digests)) + "\n" + self.fingerprint()
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def report(self) -> str:
         """A short human-readable summary, including every skipped file and why."""
         t = self.table
@@ -99,4 +114,16 @@ class Corpus:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} file(s):")
             lines += [f"    {s['path']}: {s['reason']}" for s in self.skipped]
+        mismatched = self.format_mismatches()
+        if mismatched:
+            lines.append(f"  read {len(mismatched)} file(s) whose container differs from the extension "
+                         "(format_mismatch, e.g. AIFF named .wav):")
+            lines += [f"    {p}" for p in mismatched]
         return "\n".join(lines)
+
+    def format_mismatches(self) -> list[str]:
+        """Paths of the kept files whose container differs from their extension (the ``format_mismatch`` column)."""
+        if "format_mismatch" not in self.table.columns:
+            return []
+        flag = self.table["format_mismatch"].astype(str).str.lower().isin(["true", "1"])
+        return self.table.loc[flag, "path"].astype(str).tolist()

@@ -1,9 +1,21 @@
 """Bring your own corpus: a CSV of ``path,label,speaker`` (+ optional ``session,gender,utt_id``).
 
-Paths are relative to the CSV's folder, or to ``root`` when given (absolute paths are kept as they are).
-``utt_id`` defaults to the path without its extension; ``gender`` accepts F/M/female/male (anything else -> "").
-Rows whose file is missing or not audio are listed in ``corpus.skipped``; rows with an empty path, label or
-speaker too. Other columns of the CSV are carried into the table unchanged.
+Paths are relative to the CSV's folder, or to ``root`` when given. They are normalised (``audio/../audio/a.wav`` is
+``audio/a.wav``) and must stay inside that corpus root: an absolute path or one whose ``..`` leaves the root is a
+:class:`DataError` naming the row, unless ``allow_outside_root=True`` is passed explicitly (then such paths are read
+where they point, and kept absolute in the table).
+``utt_id`` defaults to the normalised path without its extension; ``gender`` accepts F/M/female/male (anything else
+-> ""). Other columns of the CSV are carried into the table unchanged.
+
+What bad rows get:
+
+* a row whose file is missing or not audio, or with an empty path, label or speaker: listed in ``corpus.skipped``;
+* the same file named twice (two spellings of one path, or two links to one file): a :class:`DataError` naming
+  both rows, since their labels may contradict each other;
+* labels or speakers that differ only in case (``Happy`` / ``happy`` / ``HAPPY``, ``S1`` / ``s1``): merged into one
+  spelling (the most frequent; ties: the first seen; with ``labels=`` the given spelling) with a warning listing
+  every merge (``case="merge"``, the default), or refused with a :class:`DataError` (``case="refuse"``). Without this
+  they would silently become separate classes, and one speaker two, breaking the speaker-independent split.
 
 Example::
 
@@ -13,8 +25,11 @@ Example::
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -24,6 +39,39 @@ from serlib.data.manifest import finish_table, info_columns, probe_or_skip
 REQUIRED = ("path", "label", "speaker")
 OPTIONAL = ("session", "gender", "utt_id")
 _GENDER = {"f": "F", "female": "F", "w": "F", "m": "M", "male": "M"}
+CASE_POLICIES = ("merge", "refuse")
+
+
+def _normalise_path(rel: str, base: Path, where: str, allow_outside_root: bool) -> str:
+    """``rel`` with ``.`` / ``..`` folded (POSIX); a DataError when it leaves ``base`` and that is not allowed."""
+    if PurePosixPath(rel).is_absolute() or Path(rel).is_absolute() or (len(rel) > 1 and rel[1] == ":"):
+        if not allow_outside_root:
+            raise DataError(f"{where}: absolute path {rel!r} is outside the corpus root {base}; make it relative to "
+                            "the root, or pass allow_outside_root=True to read files anywhere")
+        return os.path.normpath(rel).replace("\\", "/")
+    norm = os.path.normpath(rel).replace("\\", "/")
+    if norm == ".." or norm.startswith("../"):
+        if not allow_outside_root:
+            raise DataError(f"{where}: path {rel!r} leaves the corpus root {base} through '..'; move the file under "
+                            "the root, or pass allow_outside_root=True to read files anywhere")
+        return (base / norm).resolve().as_posix()
+    return norm
+
+
+def _case_merges(values: list[str], preferred: Sequence[str] = ()) -> dict[str, str]:
+    """spelling -> canonical spelling for values that differ only in case (identity entries left out)."""
+    counts = Counter(values)
+    groups: dict[str, list[str]] = {}
+    for v in dict.fromkeys(values):  # first-seen order
+        groups.setdefault(v.casefold(), []).append(v)
+    given = {p.casefold(): p for p in preferred}
+    out = {}
+    for key, spellings in groups.items():
+        if len(spellings) < 2 and (key not in given or spellings[0] == given[key]):
+            continue
+        canon = given.get(key) or max(spellings, key=lambda v: (counts[v], -spellings.index(v)))
+        out.update({v: canon for v in spellings if v != canon})
+    return out
 
 
 def _read(csv_path: Path) -> pd.DataFrame:
@@ -44,8 +92,16 @@ def load_custom(
     root: str | Path | None = None,
     name: str | None = None,
     labels: Sequence[str] | None = None,
+    case: str = "merge",
+    allow_outside_root: bool = False,
 ) -> Corpus:
-    """A :class:`Corpus` from a CSV; ``labels`` fixes the class order (default: sorted unique labels)."""
+    """A :class:`Corpus` from a CSV; ``labels`` fixes the class order (default: sorted unique labels).
+
+    ``case``: labels / speakers differing only in case are merged with a warning (``"merge"``) or refused
+    (``"refuse"``); ``allow_outside_root``: accept absolute paths and paths leaving the root (see the module
+    docstring)."""
+    if case not in CASE_POLICIES:
+        raise ValueError(f"case={case!r}: choose one of {CASE_POLICIES}")
     csv_path = Path(manifest_csv).expanduser()
     df = _read(csv_path)
     base = Path(root).expanduser() if root is not None else csv_path.parent
@@ -56,21 +112,45 @@ def load_custom(
     rows: list[dict] = []
     skipped: list[dict] = []
     seen: dict[str, str] = {}
+    files: dict[str, tuple[int, str]] = {}  # resolved file -> (csv row, path as written)
+    records = df.to_dict("records")
+    for rec in records:
+        rec["label"], rec["speaker"] = str(rec["label"]).strip(), str(rec["speaker"]).strip()
+    merges = {}
+    for col, preferred in (("label", labels or ()), ("speaker", ())):
+        merge = _case_merges([r[col] for r in records if r[col]], preferred)
+        if merge and case == "refuse":
+            shown = "; ".join(f"{v!r} vs {c!r}" for v, c in merge.items())
+            raise DataError(f"{csv_path}: {col}s differ only in case ({shown}); spell each {col} one way, or load "
+                            "with case='merge'")
+        merges[col] = merge
+    if merges["label"] or merges["speaker"]:
+        listed = "; ".join(f"{col} {v!r} -> {c!r}" for col, m in merges.items() for v, c in m.items())
+        warnings.warn(f"{csv_path}: merged spellings that differ only in case: {listed} "
+                      "(pass case='refuse' to be stopped instead)", stacklevel=2)
     allowed = set(labels) if labels is not None else None
-    for i, rec in enumerate(df.to_dict("records")):
-        rel = str(rec["path"]).strip().replace("\\", "/")
-        where = rel or f"{csv_path.name} row {i + 2}"
+    for i, rec in enumerate(records):
+        row_no = f"{csv_path.name} row {i + 2}"
+        raw = str(rec["path"]).strip().replace("\\", "/")
+        where = raw or row_no
         empty = [c for c in REQUIRED if not str(rec[c]).strip()]
         if empty:
             skipped.append(
-                {"path": where, "reason": f"empty {', '.join(empty)} in {csv_path.name} row {i + 2}"}
+                {"path": where, "reason": f"empty {', '.join(empty)} in {row_no}"}
             )
             continue
-        label = str(rec["label"]).strip()
+        rel = _normalise_path(raw, base, row_no, allow_outside_root)
+        label = merges["label"].get(rec["label"], rec["label"])
         if allowed is not None and label not in allowed:
             skipped.append({"path": rel, "reason": f"label {label!r} not in the given labels"})
             continue
-        utt_id = str(rec.get("utt_id", "")).strip() or str(Path(rel).with_suffix("")).replace("\\", "/")
+        real = str((base / rel).resolve())
+        if real in files:
+            first_row, first_path = files[real]
+            raise DataError(f"{csv_path}: rows {first_row} ({first_path!r}) and {i + 2} ({raw!r}) name the same file "
+                            f"{real}; list each file once")
+        files[real] = (i + 2, raw)
+        utt_id = str(rec.get("utt_id", "")).strip() or str(PurePosixPath(rel).with_suffix("")).lstrip("/")
         if utt_id in seen:
             skipped.append({"path": rel, "reason": f"duplicate utt_id {utt_id!r} (first at {seen[utt_id]})"})
             continue
@@ -83,7 +163,7 @@ def load_custom(
                 "path": rel,
                 "utt_id": utt_id,
                 "label": label,
-                "speaker": str(rec["speaker"]).strip(),
+                "speaker": merges["speaker"].get(rec["speaker"], rec["speaker"]),
                 "gender": _GENDER.get(str(rec.get("gender", "")).strip().lower(), ""),
                 "session": str(rec.get("session", "")).strip(),
                 **info_columns(info),

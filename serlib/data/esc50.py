@@ -49,6 +49,9 @@ def load_esc50(root: str | Path) -> Corpus:
     skipped: list[dict] = []
     for rec in meta.itertuples(index=False):
         rel = f"{AUDIO}/{rec.filename}"
+        if "/" in rec.filename or "\\" in rec.filename or rec.filename in ("", ".", ".."):
+            skipped.append({"path": rel, "reason": f"{META} names {rec.filename!r}, not a file name inside {AUDIO}/"})
+            continue
         try:
             fold, target = int(rec.fold), int(rec.target)
         except ValueError:

@@ -74,14 +74,15 @@ EXTRA_COLUMNS = [
 ]
 
 _LINE = re.compile(
-    r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\w+)\s+\[\s*([\d.]+),\s*([\d.]+),\s*([\d.]+)\s*\]"
+    r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\w+)\s+\[\s*([\d.]+),\s*([\d.]+),\s*([\d.]+)\s*\]",
+    re.ASCII,  # ASCII digits only (``\d`` also matches other scripts' digits)
 )
 _SESSION = re.compile(r"^Session([1-5])$")
 
 
 def parse_utterance(name: str) -> dict:
     """Session, speaker, gender and dialog of an utterance name such as ``Ses01F_impro01_M003``."""
-    m = re.match(r"^Ses(\d\d)([FM])_(.+)_([FM])(\d+)$", name)
+    m = re.match(r"^Ses(\d\d)([FM])_(.+)_([FM])(\d+)$", name, re.ASCII)
     if not m:
         raise ValueError(f"not an IEMOCAP utterance name: {name!r}")
     session, gender = str(int(m.group(1))), m.group(4)

@@ -150,7 +150,9 @@ def manifest_hash(csv_path: str | Path) -> str:
 
 def default_manifest(name: str) -> Path | None:
     """The manifest shipped in the repository's ``data_manifests/`` for ``name``, if there is one."""
-    p = REPO_MANIFEST_DIR / f"{name}.csv"
+    from serlib.records import safe_name
+
+    p = REPO_MANIFEST_DIR / f"{safe_name(name)}.csv"
     return p if p.is_file() else None
 
 

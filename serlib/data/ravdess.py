@@ -36,8 +36,10 @@ LABELS: tuple[str, ...] = tuple(EMOTIONS.values())
 SPEECH_DIR = "Audio_Speech_Actors_01-24"
 EXTRA_COLUMNS = ["emotion_code", "intensity", "statement", "repetition", "format_mismatch"]
 
-_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.wav$", re.IGNORECASE)
-_ACTOR_DIR = re.compile(r"^Actor_(\d{2})$")
+# ASCII digits only: ``\d`` would also match other scripts' digits (Arabic-Indic "٠٣"), which ``int`` accepts, and
+# so alias an existing utterance.
+_NAME = re.compile("^" + "-".join(["([0-9]{2})"] * 7) + r"\.wav$", re.IGNORECASE)
+_ACTOR_DIR = re.compile(r"^Actor_([0-9]{2})$")
 
 
 def parse_name(name: str) -> dict:

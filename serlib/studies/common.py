@@ -194,10 +194,20 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
         d = {k: v for k, v in e.to_dict().items() if k not in ("seeds", "folds")}
         if configs.setdefault(e.name, d) != d:
             raise ValueError(f"two different experiments are both named {e.name!r}; rename one")
+    from serlib.experiment import record_is_current
     from serlib.records import inflate_split
 
     pairs = study_tasks(exps, results_dir, checkpoint_root)
     paths = {t.task_id: Path(p).resolve() for t, p in pairs}
+    for task, path in paths.items():  # a record made from other audio, or a failed run, is run again
+        if skip_existing and path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                continue  # unreadable: the sweep reruns it with a warning
+            exp = experiment_from_dict(next(t for t, _ in pairs if t.task_id == task).config["experiment"])
+            if old.get("status") != "error" and not record_is_current(old, corpus_for(exp)):
+                path.unlink()
     records = run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
                         progress=progress, path_fn=lambda t: paths[t.task_id], skip_existing=skip_existing)
     return [{**(inflate_split(r, results_dir) if is_ok(r) else r), "_path": str(paths[t.task_id])}
@@ -207,7 +217,9 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
 # ------------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_dir(exp: Experiment, split_name: str, seed: int, checkpoint_root: str | Path) -> Path:
     """Where :func:`serlib.experiment.run_one` puts a run's checkpoint when given ``checkpoint_root``."""
-    return Path(checkpoint_root) / f"{exp.name}_{split_name.replace('/', '_')}_s{seed}"
+    from serlib.experiment import checkpoint_dir as _checkpoint_dir
+
+    return _checkpoint_dir(exp.name, split_name, seed, checkpoint_root)
 
 
 def load_model(record: dict, checkpoint_root: str | Path):
