@@ -123,6 +123,23 @@ class Experiment:
             raise ValueError(f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE_POLICIES}")
         if self.silent not in SILENT_POLICIES:
             raise ValueError(f"silent={self.silent!r}: choose one of {SILENT_POLICIES}")
+        self._model_config_class()  # a misspelt model field fails here, when the experiment is made
+
+    def _model_config_class(self):
+        from serlib.models.registry import model_classes
+
+        _, config_cls = model_classes(self.model)
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(self.model_kwargs) - known)
+        if unknown:
+            raise TypeError(f"experiment {self.name!r}: model {self.model!r} has no config field(s) {unknown}; "
+                            f"known: {sorted(known - {'n_classes', 'n_features'})}")
+        return config_cls
+
+    def model_config(self, *, n_classes: int, n_features: int):
+        """The model's typed config (its dataclass, e.g. ``HeadFusionConfig``) with ``model_kwargs`` applied;
+        ``n_classes`` / ``n_features`` come from the data at run time. Unknown fields raise naming them."""
+        return self._model_config_class()(n_classes=n_classes, n_features=n_features, **self.model_kwargs)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -172,10 +172,19 @@ def test_cli_reports_a_bad_field_in_one_line(capsys):
 def test_profile_is_declared_data():
     from serlib.experiment import Experiment
 
-    exp = Experiment(name="x", seeds=(3, 4, 5), train={"epochs": 50}, model_kwargs={"a": 1})
-    out = Profile(train={"epochs": 2}, model={"b": 2}, n_seeds=1, folds=(0,), suffix="_q").apply(exp)
+    exp = Experiment(name="x", seeds=(3, 4, 5), train={"epochs": 50}, model_kwargs={"dropout": 0.1})
+    out = Profile(train={"epochs": 2}, model={"channels": (8,)}, n_seeds=1, folds=(0,), suffix="_q").apply(exp)
     assert out.name == "x_q" and out.seeds == (3,) and out.folds == (0,)
-    assert out.train == {"epochs": 2} and out.model_kwargs == {"a": 1, "b": 2}
+    assert out.train == {"epochs": 2} and out.model_kwargs == {"dropout": 0.1, "channels": (8,)}
+    cfg = out.model_config(n_classes=3, n_features=26)
+    assert type(cfg).__name__ == "ReferenceCNNConfig" and cfg.channels == (8,) and cfg.dropout == 0.1
+
+
+def test_an_experiment_refuses_a_model_field_its_config_lacks():
+    from serlib.experiment import Experiment
+
+    with pytest.raises(TypeError, match=r"no config field\(s\) \['n_hed'\]"):
+        Experiment(model="head_fusion", model_kwargs={"n_hed": 2})
 
 
 def test_results_document_is_current():
