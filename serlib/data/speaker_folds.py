@@ -45,7 +45,7 @@ def balanced_speaker_folds(table: pd.DataFrame, k: int, *, seed: int = 0,
     gender = per_spk["gender"].agg(lambda s: s.mode().iloc[0])
     labels = sorted(set(t["label"]))
     label_counts = pd.crosstab(t["speaker"], t["label"]).reindex(columns=labels, fill_value=0)
-    target = label_counts.sum(0).to_numpy(float)
+    target = label_counts.sum(axis=0).to_numpy(float)
     target = target / target.sum()
     rng = np.random.default_rng(seed)
     speakers = sorted(n_utts.index, key=key)
@@ -87,8 +87,7 @@ def fold_report(splits, corpus=None) -> tuple[pd.DataFrame, list[str]]:
             if part == "val" and n == 0:
                 continue
             if n < MIN_EVAL_UTTS:
-                warns.append(f"{s.name}: {part} part has {n} utterances (< {MIN_EVAL_UTTS}): its UA moves by "
-                             f"several points per utterance; treat it as a rough estimate")
+                warns.append(f"{s.name}: {part} part has {n} utterances (< {MIN_EVAL_UTTS})")
             if labels is not None:
                 present = {labels[u] for u in s.part(part)}
                 missing = sorted(set(labels.values()) - present)
