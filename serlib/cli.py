@@ -163,6 +163,10 @@ def cmd_manifest(args) -> int:
         if args.label_set:
             kw["label_set"] = args.label_set
         kw["improvised_only"] = args.improvised_only
+    if args.name:
+        if args.corpus != "custom":
+            raise ValueError("--name names a custom corpus (serlib manifest custom CSV OUT --name NAME)")
+        kw["name"] = args.name
     try:
         corpus = load_corpus(args.corpus, Path(args.root), **kw)
     except DataError as exc:
@@ -317,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --check: also compare sha256 of every file")
     m.add_argument("--label-set", default=None, help="IEMOCAP label set")
     m.add_argument("--improvised-only", action="store_true", help="IEMOCAP: improvised dialogs only")
+    m.add_argument("--name", default=None, help="custom: the corpus's name (default: the CSV's file name)")
     m.set_defaults(fn=cmd_manifest)
 
     d = sub.add_parser("download", help="download public corpora (needs internet)")

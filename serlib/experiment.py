@@ -191,13 +191,14 @@ def resolve_named_path(entry: dict) -> Path:
 
 def corpus_source(exp: Experiment) -> dict:
     """What a run record stores about where a custom corpus came from: its manifest (a :func:`named_path` with the
-    file's sha256) and the label map; ``{}`` for the built-in corpora."""
+    file's sha256) and the label map (any corpus's, when one is given)."""
+    out = {"label_map": dict(exp.corpus_kwargs["label_map"])} if exp.corpus_kwargs.get("label_map") else {}
     if exp.corpus != "custom" or not exp.data_root:
-        return {}
+        return out
     from serlib.data.manifest import manifest_hash
 
     return {"manifest": {**named_path(exp.data_root), "sha256": manifest_hash(exp.data_root)},
-            "label_map": dict(exp.corpus_kwargs.get("label_map") or {})}
+            "label_map": {}, **out}
 
 
 def load_experiment_corpus(name: str, /, data_root: str | Path | None = None, **kwargs) -> Corpus:
@@ -682,7 +683,7 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     extra["threads"] = thread_settings()
     counts = {**views.counts, "skipped_at_scan": len(corpus.skipped)}
     source = corpus_source(exp)
-    if manifest_hash is None and source:
+    if manifest_hash is None and "manifest" in source:
         manifest_hash = source["manifest"]["sha256"]
     record = make_record(
         kind=exp.name, config={**exp.to_dict(), "model_resolved": model_cfg, "train_resolved": tcfg.to_dict()},

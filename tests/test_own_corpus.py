@@ -262,3 +262,24 @@ def test_label_map_parsing_and_drop():
     c = relabel(_fake({"a": 8, "b": 8, "c": 8}), {"calm": "neutral", "happy": "drop"})
     assert c.labels == ("excited", "neutral") and len(c) == 18
     assert sum("dropped by the label map" in s["reason"] for s in c.skipped) == 6
+
+
+def test_study_command_passes_the_manifest_to_the_notebooks(corpus_dir, env, monkeypatch):
+    """`serlib study --manifest`: papermill gets corpus="custom" and data_root=CSV; the name and label map reach
+    every custom Experiment made in the kernels through $SERLIB_CUSTOM_CORPUS (so their records store them)."""
+    import papermill
+
+    from serlib.experiment import CUSTOM_CORPUS_ENV, Experiment
+
+    monkeypatch.setenv(CUSTOM_CORPUS_ENV, "")  # restored after the test (cmd_study sets it)
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda nb, out, parameters, **kw: seen.append(parameters))
+    csv = corpus_dir / "mine.csv"
+    argv = ["study", "--manifest", str(csv), "--name", "mine4", "--labels", FOUR, "--only", "01",
+            "--out", str(env / "nb"), "--results", str(env / "res")]
+    assert cli.main(argv) == 0
+    assert seen and seen[0]["corpus"] == "custom" and seen[0]["data_root"] == str(csv.resolve())
+    exp = Experiment(corpus="custom", data_root=seen[0]["data_root"])  # what a notebook's study function makes
+    assert exp.corpus_kwargs == {"name": "mine4", "label_map": {"calm": "neutral", "excited": "happy"}}
+    assert load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs).name == "mine4"
+    assert json.loads((env / "nb" / "study.json").read_text())["corpus"] == "custom"
