@@ -84,7 +84,7 @@ def _offer_download(root: Path | None, assume_yes: bool) -> None:
 
 
 def cmd_study(args) -> int:
-    if args.manifest:
+    if args.manifest or args.corpus == "custom":
         return _study_notebooks(args, *_study_custom(args))
     from serlib.data.registry import data_root, find_corpora
 
@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
     s.add_argument("--download", action="store_true", help="download RAVDESS / ESC-50 when no data is found")
     s.add_argument("--kernel", default="python3")
+    s.add_argument("--corpus", choices=["custom"], default=None, help="custom: --data-root is its manifest CSV "
+                   "(the same as --manifest CSV)")
     add_corpus_args(s)
     s.set_defaults(fn=cmd_study)
 

@@ -283,3 +283,14 @@ def test_study_command_passes_the_manifest_to_the_notebooks(corpus_dir, env, mon
     assert exp.corpus_kwargs == {"name": "mine4", "label_map": {"calm": "neutral", "excited": "happy"}}
     assert load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs).name == "mine4"
     assert json.loads((env / "nb" / "study.json").read_text())["corpus"] == "custom"
+
+
+def test_experiment_command_on_a_manifest(corpus_dir, env, capsys):
+    """`serlib experiment --corpus custom --data-root CSV` (the spelling without --manifest) runs and records."""
+    argv = ["experiment", "--corpus", "custom", "--data-root", str(corpus_dir / "mine.csv"), "--labels", FOUR,
+            "--results", str(env / "r"), "--checkpoints", str(env / "c"), "--set", 'train={"epochs": 1}',
+            "folds=[1]", "model=head_fusion", 'model_kwargs={"n_head": 1, "n_size": 8}']
+    assert cli.main(argv) == 0
+    assert "protocol speaker_independent (speaker_balanced), folds run: 1" in capsys.readouterr().out
+    (rec,) = _records(env / "r")
+    assert rec["corpus"]["name"] == "mine" and rec["split"]["fold"] == 1 and len(rec["corpus"]["labels"]) == 4
