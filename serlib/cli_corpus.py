@@ -12,10 +12,8 @@ from pathlib import Path
 
 from serlib.data.corpus import DataError
 
-HOLDOUT_HINT = ("for such a corpus run leave-one-speaker-out with model selection on held-out utterances of the "
-                "training speaker (NOT speaker-independent selection): add `--protocols speaker_independent "
-                "--experiment.protocol loso_speaker_holdout` to `serlib reproduce` (or set protocol to "
-                "loso_speaker_holdout in `serlib experiment`)")
+HOLDOUT_HINT = ("to run it: add `--protocols speaker_independent --experiment.protocol loso_speaker_holdout` to "
+                "`serlib reproduce` (`serlib experiment`: --set protocol=loso_speaker_holdout)")
 
 
 def add_corpus_args(parser, *, with_corpus: bool = False) -> None:
