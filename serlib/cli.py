@@ -5,9 +5,10 @@ Commands
 study       execute the notebooks headless with papermill into build/notebooks/ (the main job)
 manifest    write a corpus manifest CSV from a user's copy, or check a copy against one
 download    fetch RAVDESS / ESC-50 into a data root (needs internet)
-experiment  run one experiment (seeds x folds) from a JSON config and write run records
+experiment  run one experiment (seeds x folds) from a JSON config (or --from-record RECORD) and write run records
 reproduce   run a registered study (its paper's protocol and ours) through the one resumable runner; any config
             field is set with a dotted flag: --model.n_head 2 --train.epochs 10 (checked before any data is read)
+            study / experiment / reproduce take --manifest CSV [--name N] [--labels MAP]: your own corpus
 results     regenerate docs/RESULTS.md and README's status table from the records (--check: fail when stale)
 """
 
@@ -83,6 +84,8 @@ def _offer_download(root: Path | None, assume_yes: bool) -> None:
 
 
 def cmd_study(args) -> int:
+    if args.manifest or args.corpus == "custom":
+        return _study_notebooks(args, *_study_custom(args))
     from serlib.data.registry import data_root, find_corpora
 
     root = data_root(args.data_root)
@@ -103,12 +106,30 @@ def cmd_study(args) -> int:
               f"every number it prints is about synthetic audio, not emotional speech.\n{BANNER}")
     else:
         print(f"data root {root}: found {', '.join(f'{k} ({v})' for k, v in found.items())}; studies use {corpus}")
+    return _study_notebooks(args, corpus, str(root) if root else None)
+
+
+def _study_custom(args) -> tuple[str, str]:
+    """``serlib study --manifest CSV``: the notebooks get ``corpus="custom"`` and ``data_root=CSV`` as papermill
+    parameters, and the corpus's name and label map through ``$SERLIB_CUSTOM_CORPUS``, which every custom
+    :class:`serlib.experiment.Experiment` made in their kernels reads (so their records store both)."""
+    from serlib.cli_corpus import corpus_from_args
+    from serlib.experiment import CUSTOM_CORPUS_ENV
+
+    corpus, csv, kwargs = corpus_from_args(args)
+    os.environ[CUSTOM_CORPUS_ENV] = json.dumps({"manifest": csv, **kwargs})
+    print(f"custom corpus {kwargs['name']} from {csv}" + (f", labels mapped {kwargs['label_map']}"
+                                                          if kwargs.get("label_map") else ""))
+    return corpus, csv
+
+
+def _study_notebooks(args, corpus: str, data_root: str | None) -> int:
     import papermill as pm
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Path(args.results)
-    params = {"data_root": str(root) if root else None, "corpus": corpus, "profile": args.profile,
+    params = {"data_root": data_root, "corpus": corpus, "profile": args.profile,
               "results_dir": str(results.resolve())}
     failures, seconds = [], {}
     for nb in _notebooks(REPO / "notebooks", args.only):
@@ -141,6 +162,10 @@ def cmd_manifest(args) -> int:
         if args.label_set:
             kw["label_set"] = args.label_set
         kw["improvised_only"] = args.improvised_only
+    if args.name:
+        if args.corpus != "custom":
+            raise ValueError("--name names a custom corpus (serlib manifest custom CSV OUT --name NAME)")
+        kw["name"] = args.name
     corpus = load_corpus(args.corpus, Path(args.root), **kw)  # a DataError is one line (see main)
     print(corpus.report())
     if args.check:
@@ -161,9 +186,19 @@ def cmd_download(args) -> int:
 
 
 def cmd_experiment(args) -> int:
+    from serlib.cli_corpus import corpus_from_args, experiment_from_record, report_folds
     from serlib.experiment import Experiment, run_experiment
+    from serlib.sweep import configure_threads
 
+    if args.from_record and (args.config or args.set):
+        raise ValueError("--from-record reruns a record's own config; drop --config / --set")
     cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.from_record:
+        cfg = experiment_from_record(args.from_record).to_dict()
+    corpus, data_root, corpus_kwargs = corpus_from_args(args)
+    cfg.update({k: v for k, v in (("corpus", corpus), ("data_root", data_root)) if v})
+    if corpus_kwargs:
+        cfg["corpus_kwargs"] = {**cfg.get("corpus_kwargs", {}), **corpus_kwargs}
     for kv in args.set or []:
         key, _, value = kv.partition("=")
         cfg[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
@@ -179,6 +214,8 @@ def cmd_experiment(args) -> int:
         raise ValueError(f"{args.config or '--set'}: unknown experiment field(s) {unknown}; the fields are those of "
                          "serlib.experiment.Experiment")
     exp = Experiment(**cfg)
+    print(f"torch threads: {configure_threads(1)['torch_threads']}")
+    report_folds([exp])
     checkpoints = Path(args.checkpoints) if args.checkpoints else cache_dir() / "checkpoints"
     records = run_experiment(exp, results_dir=args.results, skip_existing=not args.rerun,
                              checkpoint_root=checkpoints, resume=False if (args.rerun or args.no_resume) else True)
@@ -193,15 +230,23 @@ def cmd_experiment(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from serlib.cache import cache_dir
+    from serlib.cli_corpus import corpus_from_args, report_folds
     from serlib.studies.base import get_study, run, summary
+    from serlib.sweep import choose_threads, configure_threads
 
     study = get_study(args.paper)
     options = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
     checkpoints = None if args.no_resume else Path(args.checkpoints) if args.checkpoints else \
         cache_dir() / "checkpoints"
-    records = run(study, corpus=args.corpus, data_root=args.data_root, profile=args.profile, protocols=args.protocols,
-                  overrides=getattr(args, "overrides", {}), seeds=args.seeds, folds=args.folds,
-                  results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **options)
+    corpus, data_root, corpus_kwargs = corpus_from_args(args)
+    kw = dict(corpus=corpus, data_root=data_root, profile=args.profile, protocols=args.protocols,
+              overrides=getattr(args, "overrides", {}), seeds=args.seeds, folds=args.folds,
+              corpus_kwargs=corpus_kwargs, **options)
+    threads = configure_threads(1)["torch_threads"]
+    print(f"torch threads: {threads} here" + (f", {choose_threads(args.n_jobs)[0]} in each of {args.n_jobs} workers"
+                                              if args.n_jobs > 1 else ""))
+    report_folds(study.build(**kw))
+    records = run(study, results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **kw)
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
         print(summary(study, ok).to_string())
@@ -245,6 +290,8 @@ def _add_study_options(parser, studies) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from serlib.cli_corpus import add_corpus_args
+
     p = argparse.ArgumentParser(prog="serlib", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -257,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
     s.add_argument("--download", action="store_true", help="download RAVDESS / ESC-50 when no data is found")
     s.add_argument("--kernel", default="python3")
+    s.add_argument("--corpus", choices=["custom"], default=None, help="custom: --data-root is its manifest CSV "
+                   "(the same as --manifest CSV)")
+    add_corpus_args(s)
     s.set_defaults(fn=cmd_study)
 
     m = sub.add_parser("manifest", help="write or check a corpus manifest")
@@ -268,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --check: also compare sha256 of every file")
     m.add_argument("--label-set", default=None, help="IEMOCAP label set")
     m.add_argument("--improvised-only", action="store_true", help="IEMOCAP: improvised dialogs only")
+    m.add_argument("--name", default=None, help="custom: the corpus's name (default: the CSV's file name)")
     m.set_defaults(fn=cmd_manifest)
 
     d = sub.add_parser("download", help="download public corpora (needs internet)")
@@ -287,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints); a run "
                    "killed midway resumes from its checkpoint there")
     e.add_argument("--no-resume", action="store_true", help="start afresh even when a checkpoint exists")
+    e.add_argument("--from-record", metavar="RECORD", default=None, help="rerun the run of a record JSON (its "
+                   "config, seed and fold)")
+    add_corpus_args(e, with_corpus=True)
     e.set_defaults(fn=cmd_experiment)
 
     from serlib.studies.base import PROFILES, all_studies
@@ -309,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints): a "
                    "killed run resumes from its last epoch when its checkpoint is this same run's")
     r.add_argument("--no-resume", action="store_true", help="keep no checkpoints; every run starts afresh")
+    add_corpus_args(r)
     _add_study_options(r, studies)
     r.set_defaults(fn=cmd_reproduce)
 
@@ -325,15 +380,19 @@ def main(argv: list[str] | None = None) -> int:
     show_traceback = "--traceback" in argv or os.environ.get("SERLIB_DEBUG", "") not in ("", "0")
     args, extra = p.parse_known_args([a for a in argv if a != "--traceback"])
     if args.fn is cmd_reproduce:
+        from serlib.data.corpus import DataError
         from serlib.studies.base import ConfigError, get_study, parse_overrides
 
         try:
             overrides = parse_overrides(extra)
+            from serlib.cli_corpus import corpus_from_args
+
             study = get_study(args.paper)
             opts = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
-            study.build(args.corpus, args.data_root, profile=args.profile, protocols=args.protocols,
-                        overrides=overrides, **opts)  # types and names checked here, before any data is read
-        except (ConfigError, KeyError, ValueError, TypeError) as exc:
+            corpus, root, corpus_kwargs = corpus_from_args(args)
+            study.build(corpus, root, profile=args.profile, protocols=args.protocols, overrides=overrides,
+                        corpus_kwargs=corpus_kwargs, **opts)  # types and names checked here, before any data is read
+        except (ConfigError, KeyError, ValueError, TypeError, DataError) as exc:
             p.error(str(exc))
         args.overrides = overrides
     elif extra:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from serlib.records import (
     to_jsonable,
     write_record,
 )
+from serlib.sweep import thread_settings
 from serlib.train import (
     CHECKPOINT_NAME,
     RESUME_IGNORED,
@@ -119,6 +121,10 @@ class Experiment:
     silent: str = "skip"  # all-zero clips: "skip" (listed in the record) or "keep" (flagged in the record)
 
     def __post_init__(self) -> None:
+        if self.corpus == "custom" and os.environ.get(CUSTOM_CORPUS_ENV):  # `serlib study --manifest` (notebooks)
+            env = custom_corpus_from_env()
+            self.data_root = self.data_root or env.get("manifest")
+            self.corpus_kwargs = {**{k: v for k, v in env.items() if k != "manifest"}, **self.corpus_kwargs}
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE_POLICIES}")
         if self.silent not in SILENT_POLICIES:
@@ -152,15 +158,90 @@ class Experiment:
 
 
 # ----------------------------------------------------------------------------------------------- corpora
-def load_experiment_corpus(name: str, data_root: str | Path | None = None, **kwargs) -> Corpus:
+CUSTOM_CORPUS_ENV = "SERLIB_CUSTOM_CORPUS"  # JSON {"manifest", "name", "label_map"}: `serlib study --manifest`
+
+
+def custom_corpus_from_env() -> dict:
+    """``$SERLIB_CUSTOM_CORPUS`` (set by ``serlib study --manifest``, read by notebooks' experiments): the manifest
+    CSV, the corpus name and label map of a custom corpus; ``{}`` when unset."""
+    text = os.environ.get(CUSTOM_CORPUS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        out = json.loads(text)
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise ValueError(f"${CUSTOM_CORPUS_ENV} must be a JSON object, got {text[:200]!r}")
+    return out
+
+
+def _roots() -> list[tuple[str, Path]]:
+    """Named roots a manifest path is stored relative to, in order: ``$SERLIB_DATA``, the repository, the cwd."""
+    out = []
+    if os.environ.get("SERLIB_DATA"):
+        out.append(("SERLIB_DATA", Path(os.environ["SERLIB_DATA"]).expanduser().resolve()))
+    out += [("repo", Path(__file__).resolve().parents[1]), ("cwd", Path.cwd().resolve())]
+    return out
+
+
+def named_path(path: str | Path) -> dict:
+    """``{"root": name, "path": relative}`` for the first named root (:func:`_roots`) holding ``path``, else
+    ``{"root": None, "path": absolute}``: what records store, portable across machines and checkouts."""
+    p = Path(path).expanduser().resolve()
+    for name, root in _roots():
+        if p.is_relative_to(root):
+            return {"root": name, "path": p.relative_to(root).as_posix()}
+    return {"root": None, "path": p.as_posix()}
+
+
+def resolve_named_path(entry: dict) -> Path:
+    """The file a :func:`named_path` entry names on this machine (a clear error when its root is unknown here)."""
+    if entry.get("root") is None:
+        return Path(entry["path"])
+    roots = dict(_roots())
+    if entry["root"] not in roots:
+        raise FileNotFoundError(f"{entry['path']} is recorded relative to ${entry['root']}, which is not set here; "
+                                f"set it, or pass the manifest's path")
+    return roots[entry["root"]] / entry["path"]
+
+
+def corpus_source(exp: Experiment) -> dict:
+    """What a run record stores about where a custom corpus came from: its manifest (a :func:`named_path` with the
+    file's sha256) and the label map (any corpus's, when one is given)."""
+    out = {"label_map": dict(exp.corpus_kwargs["label_map"])} if exp.corpus_kwargs.get("label_map") else {}
+    if exp.corpus != "custom" or not exp.data_root:
+        return out
+    from serlib.data.manifest import manifest_hash
+
+    return {"manifest": {**named_path(exp.data_root), "sha256": manifest_hash(exp.data_root)},
+            "label_map": {}, **out}
+
+
+def load_experiment_corpus(name: str, /, data_root: str | Path | None = None, **kwargs) -> Corpus:
     """``"synthetic"`` (generated on first use), ``"custom"`` (``data_root`` is the manifest CSV of
-    :func:`serlib.data.custom.load_custom`) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    :func:`serlib.data.custom.load_custom`; ``name``, ``labels`` and the other keyword arguments go to it; without
+    ``data_root``, ``$SERLIB_CUSTOM_CORPUS`` names it) or a corpus of :mod:`serlib.data.registry` under
+    ``data_root``. ``label_map`` (any corpus): labels renamed / merged / dropped at load
+    (:func:`serlib.data.custom.relabel`)."""
+    from serlib.data.custom import relabel
+
+    label_map = kwargs.pop("label_map", None)
     if name == "custom":
         from serlib.data.custom import load_custom
 
+        env = custom_corpus_from_env()
+        data_root = data_root or env.get("manifest")
         if not data_root:
-            raise FileNotFoundError("corpus 'custom' needs data_root: the path of its manifest CSV")
-        return load_custom(data_root, **kwargs)
+            raise FileNotFoundError("corpus 'custom' needs data_root: the path of its manifest CSV (serlib ... "
+                                    "--manifest CSV)")
+        if env and Path(env.get("manifest", "")).resolve() == Path(data_root).resolve():
+            kwargs = {**({"name": env["name"]} if env.get("name") else {}), **kwargs}
+            label_map = label_map if label_map is not None else env.get("label_map")
+        corpus = load_custom(data_root, **kwargs)
+        return relabel(corpus, label_map) if label_map else corpus
+    if label_map:
+        return relabel(load_experiment_corpus(name, data_root, **kwargs), label_map)
     if name == "synthetic":
         from serlib.data.synthetic import default_synthetic_root, make_synthetic
 
@@ -616,13 +697,17 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         metrics, history, timings, selection = {}, failure.history, {"features_s": t_feat}, tcfg.select
         extra = {"failed_epoch": failure.epoch, "device": str(trainer.device), "resumed": resuming}
     extra["n_parameters"] = sum(p.numel() for p in model.parameters())
+    extra["threads"] = thread_settings()
     counts = {**views.counts, "skipped_at_scan": len(corpus.skipped)}
+    source = corpus_source(exp)
+    if manifest_hash is None and "manifest" in source:
+        manifest_hash = source["manifest"]["sha256"]
     record = make_record(
         kind=exp.name, config={**exp.to_dict(), "model_resolved": model_cfg, "train_resolved": tcfg.to_dict()},
         seed=seed,
         corpus={"name": corpus.name, "fingerprint": corpus.fingerprint(), "content_hash": corpus.content_hash(),
                 "manifest_hash": manifest_hash, "n_utts": len(corpus), "synthetic": corpus.synthetic,
-                "labels": list(labels)},
+                "labels": list(labels), **source},
         split=split.to_dict(), metrics=metrics, history=history, counts=counts, timings=timings,
         selection=selection, extra=extra, status=status, reason=reason, skips=views.skips, flags=views.flags,
         identity=identity_of(exp))

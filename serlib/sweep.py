@@ -14,7 +14,8 @@ Every record gets ``"status"`` ("ok" unless ``fn`` set it), ``"task"`` (name, co
 
 Backends implement the :class:`Backend` protocol (``submit(fn, *args) -> Future``, ``map``, ``shutdown``). "serial" runs in
 this process; "process" uses a spawn-context ``ProcessPoolExecutor`` whose workers each get
-``max(1, cpu_count // n_jobs)`` torch threads. Another backend (e.g. Ray) only needs a class with the same methods,
+:func:`choose_threads` torch threads (``max(1, cpu_count // n_jobs)`` unless ``$SERLIB_THREADS`` / ``$OMP_NUM_THREADS``
+say less) and flush denormals (:func:`configure_threads`). Another backend (e.g. Ray) only needs a class with the same methods,
 passed as ``backend=``.
 """
 
@@ -40,9 +41,12 @@ __all__ = [
     "ProcessBackend",
     "SerialBackend",
     "SweepTask",
+    "choose_threads",
+    "configure_threads",
     "grid",
     "make_backend",
     "run_sweep",
+    "thread_settings",
     "usable_cpus",
     "write_json_atomic",
 ]
@@ -156,15 +160,64 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker(n_threads: int) -> None:
-    """Process-pool initializer: cap BLAS/OpenMP and torch threads so n_jobs workers share the CPUs."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
+THREADS_ENV = "SERLIB_THREADS"  # an explicit number of torch threads per process (overrides the rule below)
+_THREADS: dict[str, Any] | None = None  # what configure_threads chose in this process
+
+
+def choose_threads(n_jobs: int = 1, cpus: int | None = None) -> tuple[int, str]:
+    """Torch threads per process for ``n_jobs`` parallel processes, and the rule that gave it: ``$SERLIB_THREADS``
+    when set; else ``cpus // n_jobs`` (at least 1), capped by an explicit ``$OMP_NUM_THREADS``. ``n_jobs`` processes
+    then never ask for more threads than there are CPUs (oversubscription makes small models many times slower)."""
+    explicit = os.environ.get(THREADS_ENV, "").strip()
+    if explicit:
+        if not explicit.isdigit() or int(explicit) < 1:
+            raise ValueError(f"${THREADS_ENV}={explicit!r}: expected a positive integer")
+        return int(explicit), f"${THREADS_ENV}"
+    n = max(1, (cpus or usable_cpus()) // max(1, int(n_jobs)))
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and 1 <= int(omp) < n:
+        return int(omp), "cpus // n_jobs, capped by $OMP_NUM_THREADS"
+    return n, "cpus // n_jobs"
+
+
+def configure_threads(n_jobs: int = 1, *, threads: int | None = None, worker: bool = False) -> dict[str, Any]:
+    """Set this process's torch threads (``threads``, or :func:`choose_threads` for ``n_jobs`` processes) and flush
+    denormal floats to zero (``torch.set_flush_denormal(True)``: tiny activations otherwise cost ~100x per
+    operation on x86). ``worker``: also set ``OMP/MKL/OPENBLAS_NUM_THREADS`` (a pool worker, before heavy imports).
+    Called by the CLI (``reproduce``, ``experiment``) and by every process-pool worker; returns the choice, which
+    :func:`thread_settings` puts in each run record."""
+    global _THREADS
+    n, rule = (int(threads), "given") if threads else choose_threads(n_jobs)
+    if worker:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(n)
+    flush = None
     try:
         import torch
     except ImportError:  # a sweep need not use torch
-        return
-    torch.set_num_threads(n_threads)
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(n)
+        flush = bool(torch.set_flush_denormal(True))
+    _THREADS = {"torch_threads": n, "n_jobs": int(n_jobs), "cpus": usable_cpus(), "rule": rule,
+                "flush_denormal": flush, "set_by": "serlib.sweep.configure_threads"}
+    return dict(_THREADS)
+
+
+def thread_settings() -> dict[str, Any]:
+    """What a run record stores about threads: :func:`configure_threads`' choice in this process (or that it was not
+    called: the caller's / torch's setting), with the torch threads actually in use now."""
+    import torch
+
+    out = dict(_THREADS) if _THREADS else {"cpus": usable_cpus(), "flush_denormal": None,
+                                           "set_by": "caller (configure_threads not called in this process)"}
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def _init_worker(n_threads: int, n_jobs: int = 1) -> None:
+    """Process-pool initializer: cap BLAS/OpenMP and torch threads so n_jobs workers share the CPUs."""
+    configure_threads(n_jobs, threads=n_threads, worker=True)
 
 
 @runtime_checkable
@@ -213,12 +266,12 @@ class ProcessBackend:
         if n_jobs < 1:
             raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
         self.n_jobs = n_jobs
-        self.threads_per_job = threads_per_job or max(1, usable_cpus() // n_jobs)
+        self.threads_per_job = threads_per_job or choose_threads(n_jobs)[0]
         self._pool: Executor = ProcessPoolExecutor(
             max_workers=n_jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads_per_job,),
+            initargs=(self.threads_per_job, n_jobs),
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:

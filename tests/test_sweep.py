@@ -14,10 +14,10 @@ from serlib.sweep import (
     SerialBackend,
     SweepTask,
     _demo_task,
+    choose_threads,
     grid,
     make_backend,
     run_sweep,
-    usable_cpus,
     write_json_atomic,
 )
 
@@ -182,7 +182,7 @@ def test_process_backend_two_jobs(tmp_path):
     assert (
         1 <= len({r["pid"] for r in recs[:4]}) <= 2
     )  # both usually; one may finish all before the other starts
-    assert {r["n_threads"] for r in recs[:4]} == {max(1, usable_cpus() // 2)}
+    assert {r["n_threads"] for r in recs[:4]} == {choose_threads(2)[0]}  # cpus // 2 unless $OMP_NUM_THREADS is less
     assert _calls(calls) == 4
     # resumed: nothing runs again (and no pool is started for zero tasks)
     again = run_sweep(_demo_task, tasks[:4], out_dir=tmp_path / "out", n_jobs=2, progress=False)

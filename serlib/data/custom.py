@@ -175,6 +175,55 @@ def load_custom(
     return Corpus(name, base, table, order, skipped)
 
 
+DROP = ("", "-", "drop")  # label-map targets that drop a class (its rows become counted skips)
+
+
+def parse_label_map(text: str | dict | None) -> dict[str, str]:
+    """A label map from JSON (``'{"calm": "neutral", "surprised": "drop"}'``), a ``a=b,c=d`` list, or a dict.
+    A target of ``""``, ``"-"`` or ``"drop"`` drops that class."""
+    if text is None or isinstance(text, dict):
+        return {str(k): ("" if v is None else str(v)) for k, v in (text or {}).items()}
+    text = str(text).strip()
+    if text.startswith("{"):
+        import json
+
+        try:
+            out = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--labels {text!r}: not valid JSON ({exc})") from None
+        return parse_label_map(out)
+    out = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        src, eq, dst = item.partition("=")
+        if not eq or not src.strip():
+            raise ValueError(f"--labels: {item!r} is not FROM=TO; write e.g. calm=neutral,surprised=happy")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def relabel(corpus: Corpus, label_map: dict[str, str]) -> Corpus:
+    """``corpus`` with labels renamed by ``label_map`` (several old labels may merge into one; unmapped labels stay;
+    a target in :data:`DROP` removes the class, its rows listed in ``skipped``). A key that is no label of the
+    corpus is a :class:`DataError` (a typo would otherwise silently map nothing). Classes are in sorted order."""
+    mapping = parse_label_map(label_map)
+    unknown = sorted(set(mapping) - set(corpus.labels))
+    if unknown:
+        raise DataError(f"label map names labels {unknown} that corpus {corpus.name} does not have "
+                        f"(its labels: {list(corpus.labels)})")
+    table = corpus.table.copy()
+    new = table["label"].map(lambda v: mapping.get(v, v))
+    dropped = new.isin(DROP)
+    skipped = list(corpus.skipped) + [{"path": p, "reason": f"label {old!r} dropped by the label map"}
+                                      for p, old in zip(table.loc[dropped, "path"], table.loc[dropped, "label"])]
+    table["label"] = new
+    table = table[~dropped.to_numpy()]
+    if table.empty:
+        raise DataError(f"corpus {corpus.name}: the label map drops every utterance")
+    return Corpus(corpus.name, corpus.root, table, tuple(sorted(set(table["label"]))), skipped, corpus.synthetic)
+
+
 def write_custom_manifest(rows: Iterable[dict] | pd.DataFrame, csv_path: str | Path) -> Path:
     """Write rows (dicts or a DataFrame with at least ``path,label,speaker``) as a CSV ``load_custom`` reads."""
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
@@ -190,4 +239,4 @@ def write_custom_manifest(rows: Iterable[dict] | pd.DataFrame, csv_path: str | P
     return out
 
 
-__all__ = ["load_custom", "write_custom_manifest"]
+__all__ = ["load_custom", "parse_label_map", "relabel", "write_custom_manifest"]

@@ -20,6 +20,9 @@ session5_test       MOMA: sessions 1-4 train, session 5 test
 speaker_independent ours, for every corpus: speakers partitioned into folds (gender-balanced); fold i test,
                     fold i+1 validation, the rest train. IEMOCAP-like corpora (speakers nested in sessions):
                     one fold per session, i.e. test = both speakers of one session, validation = the next session.
+                    Unbalanced speakers: packed into folds balancing utterance counts (see speaker_folds).
+loso_speaker_ho...  loso_speaker_holdout: leave one speaker out, selection on held-out utterances of the training
+                    speakers (for 2-speaker corpora; NOT speaker-independent selection)
 ==================  ===========================================================================================
 
 Each split's ``meta["speaker_independent"]`` says whether it promises that no speaker appears in two parts; for
@@ -483,7 +486,15 @@ def _session_nested(spk: pd.DataFrame) -> bool:
     return bool((spk["n_sessions"] == 1).all() and (spk["session"] != "").all() and 3 <= n_sess < len(spk))
 
 
-def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int = 0) -> list[Split]:
+class TooFewSpeakersError(ValueError):
+    """A corpus has too few speakers for the speaker-independent protocol; the message names the alternative."""
+
+
+BALANCE_MODES = ("auto", "round_robin", "utterances")
+
+
+def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int = 0,
+                        balance: str = "auto") -> list[Split]:
     """Our honest protocol for every corpus: speakers (never utterances) are dealt into ``n_folds`` folds; split i
     has fold i as test, fold (i+1) % n as validation (model selection) and the other folds as training.
 
@@ -494,11 +505,25 @@ def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int
       continuing the deal), so folds differ in size by at most one speaker and are gender-balanced: RAVDESS's
       24 actors give 6 folds of 2 M + 2 F. Default ``n_folds``: n // 4 for >= 12 speakers, n // 2 for 6-11,
       n (leave one speaker out) for 3-5.
+    - ``balance``: ``"round_robin"`` is the deal above; ``"utterances"`` packs speakers into folds balancing
+      utterance counts, then gender, then labels (:func:`serlib.data.speaker_folds.balanced_speaker_folds`), and
+      stores ``fold_sizes`` / ``balance`` in each split's meta; ``"auto"`` (default) deals round-robin when every
+      speaker's clip count is within 10 % of the largest (RAVDESS: 60 each, so its committed folds are unchanged)
+      or when each fold holds one speaker, and packs otherwise.
+    - Fewer than 3 speakers: :class:`TooFewSpeakersError`, naming :func:`loso_speaker_holdout`.
     """
+    from serlib.data.speaker_folds import balanced_speaker_folds, counts_are_even
+
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance={balance!r}: choose one of {BALANCE_MODES}")
     spk = _speaker_table(corpus)
     n_spk = len(spk)
     if n_spk < 3:
-        raise ValueError(f"corpus {corpus.name}: speaker-independent splits need >= 3 speakers, got {n_spk}")
+        raise TooFewSpeakersError(
+            f"corpus {corpus.name}: speaker-independent splits need >= 3 speakers (test, validation and training "
+            f"speakers), got {n_spk}. Protocol 'loso_speaker_holdout' runs leave-one-speaker-out with model "
+            "selection on held-out utterances of the training speaker(s): the test speaker is unseen, but the "
+            "selection is NOT speaker-independent")
     speaker_col = corpus.table["speaker"].astype(str).to_numpy()
     sessions = sorted(set(spk["session"]), key=_natural_key)
     if _session_nested(spk) and n_folds in (None, len(sessions)):
@@ -509,6 +534,12 @@ def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int
         k = _default_n_folds(n_spk) if n_folds is None else int(n_folds)
         if not 3 <= k <= n_spk:
             raise ValueError(f"n_folds must be in [3, {n_spk}] for {n_spk} speakers, got {k}")
+        counts = corpus.table["speaker"].astype(str).value_counts()
+        packed = balance == "utterances" or (balance == "auto" and k < n_spk and not counts_are_even(counts))
+        if packed:
+            mode = "speaker_balanced"
+            fold_speakers = balanced_speaker_folds(corpus.table, k, seed=seed, key=_natural_key)
+    if mode == "speaker":
         rng = np.random.default_rng(seed)
         order: list[str] = []
         for gen in ("M", "F"):
@@ -519,6 +550,9 @@ def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int
     k = len(fold_speakers)
     fold_of = {s: i for i, ss in enumerate(fold_speakers) for s in ss}
     row_fold = np.array([fold_of[s] for s in speaker_col])
+    extra = {}
+    if mode == "speaker_balanced":  # only here: the other modes' meta (and so their split hashes) stay as committed
+        extra = {"balance": "utterances", "fold_sizes": np.bincount(row_fold, minlength=k).tolist()}
     out = []
     for i in range(k):
         j = (i + 1) % k
@@ -540,8 +574,34 @@ def speaker_independent(corpus: Corpus, *, n_folds: int | None = None, seed: int
                 test_genders=genders,
                 test_sessions=sessions[i : i + 1] if mode == "session" else [],
                 folds=[list(f) for f in fold_speakers],
+                **extra,
             )
         )
+    return out
+
+
+HOLDOUT_SELECTION = ("held-out utterances of the training speaker(s): the test speaker is unseen, but model "
+                     "selection is NOT speaker-independent")
+
+
+def loso_speaker_holdout(corpus: Corpus, *, val_frac: float = 0.2, seed: int = 0) -> list[Split]:
+    """For corpora too small for :func:`speaker_independent` (2 speakers): leave one speaker out for test, and carve
+    ``val_frac`` of the other speakers' utterances (stratified by label, drawn with ``seed``) as the validation
+    part for model selection. The test speaker is never trained on, but validation and training share speakers,
+    so the selection is not speaker-independent: ``meta["speaker_independent"]`` is False, ``meta["selection"]``
+    says so, ``meta["test_speaker_unseen"]`` is True."""
+    if not 0 < val_frac < 1:
+        raise ValueError(f"val_frac must be in (0, 1), got {val_frac}")
+    g = _group_values(corpus, "speaker")
+    speakers = sorted(set(g), key=_natural_key)
+    if len(speakers) < 2:
+        raise ValueError(f"corpus {corpus.name}: loso_speaker_holdout needs >= 2 speakers, got {len(speakers)}")
+    out = []
+    for i, spk in enumerate(speakers):
+        test, rest = np.flatnonzero(g == spk), np.flatnonzero(g != spk)
+        train, val = _carve(rest, corpus.y, int(round(val_frac * len(rest))), seed + i)
+        out.append(_make(corpus, "loso_speaker_holdout", i, seed, train, val, test, speaker_independent=False,
+                         test_speaker_unseen=True, selection=HOLDOUT_SELECTION, val_frac=val_frac))
     return out
 
 
@@ -556,6 +616,7 @@ PROTOCOLS: dict[str, Callable[..., list[Split]]] = {
     "loso_speaker": partial(leave_one_group_out, column="speaker"),
     "session5_test": partial(session_holdout, test_session="5"),
     "speaker_independent": speaker_independent,
+    "loso_speaker_holdout": loso_speaker_holdout,
 }
 
 

@@ -123,9 +123,10 @@ class Study:
 
     def build(self, corpus: str | None = None, data_root: str | None = None, *, profile: str = "full",
               protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
-              **options) -> list[Experiment]:
+              corpus_kwargs: Mapping | None = None, **options) -> list[Experiment]:
         """The experiments of this study, identity set, with ``overrides`` (from :func:`parse_overrides`) applied
-        and checked, and ``seeds`` / ``folds`` restricted when given."""
+        and checked, ``seeds`` / ``folds`` restricted when given, and ``corpus_kwargs`` (a custom corpus's name,
+        a label map) merged into each experiment's."""
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
         protocols = tuple(protocols or self.protocols)
@@ -141,6 +142,8 @@ class Study:
                 e = e.replace(seeds=tuple(int(s) for s in seeds))
             if folds:
                 e = e.replace(folds=tuple(int(f) for f in folds))
+            if corpus_kwargs:
+                e = e.replace(corpus_kwargs={**e.corpus_kwargs, **corpus_kwargs})
             out.append(e.replace(study=self.name, profile=profile))
         return out
 
@@ -325,7 +328,7 @@ def apply_overrides(exp: Experiment, overrides: Mapping[str, Mapping]) -> Experi
 def run(study: Study | str, *, corpus: str | None = None, data_root: str | None = None, profile: str = "full",
         protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
         results_dir: str | Path = "results", n_jobs: int = 1, backend: str = "process", progress: bool = False,
-        checkpoint_root: str | Path | None = None, **options) -> list[dict]:
+        checkpoint_root: str | Path | None = None, corpus_kwargs: Mapping | None = None, **options) -> list[dict]:
     """Run ``study`` (a :class:`Study` or its registry name): its experiments for the profile and protocols, every
     (experiment, seed, fold) not yet recorded under ``results_dir``; returns all their records in task order.
     Feature caches are built once here, before any worker starts. With ``checkpoint_root`` every run checkpoints
@@ -335,7 +338,7 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
 
     study = get_study(study) if isinstance(study, str) else study
     exps = study.build(corpus, data_root, profile=profile, protocols=protocols, overrides=overrides, seeds=seeds,
-                       folds=folds, **options)
+                       folds=folds, corpus_kwargs=corpus_kwargs, **options)
     if not exps:
         raise ValueError(f"{study.name}: nothing to run for corpus {corpus or study.default_corpus} and protocols "
                          f"{list(protocols or study.protocols)}")
