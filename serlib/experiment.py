@@ -80,8 +80,20 @@ class Experiment:
 
 
 # ----------------------------------------------------------------------------------------------- corpora
+def stratified_subset(corpus: Corpus, per_speaker_class: int) -> Corpus:
+    """A fixed subset: the first ``per_speaker_class`` utterances (by ``utt_id``) of every (speaker, label), so every
+    speaker and class stays and a speaker-independent split still has them all (the quick profile on real corpora)."""
+    t = corpus.table
+    rank = t.sort_values("utt_id").groupby(["speaker", "label"], sort=False).cumcount()
+    return corpus.subset((rank.reindex(t.index) < per_speaker_class).to_numpy())
+
+
 def load_experiment_corpus(name: str, data_root: str | Path | None = None, **kwargs) -> Corpus:
-    """``"synthetic"`` (generated on first use) or a corpus of :mod:`serlib.data.registry` under ``data_root``."""
+    """``"synthetic"`` (generated on first use) or a corpus of :mod:`serlib.data.registry` under ``data_root``.
+    ``per_speaker_class=n`` keeps :func:`stratified_subset` of it (what the quick profile does on real corpora)."""
+    per_speaker_class = kwargs.pop("per_speaker_class", None)
+    if per_speaker_class is not None:
+        return stratified_subset(load_experiment_corpus(name, data_root, **kwargs), int(per_speaker_class))
     if name == "synthetic":
         from serlib.data.synthetic import default_synthetic_root, make_synthetic
 

@@ -33,6 +33,9 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 PROFILES: tuple[str, ...] = ("quick", "cpu", "full")
 CPU_SUFFIX = "_cpu"
+# quick profile on a real corpus: a fixed stratified subset (serlib.experiment.stratified_subset), 2 utterances per
+# (speaker, class): 384 of RAVDESS's 1440 clips, every actor and emotion kept
+QUICK_CORPUS: dict = {"per_speaker_class": 2}
 
 
 def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
@@ -42,7 +45,7 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
     * ``"full"``: ``exp`` unchanged (the paper's configuration; hours to days on a CPU for the recurrent models and
       ECA, meant for a GPU).
     * ``"quick"``: ``train`` / ``model`` overrides merged, the first seed only, and ``folds`` (when given and the
-      experiment names none): seconds to minutes, what CI runs.
+      experiment names none), on a real corpus its :data:`QUICK_CORPUS` subset: seconds to minutes, what CI runs.
     * ``"cpu"``: the reduced configuration this project's records were measured with on a 2-core CPU. ``cpu`` holds
       its ``train`` / ``model`` overrides and optionally ``seeds`` / ``folds``; the experiment name gets the suffix
       ``_cpu`` so its records never mix with full-profile ones in a table. ``cpu=None``: the study's full
@@ -58,7 +61,9 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
                            seeds=tuple(cpu.get("seeds", exp.seeds)),
                            folds=tuple(cpu["folds"]) if cpu.get("folds") is not None else exp.folds)
     return exp.replace(train={**exp.train, **train}, model_kwargs={**exp.model_kwargs, **model},
-                       seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
+                       seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds,
+                       corpus_kwargs=exp.corpus_kwargs if exp.corpus == "synthetic" else
+                       {**exp.corpus_kwargs, **QUICK_CORPUS})
 
 
 def profile_of(kind: str) -> str:

@@ -42,6 +42,7 @@ from serlib.experiment import (
 from serlib.studies.common import (
     CPU_SUFFIX,
     PROFILES,
+    QUICK_CORPUS,
     run_study,
     run_task,
     with_overrides,
@@ -126,7 +127,8 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
         name=f"eca_paper_{selection}" + (CPU_SUFFIX if cpu else ""),
         corpus=corpus,
         data_root=data_root,
-        corpus_kwargs=dict(PAPER_CORPUS_KWARGS.get(corpus, {})),
+        corpus_kwargs={**PAPER_CORPUS_KWARGS.get(corpus, {}), **(QUICK_CORPUS if quick and corpus != "synthetic"
+                                                                   else {})},
         protocol="random_kfold5",
         protocol_kwargs={"val_frac": VAL_FRAC} if selection == "val" else {},
         split_seed=0,
