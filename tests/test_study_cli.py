@@ -93,4 +93,4 @@ def test_readme_command_with_the_relative_real_data_root_runs_notebook_00(tmp_pa
     summary = json.loads((tmp_path / "nb" / "study.json").read_text())
     assert summary["corpus"] == "ravdess" and [r["status"] for r in summary["runs"]] == ["ok"]
     executed = (tmp_path / "nb" / "00_data.ipynb").read_text()
-    assert "ravdess: 1440 utterances" in executed and "ravdess (384 utterances), speaker_independent/fold0: UA" in executed
+    assert "ravdess: 1440 utterances" in executed and "ravdess (192 utterances), speaker_independent/fold0: UA" in executed

@@ -33,9 +33,9 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 PROFILES: tuple[str, ...] = ("quick", "cpu", "full")
 CPU_SUFFIX = "_cpu"
-# quick profile on a real corpus: a fixed stratified subset (serlib.experiment.stratified_subset), 2 utterances per
-# (speaker, class): 384 of RAVDESS's 1440 clips, every actor and emotion kept
-QUICK_CORPUS: dict = {"per_speaker_class": 2}
+# quick profile on a real corpus: a fixed stratified subset (serlib.experiment.stratified_subset), 1 utterance per
+# (speaker, class): 192 of RAVDESS's 1440 clips (as many as the synthetic corpus), every actor and emotion kept
+QUICK_CORPUS: dict = {"per_speaker_class": 1}
 
 
 def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
