@@ -75,17 +75,28 @@ def _absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the notebooks' kernels): what the study
+    costs whatever else the machine runs, beside the wall-clock seconds that a shared machine inflates."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _write_study(out: Path, summary: dict, rows: list[dict], t_start: float) -> None:
     """``study.json`` as it stands now (written after every notebook, so an interrupted run leaves its own)."""
     summary["runs"] = rows
     summary["seconds"] = {r["notebook"]: r["seconds"] for r in rows}
     summary["failed"] = [r["notebook"] for r in rows if r["status"] == "failed"]
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 1)  # from the command's start, setup included
+    summary["total_cpu_seconds"] = round(_cpu_seconds(), 1)
     summary["load_after"] = [round(x, 2) for x in os.getloadavg()]
     (out / "study.json").write_text(json.dumps(summary, indent=2))
 
 
 def cmd_study(args) -> int:
+    t_start = time.perf_counter()
     import papermill as pm
 
     from serlib.data.registry import data_root, find_corpora
@@ -124,11 +135,10 @@ def cmd_study(args) -> int:
                "cpu_count": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()],
                "out": str(out), "results": str(results), "git": git_revision(), "environment": environment_info()}
     rows: list[dict] = []
-    t_start = time.perf_counter()
     progress = sys.stdout.isatty()
     km_class = _kernel_manager_class()
     for i, nb in enumerate(notebooks, 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         print(f"-> [{i}/{len(notebooks)}] {nb.name} ({args.profile} profile, corpus {corpus})", flush=True)
         row = {"notebook": nb.name, "output": str(out / nb.name)}
         try:
@@ -136,7 +146,8 @@ def cmd_study(args) -> int:
                                 progress_bar=progress, kernel_name=args.kernel, kernel_manager_class=km_class)
             row["status"] = "ok"
         except KeyboardInterrupt:
-            rows.append({**row, "status": "interrupted", "seconds": round(time.perf_counter() - t0, 1)})
+            rows.append({**row, "status": "interrupted", "seconds": round(time.perf_counter() - t0, 1),
+                         "cpu_seconds": round(_cpu_seconds() - cpu0, 1)})
             _write_study(out, summary, rows, t_start)
             raise
         except Exception as exc:
@@ -144,16 +155,18 @@ def cmd_study(args) -> int:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
             print(f"   FAILED: {row['error']}")
         row["seconds"] = round(time.perf_counter() - t0, 1)
+        row["cpu_seconds"] = round(_cpu_seconds() - cpu0, 1)
         row["load_after"] = [round(x, 2) for x in os.getloadavg()]
         rows.append(row)
         print(f"   {row['status']} in {row['seconds']:.0f} s -> {row['output']}", flush=True)
         _write_study(out, summary, rows, t_start)
     _write_study(out, summary, rows, t_start)
     width = max([len(r["notebook"]) for r in rows] + [8])
-    print(f"\n{'notebook':<{width}}  {'seconds':>8}  status  output")
+    print(f"\n{'notebook':<{width}}  {'seconds':>8}  {'cpu s':>7}  status  output")
     for r in rows:
-        print(f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['status']:<6}  {r['output']}")
-    print(f"{'total':<{width}}  {summary['total_seconds']:>8.1f}  ({args.profile} profile, corpus {corpus}, "
+        print(f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['cpu_seconds']:>7.1f}  {r['status']:<6}  {r['output']}")
+    print(f"{'total':<{width}}  {summary['total_seconds']:>8.1f}  {summary['total_cpu_seconds']:>7.1f}  "
+          f"({args.profile} profile, corpus {corpus}, "
           f"{args.threads} torch thread(s), load {summary['load_before'][0]:.1f} -> {summary['load_after'][0]:.1f})")
     print(f"records under {results}; executed notebooks and study.json under {out}")
     return 1 if summary["failed"] else 0

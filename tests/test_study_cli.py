@@ -94,3 +94,11 @@ def test_readme_command_with_the_relative_real_data_root_runs_notebook_00(tmp_pa
     assert summary["corpus"] == "ravdess" and [r["status"] for r in summary["runs"]] == ["ok"]
     executed = (tmp_path / "nb" / "00_data.ipynb").read_text()
     assert "ravdess: 1440 utterances" in executed and "ravdess (192 utterances), speaker_independent/fold0: UA" in executed
+
+
+def test_study_kernels_use_encrypted_transport_where_zmq_can():
+    """No "Kernel is running over TCP without encryption" warning from every notebook's kernel."""
+    import zmq
+
+    km = cli._kernel_manager_class()(kernel_name="python3")
+    assert km.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
