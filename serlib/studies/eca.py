@@ -127,8 +127,7 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
         name=f"eca_paper_{selection}" + (CPU_SUFFIX if cpu else ""),
         corpus=corpus,
         data_root=data_root,
-        corpus_kwargs={**PAPER_CORPUS_KWARGS.get(corpus, {}), **(QUICK_CORPUS if quick and corpus != "synthetic"
-                                                                   else {})},
+        corpus_kwargs={**PAPER_CORPUS_KWARGS.get(corpus, {}), **(QUICK_CORPUS.get(corpus, {}) if quick else {})},
         protocol="random_kfold5",
         protocol_kwargs={"val_frac": VAL_FRAC} if selection == "val" else {},
         split_seed=0,
