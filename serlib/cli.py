@@ -97,10 +97,7 @@ def _write_study(out: Path, summary: dict, rows: list[dict], t_start: float) -> 
 
 def cmd_study(args) -> int:
     t_start = time.perf_counter()
-    import papermill as pm
-
     from serlib.data.registry import data_root, find_corpora
-    from serlib.records import environment_info, git_revision
 
     if args.data_root is not None and not _absolute(args.data_root).is_dir():
         given = "" if str(_absolute(args.data_root)) == args.data_root else f" ({_absolute(args.data_root)})"
@@ -125,10 +122,22 @@ def cmd_study(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = {"data_root": str(root) if root else None, "corpus": corpus, "profile": args.profile,
               "results_dir": str(results)}
-    # torch threads, chosen once here: every notebook's setup cell reads SERLIB_THREADS (the kernel inherits it)
-    os.environ["SERLIB_THREADS"] = str(args.threads)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    # torch threads, chosen once here: every notebook's setup cell reads SERLIB_THREADS (the kernels inherit the
+    # environment; restored when the study ends)
+    saved_env = dict(os.environ)
+    os.environ.update({var: str(args.threads) for var in ("SERLIB_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    try:
+        return _run_notebooks(args, params, corpus, out, results, t_start)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _run_notebooks(args, params: dict, corpus: str, out: Path, results: Path, t_start: float) -> int:
+    import papermill as pm
+
+    from serlib.records import environment_info, git_revision
+
     notebooks = _notebooks(REPO / "notebooks", args.only)
     summary = {"corpus": corpus, "data_root": params["data_root"], "profile": args.profile,
                "notebooks": [p.name for p in notebooks], "torch_threads": args.threads,

@@ -104,3 +104,13 @@ def test_study_kernels_use_encrypted_transport_where_zmq_can():
 
     km = cli._kernel_manager_class()(kernel_name="python3")
     assert km.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
+
+
+def test_threads_are_recorded_and_the_environment_restored(tmp_path, monkeypatch):
+    monkeypatch.delenv("SERLIB_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    (tmp_path / "data").mkdir()
+    assert cli.main(["study", "--data-root", str(tmp_path / "data"), "--only", "no-such-notebook", "--threads", "2",
+                     "--out", str(tmp_path / "nb"), "--results", str(tmp_path / "res")]) == 0
+    assert json.loads((tmp_path / "nb" / "study.json").read_text())["torch_threads"] == 2
+    assert "SERLIB_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
