@@ -83,22 +83,76 @@ def _offer_download(root: Path | None, assume_yes: bool) -> None:
         os.environ["SERLIB_DATA"] = str(target)  # keep what succeeded, even when another corpus failed
 
 
+def _kernel_manager_class():
+    """The kernel manager of the study: CurveZMQ-encrypted transport where the kernel supports it (no "running over
+    TCP without encryption" warning per notebook), and no interrupt at shutdown (a finished notebook has nothing to
+    stop; jupyter_client's interrupt-before-shutdown made a kernel still answering a message log "KeyboardInterrupt
+    caught in kernel")."""
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class StudyKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _encrypt_where_possible(self) -> str:
+            return "auto" if zmq.has("curve") else "disabled"
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return StudyKernelManager
+
+
+def _absolute(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) against the caller's working directory, before anything changes directory."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the notebooks' kernels): what the study
+    costs whatever else the machine runs, beside the wall-clock seconds that a shared machine inflates."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _write_study(out: Path, summary: dict, rows: list[dict], t_start: float) -> None:
+    """``study.json`` as it stands now (written after every notebook, so an interrupted run leaves its own)."""
+    summary["runs"] = rows
+    summary["seconds"] = {r["notebook"]: r["seconds"] for r in rows}
+    summary["failed"] = [r["notebook"] for r in rows if r["status"] == "failed"]
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 1)  # from the command's start, setup included
+    summary["total_cpu_seconds"] = round(_cpu_seconds(), 1)
+    summary["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    (out / "study.json").write_text(json.dumps(summary, indent=2))
+
+
 def cmd_study(args) -> int:
+    t_start = time.perf_counter()
     if args.manifest or args.corpus == "custom":
-        return _study_notebooks(args, *_study_custom(args))
+        corpus, csv = _study_custom(args)
+        return _study_notebooks(args, corpus, csv, t_start)
     from serlib.data.registry import data_root, find_corpora
 
+    if args.data_root is not None and not _absolute(args.data_root).is_dir():
+        given = "" if str(_absolute(args.data_root)) == args.data_root else f" ({_absolute(args.data_root)})"
+        print(f"serlib study: data root {args.data_root}{given} does not exist: pass the folder holding ravdess/, "
+              "esc50/ or IEMOCAP_full_release/, or no data root to run on the synthetic corpus", file=sys.stderr)
+        return 1
     root = data_root(args.data_root)
+    root = _absolute(root) if root is not None else None
     found = find_corpora(root) if root else {}
-    if args.data_root and not args.download and not found:  # an explicit root is never replaced by synthetic audio
-        from serlib.data.corpus import DataError
-
-        what = "does not exist" if not root.exists() else "holds no ravdess/, esc50/ or IEMOCAP_full_release/ folder"
-        raise DataError(f"--data-root {root} {what}; pass the folder that holds the corpora, add --download to "
-                        "fetch them there, or leave --data-root out to run on the synthetic corpus")
+    if args.data_root is not None and not found and not args.download:  # never replaced by synthetic audio
+        print(f"serlib study: data root {root} holds no ravdess/, esc50/ or IEMOCAP_full_release/ folder: pass the "
+              "folder that holds the corpora, add --download to fetch them there, or give no data root to run on "
+              "the synthetic corpus", file=sys.stderr)
+        return 1
     if not found:
         _offer_download(root, args.download)
         root = data_root(args.data_root)
+        root = _absolute(root) if root is not None else None
         found = find_corpora(root) if root else {}
     corpus = "ravdess" if "ravdess" in found else ("iemocap" if "iemocap" in found else "synthetic")
     if corpus == "synthetic":
@@ -106,7 +160,7 @@ def cmd_study(args) -> int:
               f"every number it prints is about synthetic audio, not emotional speech.\n{BANNER}")
     else:
         print(f"data root {root}: found {', '.join(f'{k} ({v})' for k, v in found.items())}; studies use {corpus}")
-    return _study_notebooks(args, corpus, str(root) if root else None)
+    return _study_notebooks(args, corpus, str(root) if root else None, t_start)
 
 
 def _study_custom(args) -> tuple[str, str]:
@@ -123,34 +177,67 @@ def _study_custom(args) -> tuple[str, str]:
     return corpus, csv
 
 
-def _study_notebooks(args, corpus: str, data_root: str | None) -> int:
+def _study_notebooks(args, corpus: str, data_root: str | None, t_start: float) -> int:
+    out, results = _absolute(args.out), _absolute(args.results)  # papermill runs the notebooks from notebooks/
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"data_root": data_root, "corpus": corpus, "profile": args.profile, "results_dir": str(results)}
+    # torch threads, chosen once here: every notebook's setup cell reads SERLIB_THREADS (the kernels inherit the
+    # environment; restored when the study ends)
+    saved_env = dict(os.environ)
+    os.environ.update({var: str(args.threads) for var in ("SERLIB_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    try:
+        return _run_notebooks(args, params, corpus, out, results, t_start)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _run_notebooks(args, params: dict, corpus: str, out: Path, results: Path, t_start: float) -> int:
     import papermill as pm
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = Path(args.results)
-    params = {"data_root": data_root, "corpus": corpus, "profile": args.profile,
-              "results_dir": str(results.resolve())}
-    failures, seconds = [], {}
-    for nb in _notebooks(REPO / "notebooks", args.only):
-        t0 = time.perf_counter()
-        print(f"-> {nb.name} ({args.profile} profile, corpus {corpus})", flush=True)
-        try:
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO / "notebooks"),
-                                progress_bar=False, kernel_name=args.kernel)
-            seconds[nb.name] = round(time.perf_counter() - t0, 1)
-            print(f"   done in {seconds[nb.name]:.0f} s -> {out / nb.name}")
-        except Exception as exc:
-            failures.append(nb.name)
-            print(f"   FAILED: {type(exc).__name__}: {str(exc)[:2000]}")
     from serlib.records import environment_info, git_revision
 
+    notebooks = _notebooks(REPO / "notebooks", args.only)
     summary = {"corpus": corpus, "data_root": params["data_root"], "profile": args.profile,
-               "notebooks": [p.name for p in _notebooks(REPO / "notebooks", args.only)], "failed": failures,
-               "seconds": seconds, "git": git_revision(), "environment": environment_info()}
-    (out / "study.json").write_text(json.dumps(summary, indent=2))
-    print(f"records under {results}; executed notebooks under {out}")
-    return 1 if failures else 0
+               "notebooks": [p.name for p in notebooks], "torch_threads": args.threads,
+               "cpu_count": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()],
+               "out": str(out), "results": str(results), "git": git_revision(), "environment": environment_info()}
+    rows: list[dict] = []
+    progress = sys.stdout.isatty()
+    km_class = _kernel_manager_class()
+    for i, nb in enumerate(notebooks, 1):
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
+        print(f"-> [{i}/{len(notebooks)}] {nb.name} ({args.profile} profile, corpus {corpus})", flush=True)
+        row = {"notebook": nb.name, "output": str(out / nb.name)}
+        try:
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(REPO / "notebooks"),
+                                progress_bar=progress, kernel_name=args.kernel, kernel_manager_class=km_class)
+            row["status"] = "ok"
+        except KeyboardInterrupt:
+            rows.append({**row, "status": "interrupted", "seconds": round(time.perf_counter() - t0, 1),
+                         "cpu_seconds": round(_cpu_seconds() - cpu0, 1)})
+            _write_study(out, summary, rows, t_start)
+            raise
+        except Exception as exc:
+            row["status"] = "failed"
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+            print(f"   FAILED: {row['error']}")
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row["cpu_seconds"] = round(_cpu_seconds() - cpu0, 1)
+        row["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        rows.append(row)
+        print(f"   {row['status']} in {row['seconds']:.0f} s -> {row['output']}", flush=True)
+        _write_study(out, summary, rows, t_start)
+    _write_study(out, summary, rows, t_start)
+    width = max([len(r["notebook"]) for r in rows] + [8])
+    print(f"\n{'notebook':<{width}}  {'seconds':>8}  {'cpu s':>7}  status  output")
+    for r in rows:
+        print(f"{r['notebook']:<{width}}  {r['seconds']:>8.1f}  {r['cpu_seconds']:>7.1f}  {r['status']:<6}  {r['output']}")
+    print(f"{'total':<{width}}  {summary['total_seconds']:>8.1f}  {summary['total_cpu_seconds']:>7.1f}  "
+          f"({args.profile} profile, corpus {corpus}, "
+          f"{args.threads} torch thread(s), load {summary['load_before'][0]:.1f} -> {summary['load_after'][0]:.1f})")
+    print(f"records under {results}; executed notebooks and study.json under {out}")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_manifest(args) -> int:
@@ -307,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--corpus", choices=["custom"], default=None, help="custom: --data-root is its manifest CSV "
                    "(the same as --manifest CSV)")
     add_corpus_args(s)
+    s.add_argument("--threads", type=int, default=1, help="torch threads in every notebook (default 1: on a shared "
+                   "2-core CPU the small models of the quick profile run fastest on one)")
     s.set_defaults(fn=cmd_study)
 
     m = sub.add_parser("manifest", help="write or check a corpus manifest")

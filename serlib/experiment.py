@@ -218,14 +218,26 @@ def corpus_source(exp: Experiment) -> dict:
             "label_map": {}, **out}
 
 
+def stratified_subset(corpus: Corpus, per_speaker_class: int) -> Corpus:
+    """A fixed subset: the first ``per_speaker_class`` utterances (by ``utt_id``) of every (speaker, label), so every
+    speaker and class stays and a speaker-independent split still has them all (the quick profile on real corpora)."""
+    t = corpus.table
+    rank = t.sort_values("utt_id").groupby(["speaker", "label"], sort=False).cumcount()
+    return corpus.subset((rank.reindex(t.index) < per_speaker_class).to_numpy())
+
+
 def load_experiment_corpus(name: str, /, data_root: str | Path | None = None, **kwargs) -> Corpus:
     """``"synthetic"`` (generated on first use), ``"custom"`` (``data_root`` is the manifest CSV of
     :func:`serlib.data.custom.load_custom`; ``name``, ``labels`` and the other keyword arguments go to it; without
     ``data_root``, ``$SERLIB_CUSTOM_CORPUS`` names it) or a corpus of :mod:`serlib.data.registry` under
     ``data_root``. ``label_map`` (any corpus): labels renamed / merged / dropped at load
-    (:func:`serlib.data.custom.relabel`)."""
+    (:func:`serlib.data.custom.relabel`). ``per_speaker_class=n`` keeps :func:`stratified_subset` of it (what the
+    quick profile does on real corpora)."""
     from serlib.data.custom import relabel
 
+    per_speaker_class = kwargs.pop("per_speaker_class", None)
+    if per_speaker_class is not None:
+        return stratified_subset(load_experiment_corpus(name, data_root, **kwargs), int(per_speaker_class))
     label_map = kwargs.pop("label_map", None)
     if name == "custom":
         from serlib.data.custom import load_custom

@@ -34,6 +34,9 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 PROFILES: tuple[str, ...] = ("quick", "cpu", "full")
 CPU_SUFFIX = "_cpu"
+# quick profile on RAVDESS: a fixed stratified subset (serlib.experiment.stratified_subset), 1 utterance per
+# (speaker, class): 192 of its 1440 clips (as many as the synthetic corpus), every actor and emotion kept
+QUICK_CORPUS: dict[str, dict] = {"ravdess": {"per_speaker_class": 1}}
 
 
 def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
@@ -43,7 +46,7 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
     * ``"full"``: ``exp`` unchanged (the paper's configuration; hours to days on a CPU for the recurrent models and
       ECA, meant for a GPU).
     * ``"quick"``: ``train`` / ``model`` overrides merged, the first seed only, and ``folds`` (when given and the
-      experiment names none): seconds to minutes, what CI runs.
+      experiment names none), on RAVDESS its :data:`QUICK_CORPUS` subset: seconds to minutes, what CI runs.
     * ``"cpu"``: the reduced configuration this project's records were measured with on a 2-core CPU. ``cpu`` holds
       its ``train`` / ``model`` overrides and optionally ``seeds`` / ``folds``; the experiment name gets the suffix
       ``_cpu`` so its records never mix with full-profile ones in a table. ``cpu=None``: the study's full
@@ -59,7 +62,8 @@ def apply_profile(exp: Experiment, profile: str, *, train: dict, model: dict,
                            seeds=tuple(cpu.get("seeds", exp.seeds)),
                            folds=tuple(cpu["folds"]) if cpu.get("folds") is not None else exp.folds)
     return exp.replace(train={**exp.train, **train}, model_kwargs={**exp.model_kwargs, **model},
-                       seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds)
+                       seeds=exp.seeds[:1], folds=folds if exp.folds is None and folds is not None else exp.folds,
+                       corpus_kwargs={**exp.corpus_kwargs, **QUICK_CORPUS.get(exp.corpus, {})})
 
 
 def load_records(results_dir: str | Path, prefix: str = "") -> list[dict]:

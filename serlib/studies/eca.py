@@ -47,6 +47,7 @@ from serlib.studies.base import Study, Table
 from serlib.studies.common import (
     CPU_SUFFIX,
     PROFILES,
+    QUICK_CORPUS,
     run_study,
     run_task,
     with_overrides,
@@ -130,7 +131,7 @@ def paper_experiment(corpus: str = "ravdess", data_root: str | None = None, *, v
         name=f"eca_paper_{selection}" + (CPU_SUFFIX if cpu else ""),
         corpus=corpus,
         data_root=data_root,
-        corpus_kwargs=dict(PAPER_CORPUS_KWARGS.get(corpus, {})),
+        corpus_kwargs={**PAPER_CORPUS_KWARGS.get(corpus, {}), **(QUICK_CORPUS.get(corpus, {}) if quick else {})},
         protocol="random_kfold5",
         protocol_kwargs={"val_frac": VAL_FRAC} if selection == "val" else {},
         split_seed=0,
