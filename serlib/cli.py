@@ -144,11 +144,6 @@ def cmd_study(args) -> int:
     root = data_root(args.data_root)
     root = _absolute(root) if root is not None else None
     found = find_corpora(root) if root else {}
-    if args.data_root is not None and not found and not args.download:  # never replaced by synthetic audio
-        print(f"serlib study: data root {root} holds no ravdess/, esc50/ or IEMOCAP_full_release/ folder: pass the "
-              "folder that holds the corpora, add --download to fetch them there, or give no data root to run on "
-              "the synthetic corpus", file=sys.stderr)
-        return 1
     if not found:
         _offer_download(root, args.download)
         root = data_root(args.data_root)
