@@ -155,6 +155,48 @@ def _conv_bn(c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int,
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
+def _parallel_conv_bn_relu(a: nn.Sequential, b: nn.Sequential, x: torch.Tensor) -> torch.Tensor | None:
+    """``cat(relu(bn_a(conv_a(x))), relu(bn_b(conv_b(x))))`` as one conv, one batch_norm and one ReLU.
+
+    The two kernels are zero-padded into one common kernel placed so that every output position reads the same
+    input pixels as in its branch (the paper's (10, 2) pad (4, 0) and (2, 8) pad (0, 3) become one (10, 8) kernel
+    with pad (4, 3)); BatchNorm is per channel, so one batch_norm over the 16 channels, with the two modules'
+    statistics concatenated (and written back in training), is the two BatchNorms. Gradients reach the two original
+    weights through the padding. Returns None when the branches cannot be merged (other strides, output sizes or
+    BatchNorm settings); the caller then runs them separately."""
+    ca, ba, cb, bb = a[0], a[1], b[0], b[1]
+    if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1 or c.bias is None or c.padding_mode != "zeros"
+           or not isinstance(c.padding, tuple) for c in (ca, cb)):
+        return None
+    if any(n.momentum is None or not n.affine or not n.track_running_stats for n in (ba, bb)) or (
+            ba.eps != bb.eps or ba.momentum != bb.momentum or ba.training != bb.training):
+        return None
+    (ka_h, ka_w), (kb_h, kb_w) = ca.kernel_size, cb.kernel_size
+    (pa_h, pa_w), (pb_h, pb_w) = ca.padding, cb.padding
+    if ka_h - 2 * pa_h != kb_h - 2 * pb_h or ka_w - 2 * pa_w != kb_w - 2 * pb_w:  # different output sizes
+        return None
+    p_h, p_w = max(pa_h, pb_h), max(pa_w, pb_w)
+    k_h, k_w = ka_h + 2 * (p_h - pa_h), ka_w + 2 * (p_w - pa_w)
+    w = torch.cat((F.pad(ca.weight, (p_w - pa_w, p_w - pa_w, p_h - pa_h, p_h - pa_h)),
+                   F.pad(cb.weight, (p_w - pb_w, p_w - pb_w, p_h - pb_h, p_h - pb_h))))
+    assert w.shape[-2:] == (k_h, k_w)
+    mean = torch.cat((ba.running_mean, bb.running_mean))
+    var = torch.cat((ba.running_var, bb.running_var))
+    gamma, beta, bias = torch.cat((ba.weight, bb.weight)), torch.cat((ba.bias, bb.bias)), torch.cat((ca.bias, cb.bias))
+    if ba.training:
+        y = F.batch_norm(F.conv2d(x, w, bias, padding=(p_h, p_w)), mean, var, gamma, beta, True, ba.momentum, ba.eps)
+        with torch.no_grad():  # running statistics back into the two modules, as their own forward would
+            n = ba.num_features
+            for bn, sl in ((ba, slice(0, n)), (bb, slice(n, None))):
+                bn.running_mean.copy_(mean[sl])
+                bn.running_var.copy_(var[sl])
+                bn.num_batches_tracked.add_(1)
+    else:
+        scale = gamma * torch.rsqrt(var + ba.eps)
+        y = F.conv2d(x, w * scale.view(-1, 1, 1, 1), (bias - mean) * scale + beta, padding=(p_h, p_w))
+    return F.relu(y)
+
+
 def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) -> torch.Tensor:
     """``block`` = (Conv2d, BatchNorm2d, ReLU) applied to x, with a 2x2 max-pool before the ReLU when ``pool``
     (``relu(pool(y)) == pool(relu(y))``, gradients included). Training (or BatchNorm without running statistics):
@@ -299,6 +341,44 @@ class _HeadFusionPoints(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class _CodeAttentionPoints(torch.autograd.Function):
+    """The code variant's attention and GAP in one op: proj (B, P, n_head, 3, n_size) (q, k, v on the 4th axis),
+    gap (B, P) weights or None (1 / P) -> points (B, n_size) = sum_p gap_p mean_h relu(softmax_c(q * k) * v), and the
+    softmax weights (B, P, n_head, n_size) (not differentiable). The backward writes dq, dk, dv straight into one
+    gradient buffer laid out like proj (autograd through ``unbind`` would stack three copies)."""
+
+    @staticmethod
+    def forward(ctx, proj, gap):
+        q, k, v = proj.unbind(dim=3)
+        wts = torch.softmax(q * k, dim=-1)  # the code's F.softmax(Q * K) on (B, C, H, W): over channels
+        r = (wts * v).clamp_(min=0)  # code: heads concatenated along H, ReLU, GAP == mean over heads and positions
+        n_head = proj.shape[2]
+        if gap is None:
+            points = r.mean(dim=(1, 2))
+        else:
+            points = torch.einsum("bpnc,bp->bc", r, gap) / n_head
+        ctx.save_for_backward(proj, gap, wts, r)
+        ctx.mark_non_differentiable(wts)
+        return points, wts
+
+    @staticmethod
+    def backward(ctx, dpoints, dwts):
+        proj, gap, wts, r = ctx.saved_tensors
+        b, p, n_head, _, _ = proj.shape
+        q, k, v = proj.unbind(dim=3)
+        if gap is None:
+            dr = (dpoints / (p * n_head)).view(b, 1, 1, -1)
+        else:
+            dr = (gap / n_head).view(b, p, 1, 1) * dpoints.view(b, 1, 1, -1)
+        do = torch.where(r > 0, dr, 0.0)  # ReLU backward (autograd's rule: gradient where the output is > 0)
+        grad = torch.empty_like(proj)
+        torch.mul(do, wts, out=grad[:, :, :, 2])  # dv
+        ds = torch._softmax_backward_data(do.mul_(v), wts, -1, wts.dtype)  # dw = do * v, then softmax backward
+        torch.mul(ds, k, out=grad[:, :, :, 0])  # dq
+        torch.mul(ds, q, out=grad[:, :, :, 1])  # dk
+        return grad, None
+
+
 class HeadFusionACNN(nn.Module):
     """ACNN with head fusion (or the baseline attentions). ``forward(x (B, F, T), lengths=None) -> (logits, aux)``."""
 
@@ -347,11 +427,13 @@ class HeadFusionACNN(nn.Module):
             f"expected (B, {self.config.n_features}, T), got {tuple(x.shape)}"
         )
         x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        xa, xb = _conv_bn_relu(self.conv1a, x), _conv_bn_relu(self.conv1b, x)
-        if xa.shape[-2:] != xb.shape[-2:]:  # not reached with the paper's paddings; guard for edited kernels
-            h, w = min(xa.shape[-2], xb.shape[-2]), min(xa.shape[-1], xb.shape[-1])
-            xa, xb = xa[..., :h, :w], xb[..., :h, :w]
-        h = torch.cat((xa, xb), dim=1)
+        h = _parallel_conv_bn_relu(self.conv1a, self.conv1b, x)
+        if h is None:  # kernels that cannot share one conv: the two branches, concatenated
+            xa, xb = _conv_bn_relu(self.conv1a, x), _conv_bn_relu(self.conv1b, x)
+            if xa.shape[-2:] != xb.shape[-2:]:  # not reached with the paper's paddings; guard for edited kernels
+                hh, ww = min(xa.shape[-2], xb.shape[-2]), min(xa.shape[-1], xb.shape[-1])
+                xa, xb = xa[..., :hh, :ww], xb[..., :hh, :ww]
+            h = torch.cat((xa, xb), dim=1)
         layers = list(self.middle)
         for i, layer in enumerate(layers):
             if isinstance(layer, nn.MaxPool2d):
@@ -504,16 +586,13 @@ class HeadFusionACNN(nn.Module):
         b, _, h, w = feat.shape
         p = h * w
         proj = self._pointwise(feat, self.qkv).view(b, p, cfg.n_head, 3, cfg.n_size)
-        q, k, v = proj.unbind(dim=3)  # (B, P, n_head, n_size) each
-        weights = torch.softmax(q * k, dim=-1)  # the code's F.softmax(Q * K) on (B, C, H, W): over channels
-        out = F.relu(weights * v)  # code: heads concatenated along H, ReLU, GAP == mean over heads and positions
-        if key_mask is None:
-            points = out.mean(dim=(1, 2))
-        else:
-            m = key_mask.to(out.dtype)
-            points = torch.einsum("bpnc,bp->bc", out, m) / (cfg.n_head * m.sum(dim=-1, keepdim=True))
+        gap = None  # (B, P) GAP weights of the valid points (rows sum to 1), None for 1 / P
+        if key_mask is not None:
+            m = key_mask.to(proj.dtype)
+            gap = m / m.sum(dim=-1, keepdim=True)
+        points, weights = _CodeAttentionPoints.apply(proj, gap)
         if maps or return_attention:
-            wmap = weights.permute(0, 2, 3, 1).reshape(b, cfg.n_head, cfg.n_size, h, w)
+            wmap = weights.detach().permute(0, 2, 3, 1).reshape(b, cfg.n_head, cfg.n_size, h, w)
             aux["head_maps"] = wmap[:, :, 0]
             aux["fused_map"] = aux["head_maps"].mean(dim=1)
             if return_attention:
