@@ -31,7 +31,7 @@ from serlib.data.audio import AudioError, load_audio
 from serlib.data.corpus import Corpus
 from serlib.data.segment import center_pad_or_crop, segment_batch
 from serlib.data.splits import Split, make_splits
-from serlib.evaluate import aggregate, classification_metrics
+from serlib.evaluate import aggregate, classification_metrics, group_labels
 from serlib.models.registry import build_model
 from serlib.records import make_record, record_path, write_record
 from serlib.train import ArrayData, TrainConfig, Trainer
@@ -315,10 +315,8 @@ def utterance_scores(labels: tuple[str, ...], how: str = "mean_prob"):
     def score_fn(logits: torch.Tensor, data: ArrayData) -> dict:
         groups = data.groups if data.groups is not None else torch.arange(len(data))
         utt_logits, gid = aggregate(logits, groups, how=how)
-        y_by_group = {int(g): int(y) for g, y in zip(groups.tolist(), data.y.tolist())}
-        y_true = np.asarray([y_by_group[int(g)] for g in gid])
-        m = classification_metrics([labels[i] for i in y_true], [labels[i] for i in utt_logits.argmax(1)],
-                                   labels=list(labels))
+        y_true, _ = group_labels(data.y, groups)  # index ops, in aggregate's group order; raises on mixed labels
+        m = classification_metrics(y_true, utt_logits.argmax(1), labels=list(labels))
         return {"score": m["ua"], "ua": m["ua"], "wa": m["wa"], "macro_f1": m["macro_f1"]}
 
     return score_fn
