@@ -36,7 +36,7 @@ LABELS: tuple[str, ...] = tuple(EMOTIONS.values())
 SPEECH_DIR = "Audio_Speech_Actors_01-24"
 EXTRA_COLUMNS = ["emotion_code", "intensity", "statement", "repetition", "format_mismatch"]
 
-_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.wav$", re.IGNORECASE)
+_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.(?:wav|flac)$", re.IGNORECASE)
 _ACTOR_DIR = re.compile(r"^Actor_(\d{2})$")
 
 
