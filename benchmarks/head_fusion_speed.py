@@ -239,18 +239,18 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
 
 
 def epoch_times(train: ArrayData, test: ArrayData, labels: tuple[str, ...], reps: int, threads: int,
-                score_fn) -> dict:
+                score_fn, eval_batch: int = 128) -> dict:
     """Alternating training epochs and evaluation passes, authors vs serlib_code, same batches."""
     torch.set_num_threads(threads)
     n_classes = len(labels)
     authors, serlib_code, diff = make_sides(n_classes)
     opt = torch.optim.Adam(authors.parameters(), 1e-3, weight_decay=1e-6)
     tcfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=1e-6, device="cpu", progress=False,
-                       select="last", eval_batch_size=len(test))
+                       select="last", eval_batch_size=eval_batch)
     trainer = Trainer(serlib_code, tcfg, score_fn=score_fn)
     xtr, ytr = train.x, train.y
     xte, yte, gte = test.x, test.y, test.groups.numpy()
-    rec: dict = {"threads": threads, "max_abs_logit_diff": diff,
+    rec: dict = {"threads": threads, "max_abs_logit_diff": diff, "serlib_eval_batch": eval_batch,
                  "train_s": {"authors": [], "serlib_code": []}, "eval_s": {"authors": [], "serlib_code": []}}
     scores: dict = {}
     for r in range(reps + 1):  # rep 0 warms up
@@ -278,6 +278,22 @@ def epoch_times(train: ArrayData, test: ArrayData, labels: tuple[str, ...], reps
         rec[part.replace("_s", "") + "_speedup_serlib_over_authors"] = med["authors"] / med["serlib_code"]
     rec["last_scores"] = scores
     return rec
+
+
+def eval_batch_sweep(test: ArrayData, n_classes: int, score_fn, sizes: list[int], reps: int = 2) -> dict:
+    """serlib_code's evaluation pass (``Trainer.evaluate``) per ``eval_batch_size`` (0 = every segment in one batch),
+    alternating sizes, median seconds."""
+    _, serlib_code, _ = make_sides(n_classes)
+    times: dict[int, list] = {s: [] for s in sizes}
+    for _ in range(reps + 1):
+        for s in sizes:
+            tcfg = TrainConfig(epochs=1, device="cpu", progress=False, select="last",
+                               eval_batch_size=s or len(test))
+            trainer = Trainer(serlib_code, tcfg, score_fn=score_fn)
+            t0 = time.perf_counter()
+            trainer.evaluate(test)
+            times[s].append(time.perf_counter() - t0)
+    return {("all" if s == 0 else str(s)): _median(v[1:]) for s, v in times.items()}
 
 
 def real_data(data_root: str):
@@ -328,6 +344,8 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
               f"(x{e['eval_speedup_serlib_over_authors']:.2f})", flush=True)
         rec["epochs"].append(e)
     torch.set_num_threads(threads[0])
+    rec["eval_batch_sweep_s"] = eval_batch_sweep(test, len(labels), score_fn, [32, 128, 512, 0])
+    print(f"serlib_code eval pass by eval_batch_size (s): {rec['eval_batch_sweep_s']}", flush=True)
     rec["step"] = step_times(train.x, train.y, steps, compile_=compile_)
     rec["step"]["threads"] = threads[0]
     print("steps (median s): " + ", ".join(f"{k} {v['median_s']:.3f}" for k, v in rec["step"].items()

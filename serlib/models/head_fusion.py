@@ -194,7 +194,7 @@ def _parallel_conv_bn_relu(a: nn.Sequential, b: nn.Sequential, x: torch.Tensor) 
     else:
         scale = gamma * torch.rsqrt(var + ba.eps)
         y = F.conv2d(x, w * scale.view(-1, 1, 1, 1), (bias - mean) * scale + beta, padding=(p_h, p_w))
-    return F.relu(y)
+    return F.relu_(y)  # in place: neither batch_norm nor conv needs its output for backward
 
 
 def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) -> torch.Tensor:
@@ -213,7 +213,7 @@ def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) 
                      conv.groups)
     if pool:
         y = F.max_pool2d(y, 2)
-    return F.relu(y)
+    return F.relu_(y)  # in place: batch_norm and max_pool backward do not need their output
 
 
 def _valid_widths(lengths: torch.Tensor, n_pools: int, width: int) -> torch.Tensor:
