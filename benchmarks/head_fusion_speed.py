@@ -183,7 +183,8 @@ def make_sides(n_classes: int, seed: int = 0) -> tuple[AuthorsACNN, HeadFusionAC
     return authors, serlib_code, diff
 
 
-def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, *, compile_: bool = False) -> dict:
+def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, *, compile_: bool = False,
+               only: tuple[str, ...] | None = None) -> dict:
     """Median seconds per training step (same batches, alternating) for every implementation available; with
     ``compile_`` also ``torch.compile(serlib_code)`` (its compile time, first two steps, recorded apart)."""
     n_classes = int(y.max()) + 1
@@ -193,7 +194,9 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         "authors": authors, "serlib_code": serlib_code,
         "serlib_faithful": HeadFusionACNN(HeadFusionConfig(n_classes=n_classes)),
     }
-    ref = load_reference_v0()
+    ref = load_reference_v0() if only is None else None
+    if only is not None:
+        models = {k: v for k, v in models.items() if k in only}
     if ref is not None:
         for kind, name in (("head_fusion_code", "v0_code"), ("head_fusion", "v0_faithful")):
             models[name] = ref.HeadFusionACNN(ref.HeadFusionConfig(n_classes=n_classes, attention=kind))
@@ -336,7 +339,7 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     }
     print(f"device cpu ({rec['cpu']}, {rec['cpu_count']} cores), load {rec['load_avg_before']}", flush=True)
     rec["epochs"] = []
-    for th in threads:
+    for th in threads[:1]:  # epochs at the first thread count only (two threads on a busy 2-core box: minutes)
         e = epoch_times(train, test, labels, reps, th, score_fn)
         print(f"threads {th}: train median authors {e['train_s_median']['authors']:.2f} s, serlib_code "
               f"{e['train_s_median']['serlib_code']:.2f} s (x{e['train_speedup_serlib_over_authors']:.2f}); eval "
@@ -348,6 +351,12 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     print(f"serlib_code eval pass by eval_batch_size (s): {rec['eval_batch_sweep_s']}", flush=True)
     rec["step"] = step_times(train.x, train.y, steps, compile_=compile_)
     rec["step"]["threads"] = threads[0]
+    rec["step_by_threads"] = {}
+    for th in threads:  # authors vs serlib_code per step at each thread count
+        torch.set_num_threads(th)
+        rec["step_by_threads"][str(th)] = step_times(train.x, train.y, steps, only=("authors", "serlib_code"))
+        print(f"threads {th}: step ratios {rec['step_by_threads'][str(th)]['ratios']}", flush=True)
+    torch.set_num_threads(threads[0])
     print("steps (median s): " + ", ".join(f"{k} {v['median_s']:.3f}" for k, v in rec["step"].items()
                                          if isinstance(v, dict) and "median_s" in v), flush=True)
     print("step ratios over authors: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["step"]["ratios"].items()))
@@ -376,7 +385,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--toy", action="store_true", help="random segments instead of RAVDESS (smoke run)")
     ap.add_argument("--reps", type=int, default=3, help="timed epochs / evaluation passes per side")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per implementation")
-    ap.add_argument("--threads", default="1", help="comma-separated torch thread counts for the epoch timings")
+    ap.add_argument("--threads", default="1", help="comma-separated torch thread counts: epochs and all steps at the "
+                    "first, authors vs serlib_code steps at each")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(serlib_code) per step")
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "head_fusion_speed.json"))
     args = ap.parse_args(argv)
