@@ -241,6 +241,65 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
     return out
 
 
+class _BatchedEq1(torch.autograd.Function):
+    """Eq. 1 + GAP over all (sample, head) maps in one batched op (bmm, softmax, mean over queries; the maps kept for
+    the backward): the alternative to serlib's cache-blocked kernel, timed by :func:`eq1_kernel_times`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # q, k (N, P, d) with 1/sqrt(d) folded into q, v (N, P)
+        a = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
+        c = a.mean(dim=1)
+        ctx.save_for_backward(q, k, v, a, c)
+        return (c * v).sum(-1)
+
+    @staticmethod
+    def backward(ctx, dp):
+        q, k, v, a, c = ctx.saved_tensors
+        p = a.shape[-1]
+        t = torch._softmax_backward_data((v * dp.unsqueeze(-1)).unsqueeze(1).expand_as(a), a, -1, a.dtype)
+        return torch.bmm(t, k) / p, torch.bmm(t.transpose(1, 2), q) / p, c * dp.unsqueeze(-1)
+
+
+def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
+    """Forward + backward of Eq. 1 + GAP for the paper's model (256 heads, head_dim 8, P = 90) on one batch:
+    serlib's cache-blocked kernel vs one batched op over all maps, same projections, alternating, medians."""
+    from serlib.models.head_fusion import BLOCK_HEADS, _HeadFusionPoints
+
+    gh, d, p = 256, 8, 90
+    torch.manual_seed(0)
+    proj = torch.randn(gh, 2 * d + 1, batch, p, requires_grad=True)
+    g = torch.randn(batch, gh, 1)
+
+    def blocked():
+        pts, _ = _HeadFusionPoints.apply(proj, None, None, d, BLOCK_HEADS, False)
+        (pts * g).sum().backward()
+        return pts
+
+    def batched():
+        t = proj.permute(2, 0, 3, 1).reshape(batch * gh, p, 2 * d + 1)
+        pts = _BatchedEq1.apply(t[..., :d] * d**-0.5, t[..., d : 2 * d], t[..., 2 * d])
+        (pts.view(batch, gh, 1) * g).sum().backward()
+        return pts.view(batch, gh, 1)
+
+    proj.grad = None
+    ref = blocked()
+    g1 = proj.grad.clone()
+    proj.grad = None
+    out = batched()
+    rec = {"max_abs_points_diff": (ref - out).abs().max().item(), "max_abs_grad_diff":
+           (g1 - proj.grad).abs().max().item()}
+    times: dict[str, list] = {"blocked": [], "batched_one_op": []}
+    for _ in range(reps):
+        for name, f in (("blocked", blocked), ("batched_one_op", batched)):
+            proj.grad = None
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    rec.update({k + "_median_s": _median(v) for k, v in times.items()})
+    rec["batched_over_blocked"] = rec["batched_one_op_median_s"] / rec["blocked_median_s"]
+    return rec
+
+
 def epoch_times(train: ArrayData, test: ArrayData, labels: tuple[str, ...], reps: int, threads: int,
                 score_fn, eval_batch: int = 128) -> dict:
     """Alternating training epochs and evaluation passes, authors vs serlib_code, same batches."""
@@ -360,6 +419,8 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     print("steps (median s): " + ", ".join(f"{k} {v['median_s']:.3f}" for k, v in rec["step"].items()
                                          if isinstance(v, dict) and "median_s" in v), flush=True)
     print("step ratios over authors: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["step"]["ratios"].items()))
+    rec["eq1_kernel"] = eq1_kernel_times(batch=2 if data == "toy" else 32)
+    print(f"Eq. 1 kernel, fwd + bwd of one batch: {rec['eq1_kernel']}", flush=True)
     rec["load_avg_after"] = list(os.getloadavg())
     main = rec["epochs"][0]
     rec["summary"] = {
@@ -389,9 +450,22 @@ def main(argv=None) -> dict:
                     "first, authors vs serlib_code steps at each")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(serlib_code) per step")
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "head_fusion_speed.json"))
+    ap.add_argument("--eq1-only", action="store_true", help="only the Eq. 1 kernel comparison (blocked vs one op)")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     torch.set_num_threads(threads[0])
+    if args.eq1_only:
+        torch.set_flush_denormal(True)
+        rec = {"benchmark": "head_fusion_eq1_kernel", "issue": 18, "git": git_revision(), "device": "cpu",
+               "cpu": cpu_name(), "machine": platform.node(), "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "load_avg_before": list(os.getloadavg()),
+               "eq1_kernel": eq1_kernel_times(reps=args.reps), "load_avg_after": list(os.getloadavg())}
+        print(json.dumps(rec["eq1_kernel"], indent=1))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        print(f"wrote {out}")
+        return rec
     if args.toy:
         data, name = toy_data(), "toy"
     else:

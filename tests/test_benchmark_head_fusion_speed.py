@@ -37,3 +37,5 @@ def test_timing_helpers_record_both_sides(tmp_path):
     assert set(e["last_scores"]) == {"authors", "serlib_code"}
     assert rec["step"]["ratios"]["serlib_faithful_over_authors"] > 0
     assert rec["device"] == "cpu" and (tmp_path / "r.json").is_file()
+    k = rec["eq1_kernel"]  # the one-op alternative computes the same points and gradients as the blocked kernel
+    assert k["max_abs_points_diff"] < 1e-5 and k["max_abs_grad_diff"] < 1e-5
