@@ -60,6 +60,16 @@ flush-denormal): a training step went from 0.82 s to 0.37 s on one thread and fr
 pass (``benchmarks/head_fusion.py``). The step is now bound by the Q/K/V projection GEMM (~6 GFLOP forward + backward)
 and the 2 x 8192 90 x 90 maps per batch. ``forward(..., return_attention=True)`` computes the maps explicitly for
 plots and tests.
+
+Issue 18 (same maths, checked against the previous implementation, frozen in ``tests/reference_head_fusion_v0.py``,
+by ``tests/test_head_fusion_parity.py``: logits, every gradient and the BatchNorm statistics to 1e-5): the conv
+stack runs channels-last, the parallel first convs as one zero-padded (10, 8) conv with one BatchNorm, max-pool before
+ReLU, BatchNorm folded into the convs in eval mode; 1x1 convs are GEMMs on the channels-last map; the code variant's
+attention + GAP is one autograd op; the plot-only outputs (per-query ``fused_output``, group-0 maps) are computed only
+with ``return_maps`` (default: when not training; the trainer asks for them only in ``predict_with_aux``). The Eq. 1
+kernel keeps its cache-sized blocks: computing all 8192 maps of a batch in one batched op (265 MB per tensor, same
+points and gradients) is 2.9x slower on this CPU (memory traffic; ``results/benchmarks/head_fusion_eq1_kernel.json``).
+``benchmarks/head_fusion_speed.py`` times the model against the authors' code (``results/benchmarks/head_fusion_speed.json``).
 """
 
 from __future__ import annotations
