@@ -338,6 +338,8 @@ def epoch_times(train: ArrayData, test: ArrayData, labels: tuple[str, ...], reps
         rec[part + "_median"] = {k: _median(v) for k, v in rec[part].items()}
         med = rec[part + "_median"]
         rec[part.replace("_s", "") + "_speedup_serlib_over_authors"] = med["authors"] / med["serlib_code"]
+        paired = [a / s for a, s in zip(rec[part]["authors"], rec[part]["serlib_code"])]  # same rep, same load
+        rec[part.replace("_s", "") + "_speedup_paired"] = {"per_rep": paired, "median": _median(paired)}
     rec["last_scores"] = scores
     return rec
 
