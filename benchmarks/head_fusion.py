@@ -39,11 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 class SdpaHeadFusion(HeadFusionACNN):
     """The previous head-fusion forward (SDPA over all n_size * n_head heads, V padded to head_dim), for timing."""
 
-    def _head_fusion(self, feat, key_mask, aux, return_attention):
+    def _head_fusion(self, feat, key_mask, aux, maps, return_attention):
         cfg = self.config
         b, _, h, w = feat.shape
         g, nh, p, dv, d = cfg.n_size, cfg.n_head, h * w, cfg.value_dim, cfg.head_dim
-        proj = self.qkv(feat).view(b, g, nh, 2 * d + dv, p).transpose(-1, -2)
+        proj = self.qkv(feat).reshape(b, g, nh, 2 * d + dv, p).transpose(-1, -2)
         q, k, v = (t.reshape(b, g * nh, p, t.shape[-1]).contiguous()
                    for t in (proj[..., :d], proj[..., d: 2 * d], proj[..., 2 * d:]))
         heads = F.scaled_dot_product_attention(q, k, F.pad(v, (0, d - dv)).contiguous(), scale=d**-0.5)[..., :dv]

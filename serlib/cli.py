@@ -259,6 +259,17 @@ def cmd_manifest(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    """``serlib pack CORPUS ROOT OUT``: a lossless FLAC copy of a corpus, checked (serlib.data.pack)."""
+    from serlib.data.pack import pack_corpus
+
+    rec = pack_corpus(args.corpus, args.root, args.out, overwrite=args.overwrite)
+    print(f"packed {rec['utterances']} utterances ({rec['flac']} FLAC, {rec['copied_verbatim']} verbatim), "
+          f"{rec['bytes_source_audio'] / 2**20:.1f} MiB -> {rec['bytes_packed_audio'] / 2**20:.1f} MiB; "
+          f"checked; {args.out}/manifest.csv and pack.json written")
+    return 0
+
+
 def cmd_download(args) -> int:
     done = _download_each(Path(args.root), args.corpora, esc50_hash=args.sha256,
                           allow_unverified=args.allow_unverified)
@@ -404,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--improvised-only", action="store_true", help="IEMOCAP: improvised dialogs only")
     m.add_argument("--name", default=None, help="custom: the corpus's name (default: the CSV's file name)")
     m.set_defaults(fn=cmd_manifest)
+
+    pk = sub.add_parser("pack", help="write a checked lossless FLAC copy of a corpus (to carry it elsewhere)")
+    pk.add_argument("corpus", choices=["ravdess", "esc50", "iemocap"])
+    pk.add_argument("root")
+    pk.add_argument("out")
+    pk.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    pk.set_defaults(fn=cmd_pack)
 
     d = sub.add_parser("download", help="download public corpora (needs internet)")
     d.add_argument("--root", required=True)

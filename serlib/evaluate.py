@@ -100,9 +100,12 @@ def aggregate(logits, groups, *, how: str = "mean_prob") -> tuple[np.ndarray, np
         values = z
     else:
         values = np.eye(z.shape[1])[z.argmax(axis=1)]
-    sums = np.zeros((len(group_ids), z.shape[1]))
-    np.add.at(sums, inverse, values)
-    out = sums / np.bincount(inverse, minlength=len(group_ids))[:, None]
+    n_groups, n_classes = len(group_ids), z.shape[1]
+    inverse = inverse.reshape(-1)
+    # one bincount over (group, class) cells: sums per group without a Python loop over groups
+    cells = (inverse[:, None] * n_classes + np.arange(n_classes)[None, :]).ravel()
+    sums = np.bincount(cells, weights=values.ravel(), minlength=n_groups * n_classes).reshape(n_groups, n_classes)
+    out = sums / np.bincount(inverse, minlength=n_groups)[:, None]
     if how == "mean_prob":
         with np.errstate(divide="ignore"):
             out = np.log(out)

@@ -28,6 +28,7 @@ resuming from a checkpoint whose configuration differs from this one (seed, lr, 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -366,6 +367,14 @@ def _merge_aux(parts: list[dict], batch_sizes: list[int]) -> dict:
     return merged
 
 
+def _accepts_return_maps(model: nn.Module) -> bool:
+    """Whether ``model.forward`` has a ``return_maps`` keyword (e.g. the Head Fusion ACNN)."""
+    try:
+        return "return_maps" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @contextmanager
 def _runtime_flags(config: TrainConfig, device: torch.device):
     """Deterministic algorithms (restored afterwards) and denormal flushing (sticky) on CPU."""
@@ -453,10 +462,14 @@ class Trainer:
         }
 
     # --------------------------------------------------------------------------------------- forward
-    def _forward(self, x: Tensor | dict[str, Tensor], lengths: Tensor | None):
-        if isinstance(x, dict):  # named inputs: the model's keyword arguments
-            return self.model(**x)
-        return self.model(x, lengths=lengths) if lengths is not None else self.model(x)
+    def _forward(self, x: Tensor | dict[str, Tensor], lengths: Tensor | None, *, maps: bool | None = None):
+        """``model(x[, lengths])``, or ``model(**x)`` for named inputs (a dict ``x``); ``maps`` is passed as
+        ``return_maps`` to models whose forward takes it (plot-only aux such as attention maps: False for plain
+        predictions, True for :meth:`predict_with_aux`)."""
+        kw = dict(x) if isinstance(x, dict) else {} if lengths is None else {"lengths": lengths}
+        if maps is not None and _accepts_return_maps(self.model):
+            kw["return_maps"] = maps
+        return self.model(**kw) if isinstance(x, dict) else self.model(x, **kw)
 
     def _autocast(self):
         if self.use_amp:
@@ -479,7 +492,7 @@ class Trainer:
         for s in range(0, len(data), bs):
             x, _, lengths = data.batch(slice(s, s + bs))
             with self._autocast():
-                logits, aux = _split_output(self._forward(x, lengths))
+                logits, aux = _split_output(self._forward(x, lengths, maps=with_aux))
             outs.append(logits.float())
             if with_aux:
                 auxs.append(aux)

@@ -140,3 +140,48 @@ def test_summarize_runs_by_group():
     assert len(one) == 1 and one["mean"].iloc[0] == pytest.approx(0.54)
     with pytest.raises(KeyError):
         summarize_runs(df, "wa")
+
+
+@pytest.mark.parametrize("how", ["mean_prob", "mean_logit", "vote"])
+def test_aggregate_equals_per_utterance_loop(how, rng):
+    """The index-op pooling (one bincount) gives exactly what a loop over utterances gives, for unsorted, sparse
+    group ids and utterances of 1 to 9 segments."""
+    ids = rng.choice(10_000, size=40, replace=False)
+    groups = np.repeat(ids, rng.integers(1, 10, size=40))
+    rng.shuffle(groups)
+    logits = rng.normal(size=(len(groups), 6)) * 3
+    utt, gid = aggregate(logits, groups, how=how)
+    assert np.array_equal(gid, np.sort(ids))
+    # bit-identical to the previous implementation (np.add.at over the segments)
+    _, inverse = np.unique(groups, return_inverse=True)
+    values = {"mean_prob": softmax(logits, axis=1), "mean_logit": logits, "vote": np.eye(6)[logits.argmax(1)]}[how]
+    sums = np.zeros((len(gid), 6))
+    np.add.at(sums, inverse, values)
+    before = sums / np.bincount(inverse)[:, None]
+    assert np.array_equal(utt, np.log(before) if how == "mean_prob" else before)
+    for row, g in zip(utt, gid):
+        z = logits[groups == g]
+        if how == "mean_prob":
+            ref = np.log(softmax(z, axis=1).mean(axis=0))
+        elif how == "mean_logit":
+            ref = z.mean(axis=0)
+        else:
+            ref = np.eye(6)[z.argmax(axis=1)].mean(axis=0)
+        np.testing.assert_allclose(row, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_utterance_scores_use_group_order_and_index_labels():
+    """serlib.experiment.utterance_scores: utterance labels taken by index ops in aggregate's group order; a group
+    with mixed labels is an error, not silently the last label."""
+    from serlib.experiment import utterance_scores
+
+    labels = ("a", "b", "c")
+    groups = torch.tensor([7, 3, 7, 3, 11])
+    y = torch.tensor([2, 0, 2, 0, 1])
+    logits = torch.tensor([[0.0, 0.0, 5.0], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    data = ArrayData(x=torch.zeros(5, 1), y=y, groups=groups)
+    out = utterance_scores(labels)(logits, data)
+    assert out["wa"] == pytest.approx(2 / 3) and out["ua"] == pytest.approx(2 / 3)
+    bad = ArrayData(x=torch.zeros(5, 1), y=torch.tensor([2, 0, 1, 0, 1]), groups=groups)
+    with pytest.raises(ValueError, match="different labels"):
+        utterance_scores(labels)(logits, bad)

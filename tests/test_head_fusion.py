@@ -124,7 +124,7 @@ def test_lengths_mask_padding_keys():
 @pytest.mark.parametrize("n_middle_convs", [1, 2, 3, 4, 5])
 def test_middle_conv_variants_build_and_run(n_middle_convs):
     m = _model(n_middle_convs=n_middle_convs, n_head=2, n_size=4)
-    logits, aux = m(torch.randn(2, 26, 63))
+    logits, aux = m(torch.randn(2, 26, 63), return_maps=True)
     assert logits.shape == (2, 8)
     h, w = conv_output_shape(26, 63, n_middle_convs=n_middle_convs)
     assert aux["fused_map"].shape == (2, h, w)
@@ -168,7 +168,7 @@ def test_head_fusion_code_matches_authors_formula():
     with torch.no_grad():
         logits, aux = m(x)
         feat = m.features(x)
-        proj = m.qkv(feat).view(2, 3, 3, 6, *feat.shape[-2:])
+        proj = m.qkv(feat).reshape(2, 3, 3, 6, *feat.shape[-2:])
         maps = []
         for hd in range(3):
             Q, K, V = proj[:, hd, 0], proj[:, hd, 1], proj[:, hd, 2]

@@ -359,3 +359,30 @@ def test_one_training_step_agrees_between_cpu_and_cuda():
         states.append({k: v.cpu() for k, v in t.model.state_dict().items()})
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_return_maps_passed_only_to_models_that_take_it():
+    """Plain predictions ask for no plot-only aux (return_maps=False); predict_with_aux asks for it; training passes
+    nothing (the model's default); models without the keyword are called as before."""
+
+    class Maps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+            self.calls: list = []
+
+        def forward(self, x, lengths=None, *, return_maps=None):
+            self.calls.append((self.training, return_maps))
+            return self.lin(x), ({"map": x[:, :1]} if return_maps else {})
+
+    model = Maps()
+    set_seed(0)
+    trainer = Trainer(model, cfg(epochs=1, batch_size=16, select="last"))
+    trainer.fit(blobs(16, seed=1))
+    assert (True, None) in model.calls
+    model.calls.clear()
+    trainer.predict(blobs(8, seed=2))
+    assert model.calls == [(False, False)]
+    model.calls.clear()
+    _, aux = trainer.predict_with_aux(blobs(8, seed=2))
+    assert model.calls == [(False, True)] and aux["map"].shape == (8, 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from serlib.data.corpus import COLUMNS, Corpus, DataError
-from serlib.data.manifest import finish_table, info_columns, probe_or_skip
+from serlib.data.manifest import AUDIO_SUFFIXES, audio_rel, finish_table, info_columns, probe_or_skip
 
 META = "meta/esc50.csv"
 AUDIO = "audio"
@@ -48,10 +48,11 @@ def load_esc50(root: str | Path) -> Corpus:
     rows: list[dict] = []
     skipped: list[dict] = []
     for rec in meta.itertuples(index=False):
-        rel = f"{AUDIO}/{rec.filename}"
         if "/" in rec.filename or "\\" in rec.filename or rec.filename in ("", ".", ".."):
-            skipped.append({"path": rel, "reason": f"{META} names {rec.filename!r}, not a file name inside {AUDIO}/"})
+            skipped.append({"path": f"{AUDIO}/{rec.filename}",
+                            "reason": f"{META} names {rec.filename!r}, not a file name inside {AUDIO}/"})
             continue
+        rel = audio_rel(r, f"{AUDIO}/{rec.filename}")  # .flac when only a packed copy exists
         try:
             fold, target = int(rec.fold), int(rec.target)
         except ValueError:
@@ -75,11 +76,11 @@ def load_esc50(root: str | Path) -> Corpus:
                 "take": str(rec.take),
             }
         )
-    listed = set(meta["filename"])
+    listed = {Path(n).stem for n in meta["filename"]}
     audio_dir = r / AUDIO
     if audio_dir.is_dir():
-        for f in sorted(audio_dir.glob("*.wav")):
-            if f.name not in listed:
+        for f in sorted(f for f in audio_dir.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES):
+            if f.stem not in listed:
                 skipped.append({"path": f"{AUDIO}/{f.name}", "reason": f"not listed in {META}"})
     table = finish_table("esc50", r, rows, skipped, COLUMNS + EXTRA_COLUMNS)
     by_target = table.drop_duplicates("label").sort_values("target")

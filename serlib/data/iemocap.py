@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from serlib.data.corpus import COLUMNS, Corpus, DataError
-from serlib.data.manifest import finish_table, info_columns, probe_or_skip
+from serlib.data.manifest import audio_rel, finish_table, info_columns, probe_or_skip
 
 RELEASE_DIR = "IEMOCAP_full_release"
 CODE_NAMES = {
@@ -160,7 +160,7 @@ def load_iemocap(
                 except ValueError as exc:
                     skipped.append({"path": ef.relative_to(base).as_posix(), "reason": str(exc)})
                     continue
-                rel = f"{sdir.name}/sentences/wav/{meta['dialog']}/{utt}.wav"
+                rel = audio_rel(base, f"{sdir.name}/sentences/wav/{meta['dialog']}/{utt}.wav")  # or .flac
                 if improvised_only and not meta["improvised"]:
                     excluded["scripted"] += 1
                     continue

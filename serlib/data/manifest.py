@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -54,6 +54,20 @@ REPO_MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 def probe_audio(path: str | Path) -> AudioInfo:
     """``audio_info`` (which checks WAV headers for truncation); raises :class:`AudioError` naming the file."""
     return audio_info(path)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac")  # the layouts the adapters read; FLAC copies come from ``serlib pack``
+
+
+def audio_rel(root: Path, rel: str) -> str:
+    """``rel`` as the corpus names it (a ``.wav`` path), or the same path with ``.flac`` when only that file exists
+    (a lossless copy written by ``serlib pack``). The table then holds the path actually read."""
+    p = PurePosixPath(rel)
+    if p.suffix.lower() == ".wav" and not (Path(root) / rel).exists():
+        alt = p.with_suffix(".flac").as_posix()
+        if (Path(root) / alt).exists():
+            return alt
+    return rel
 
 
 def probe_or_skip(root: Path, rel: str, skipped: list[dict]) -> AudioInfo | None:

@@ -37,8 +37,8 @@ SPEECH_DIR = "Audio_Speech_Actors_01-24"
 EXTRA_COLUMNS = ["emotion_code", "intensity", "statement", "repetition", "format_mismatch"]
 
 # ASCII digits only: ``\d`` would also match other scripts' digits (Arabic-Indic "٠٣"), which ``int`` accepts, and
-# so alias an existing utterance.
-_NAME = re.compile("^" + "-".join(["([0-9]{2})"] * 7) + r"\.wav$", re.IGNORECASE)
+# so alias an existing utterance. ``.flac``: a packed copy (``serlib pack``).
+_NAME = re.compile("^" + "-".join(["([0-9]{2})"] * 7) + r"\.(?:wav|flac)$", re.IGNORECASE)
 _ACTOR_DIR = re.compile(r"^Actor_([0-9]{2})$")
 
 

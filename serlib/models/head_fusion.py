@@ -1,5 +1,8 @@
 """Head Fusion ACNN (Xu, Zhang, Zhang, IEEE Access 2021): an attention CNN on MFCC "images".
 
+(Over 450 lines on purpose: the faithful Eq. 1 kernel and the code variant's fused op carry hand-written backward
+passes that must sit beside the model they are parity-tested with.)
+
 Input ``x`` is an MFCC segment (B, F, T), e.g. 26 x 63 for 2 s at 16 kHz with hop 512. It is treated as a one-channel
 image (B, 1, F, T) and goes through:
 
@@ -60,6 +63,16 @@ flush-denormal): a training step went from 0.82 s to 0.37 s on one thread and fr
 pass (``benchmarks/head_fusion.py``). The step is now bound by the Q/K/V projection GEMM (~6 GFLOP forward + backward)
 and the 2 x 8192 90 x 90 maps per batch. ``forward(..., return_attention=True)`` computes the maps explicitly for
 plots and tests.
+
+Issue 18 (same maths, checked against the previous implementation, frozen in ``tests/reference_head_fusion_v0.py``,
+by ``tests/test_head_fusion_parity.py``: logits, every gradient and the BatchNorm statistics to 1e-5): the conv
+stack runs channels-last, the parallel first convs as one zero-padded (10, 8) conv with one BatchNorm, max-pool before
+ReLU, BatchNorm folded into the convs in eval mode; 1x1 convs are GEMMs on the channels-last map; the code variant's
+attention + GAP is one autograd op; the plot-only outputs (per-query ``fused_output``, group-0 maps) are computed only
+with ``return_maps`` (default: when not training; the trainer asks for them only in ``predict_with_aux``). The Eq. 1
+kernel keeps its cache-sized blocks: computing all 8192 maps of a batch in one batched op (265 MB per tensor, same
+points and gradients) is 2.9x slower on this CPU (memory traffic; ``results/benchmarks/head_fusion_eq1_kernel.json``).
+``benchmarks/head_fusion_speed.py`` times the model against the authors' code (``results/benchmarks/head_fusion_speed.json``).
 """
 
 from __future__ import annotations
@@ -155,6 +168,67 @@ def _conv_bn(c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int,
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
+def _parallel_conv_bn_relu(a: nn.Sequential, b: nn.Sequential, x: torch.Tensor) -> torch.Tensor | None:
+    """``cat(relu(bn_a(conv_a(x))), relu(bn_b(conv_b(x))))`` as one conv, one batch_norm and one ReLU.
+
+    The two kernels are zero-padded into one common kernel placed so that every output position reads the same
+    input pixels as in its branch (the paper's (10, 2) pad (4, 0) and (2, 8) pad (0, 3) become one (10, 8) kernel
+    with pad (4, 3)); BatchNorm is per channel, so one batch_norm over the 16 channels, with the two modules'
+    statistics concatenated (and written back in training), is the two BatchNorms. Gradients reach the two original
+    weights through the padding. Returns None when the branches cannot be merged (other strides, output sizes or
+    BatchNorm settings); the caller then runs them separately."""
+    ca, ba, cb, bb = a[0], a[1], b[0], b[1]
+    if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1 or c.bias is None or c.padding_mode != "zeros"
+           or not isinstance(c.padding, tuple) for c in (ca, cb)):
+        return None
+    if any(n.momentum is None or not n.affine or not n.track_running_stats for n in (ba, bb)) or (
+            ba.eps != bb.eps or ba.momentum != bb.momentum or ba.training != bb.training):
+        return None
+    (ka_h, ka_w), (kb_h, kb_w) = ca.kernel_size, cb.kernel_size
+    (pa_h, pa_w), (pb_h, pb_w) = ca.padding, cb.padding
+    if ka_h - 2 * pa_h != kb_h - 2 * pb_h or ka_w - 2 * pa_w != kb_w - 2 * pb_w:  # different output sizes
+        return None
+    p_h, p_w = max(pa_h, pb_h), max(pa_w, pb_w)
+    k_h, k_w = ka_h + 2 * (p_h - pa_h), ka_w + 2 * (p_w - pa_w)
+    w = torch.cat((F.pad(ca.weight, (p_w - pa_w, p_w - pa_w, p_h - pa_h, p_h - pa_h)),
+                   F.pad(cb.weight, (p_w - pb_w, p_w - pb_w, p_h - pb_h, p_h - pb_h))))
+    assert w.shape[-2:] == (k_h, k_w)
+    mean = torch.cat((ba.running_mean, bb.running_mean))
+    var = torch.cat((ba.running_var, bb.running_var))
+    gamma, beta, bias = torch.cat((ba.weight, bb.weight)), torch.cat((ba.bias, bb.bias)), torch.cat((ca.bias, cb.bias))
+    if ba.training:
+        y = F.batch_norm(F.conv2d(x, w, bias, padding=(p_h, p_w)), mean, var, gamma, beta, True, ba.momentum, ba.eps)
+        with torch.no_grad():  # running statistics back into the two modules, as their own forward would
+            n = ba.num_features
+            for bn, sl in ((ba, slice(0, n)), (bb, slice(n, None))):
+                bn.running_mean.copy_(mean[sl])
+                bn.running_var.copy_(var[sl])
+                bn.num_batches_tracked.add_(1)
+    else:
+        scale = gamma * torch.rsqrt(var + ba.eps)
+        y = F.conv2d(x, w * scale.view(-1, 1, 1, 1), (bias - mean) * scale + beta, padding=(p_h, p_w))
+    return F.relu_(y)  # in place: neither batch_norm nor conv needs its output for backward
+
+
+def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) -> torch.Tensor:
+    """``block`` = (Conv2d, BatchNorm2d, ReLU) applied to x, with a 2x2 max-pool before the ReLU when ``pool``
+    (``relu(pool(y)) == pool(relu(y))``, gradients included). Training (or BatchNorm without running statistics):
+    conv then batch_norm, exactly as the modules do (running statistics updated the same way). Eval: BatchNorm folded
+    into the conv, ``w' = w * g / sqrt(var + eps)``, ``b' = (b - mean) * g / sqrt(var + eps) + beta``."""
+    conv, bn = block[0], block[1]
+    if bn.training or bn.running_mean is None:
+        y = bn(conv(x))
+    else:
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        w = conv.weight * scale.view(-1, 1, 1, 1)
+        y = F.conv2d(x, w, (bias - bn.running_mean) * scale + bn.bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)
+    if pool:
+        y = F.max_pool2d(y, 2)
+    return F.relu_(y)  # in place: batch_norm and max_pool backward do not need their output
+
+
 def _valid_widths(lengths: torch.Tensor, n_pools: int, width: int) -> torch.Tensor:
     """Valid columns of the attention map for `lengths` valid input frames: (T - 1) // 2**n_pools, in [1, width]."""
     return ((lengths.long() - 1) // (2**n_pools)).clamp(1, width)
@@ -189,7 +263,7 @@ class _HeadFusionPoints(torch.autograd.Function):
     bias (0 or -inf) for masked keys, or None; Pk = P padded to a multiple of KEY_PAD (padding keys get -inf).
 
     Returns ``points`` (B, GH, dv) = sum_i w_i (A v)_i (differentiable) and ``u`` (B, GH, P, dv) = A v per query
-    (for plots, not differentiable), A = softmax_j(q_i . k_j / sqrt(d)). Forward: points = sum_j c_j v_j with
+    (for plots, not differentiable; an empty tensor unless ``want_u``), A = softmax_j(q_i . k_j / sqrt(d)). Forward: points = sum_j c_j v_j with
     c_j = sum_i w_i A_ij; backward: dS_ij = w_i A_ij (z_j - (A z)_i) with z = v . dpoints, recomputing A block by
     block (one sample's heads at a time) so that every P x P map stays in cache.
     """
@@ -214,17 +288,17 @@ class _HeadFusionPoints(torch.autograd.Function):
         return e, rowmax, qt
 
     @staticmethod
-    def forward(ctx, proj, w, bias, d: int, block: int):
+    def forward(ctx, proj, w, bias, d: int, block: int, want_u: bool = True):
         gh, ch, b, p = proj.shape
         dv = ch - 2 * d
         pk = -(-p // KEY_PAD) * KEY_PAD
         c = proj.new_empty(gh, b, p)
-        u = proj.new_empty(b, gh, p, dv)
+        u = proj.new_empty((b, gh, p, dv) if want_u else (0,))
         rowmax = proj.new_empty(gh, b, p, 1)
         rowsum = proj.new_empty(gh, b, p, 1)
         n_max = min(gh, block)
         kpad = proj.new_zeros(n_max, d, pk)
-        vpad = proj.new_zeros(n_max, dv, pk)
+        vpad = proj.new_zeros(n_max, dv, pk) if want_u else None
         qbuf = proj.new_empty(n_max, p, d)
         for i, h0, h1 in _blocks(b, gh, block):
             n = h1 - h0
@@ -233,6 +307,8 @@ class _HeadFusionPoints(torch.autograd.Function):
             inv = r.reciprocal()
             row = inv if w is None else inv * w[i].view(1, p, 1)
             c[h0:h1, i] = torch.bmm(row.transpose(1, 2), e)[:, 0, :p]  # c_j = sum_i w_i A_ij
+            if not want_u:
+                continue
             vp = vpad[:n]
             vp[..., :p].copy_(proj[h0:h1, 2 * d :, i])
             if dv == 1:
@@ -275,7 +351,46 @@ class _HeadFusionPoints(torch.autograd.Function):
             rowt = row.transpose(1, 2)  # (n, 1, P)
             grad[h0:h1, :d, i] = torch.bmm(kpad[:n], t.transpose(1, 2)).mul_(rowt)  # dq^T (n, d, P)
             grad[h0:h1, d : 2 * d, i] = torch.bmm(qt * rowt, t)[..., :p]  # dk^T (n, d, P)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
+
+
+class _CodeAttentionPoints(torch.autograd.Function):
+    """The code variant's attention and GAP in one op: proj (3, B, P, n_head, n_size) (q, k, v, each contiguous),
+    gap (B, P) weights or None (1 / P) -> points (B, n_size) = sum_p gap_p mean_h relu(softmax_c(q * k) * v), and the
+    softmax weights (B, P, n_head, n_size) (not differentiable). The backward writes dq, dk, dv straight into one
+    contiguous gradient buffer laid out like proj (autograd through ``unbind`` would stack three copies)."""
+
+    @staticmethod
+    def forward(ctx, proj, gap):
+        q, k, v = proj.unbind(dim=0)
+        wts = torch.softmax(q * k, dim=-1)  # the code's F.softmax(Q * K) on (B, C, H, W): over channels
+        r = (wts * v).clamp_(min=0)  # code: heads concatenated along H, ReLU, GAP == mean over heads and positions
+        n_head = proj.shape[3]
+        if gap is None:
+            points = r.mean(dim=(1, 2))
+        else:
+            points = torch.einsum("bpnc,bp->bc", r, gap) / n_head
+        ctx.save_for_backward(proj, gap, wts, r)
+        ctx.mark_non_differentiable(wts)
+        return points, wts
+
+    @staticmethod
+    def backward(ctx, dpoints, dwts):
+        proj, gap, wts, r = ctx.saved_tensors
+        _, b, p, n_head, _ = proj.shape
+        q, k, v = proj.unbind(dim=0)
+        if gap is None:
+            dr = (dpoints / (p * n_head)).view(b, 1, 1, -1)
+        else:
+            dr = (gap / n_head).view(b, p, 1, 1) * dpoints.view(b, 1, 1, -1)
+        # ReLU backward, autograd's own rule (gradient where the output is > 0); torch.where is ~50x slower here
+        do = torch.ops.aten.threshold_backward(dr.expand_as(r), r, 0)
+        grad = torch.empty_like(proj)
+        torch.mul(do, wts, out=grad[2])  # dv
+        ds = torch._softmax_backward_data(do.mul_(v), wts, -1, wts.dtype)  # dw = do * v, then softmax backward
+        torch.mul(ds, k, out=grad[0])  # dq
+        torch.mul(ds, q, out=grad[1])  # dk
+        return grad, None
 
 
 class HeadFusionACNN(nn.Module):
@@ -311,22 +426,43 @@ class HeadFusionACNN(nn.Module):
             n_points = c
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(n_points, cfg.n_classes)
+        self.to(memory_format=torch.channels_last)  # conv weights in oneDNN's native layout (see ``features``)
 
     # ----------------------------------------------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Conv stack: x (B, F, T) -> (B, C, H, W)."""
+        """Conv stack: x (B, F, T) -> (B, C, H, W), in channels-last memory format.
+
+        Same maths as conv -> BatchNorm -> ReLU [-> max-pool 2] per layer, computed in a cheaper order and layout:
+        channels-last activations (oneDNN's native layout: no reorders per call, vectorised BatchNorm and pooling),
+        max-pool before ReLU (the two commute, values and gradients alike, and ReLU then touches a quarter of the
+        map), and in eval mode each BatchNorm folded into its conv's weights and bias (one op instead of two).
+        """
         assert x.dim() == 3 and x.shape[1] == self.config.n_features, (
             f"expected (B, {self.config.n_features}, T), got {tuple(x.shape)}"
         )
-        x = x.unsqueeze(1)
-        xa, xb = self.conv1a(x), self.conv1b(x)
-        if xa.shape[-2:] != xb.shape[-2:]:  # not reached with the paper's paddings; guard for edited kernels
-            h, w = min(xa.shape[-2], xb.shape[-2]), min(xa.shape[-1], xb.shape[-1])
-            xa, xb = xa[..., :h, :w], xb[..., :h, :w]
-        return self.middle(torch.cat((xa, xb), dim=1))
+        x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        h = _parallel_conv_bn_relu(self.conv1a, self.conv1b, x)
+        if h is None:  # kernels that cannot share one conv: the two branches, concatenated
+            xa, xb = _conv_bn_relu(self.conv1a, x), _conv_bn_relu(self.conv1b, x)
+            if xa.shape[-2:] != xb.shape[-2:]:  # not reached with the paper's paddings; guard for edited kernels
+                hh, ww = min(xa.shape[-2], xb.shape[-2]), min(xa.shape[-1], xb.shape[-1])
+                xa, xb = xa[..., :hh, :ww], xb[..., :hh, :ww]
+            h = torch.cat((xa, xb), dim=1)
+        layers = list(self.middle)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.MaxPool2d):
+                continue
+            pool = i + 1 < len(layers) and isinstance(layers[i + 1], nn.MaxPool2d)
+            h = _conv_bn_relu(layer, h, pool=pool)
+        return h
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None, *, return_attention: bool = False
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        return_attention: bool = False,
+        return_maps: bool | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x (B, F, T) MFCC; lengths (B,) valid frames or None. Returns logits (B, n_classes) and aux.
 
@@ -334,11 +470,13 @@ class HeadFusionACNN(nn.Module):
         ``(length - 1) // 4`` (the valid width after the two pools); the convs near the edge still see padding, so a
         padded input is close to, not equal to, the unpadded one. Fixed 2-s segments need no lengths.
 
-        aux:
+        ``return_maps``: compute the plot-only aux entries (``head_maps``, ``fused_map``, ``fused_output``); None (the
+        default) means "when not training", so a training step never pays for them; :class:`serlib.train.Trainer`
+        passes ``return_maps=False`` for plain predictions. ``return_attention=True`` implies ``return_maps``.
 
-        All aux tensors are detached.
+        aux (all tensors detached):
 
-        * ``points`` (B, n_points): the pooled feature points fed to the classifier;
+        * ``points`` (B, n_points): the pooled feature points fed to the classifier (always);
         * ``head_maps`` (B, n_head, H, W) and ``fused_map`` (B, H, W) for plots. Head fusion and self-attention: the
           attention each feature point receives, averaged over queries, per head of group 0, and its head mean (Eq. 2);
           head_fusion_code: the channel-softmax weights of channel 0 per head, and their mean;
@@ -348,6 +486,7 @@ class HeadFusionACNN(nn.Module):
           axis); G = n_size for head fusion, 1 for self-attention. For head_fusion_code (B, n_head, n_size, H, W).
         """
         cfg = self.config
+        maps = bool(return_attention or (not self.training if return_maps is None else return_maps))
         feat = self.features(x)
         b, c, h, w = feat.shape
         key_mask = None  # (B, P) True where the feature point comes from valid frames
@@ -360,19 +499,17 @@ class HeadFusionACNN(nn.Module):
 
         aux: dict[str, torch.Tensor] = {}
         if cfg.attention == "head_fusion":
-            points = self._head_fusion(feat, key_mask, aux, return_attention)
+            points = self._head_fusion(feat, key_mask, aux, maps, return_attention)
         elif cfg.attention == "head_fusion_code":
-            points = self._head_fusion_code(feat, key_mask, aux, return_attention)
+            points = self._head_fusion_code(feat, key_mask, aux, maps, return_attention)
         elif cfg.attention == "self_attention":
-            points = self._self_attention(feat, key_mask, aux, return_attention)
+            points = self._self_attention(feat, key_mask, aux, maps, return_attention)
         else:
-            points = self._gap(feat.flatten(2), key_mask)  # (B, C)
-        aux["points"] = points
+            points = self._gap(_points_last(feat).transpose(1, 2), key_mask)  # (B, C)
         logits = self.fc(self.dropout(points))
         assert logits.shape == (b, cfg.n_classes)
-        return logits, {
-            k: v.detach() for k, v in aux.items()
-        }  # aux is for plots: never keeps the graph alive
+        aux["points"] = points
+        return logits, {k: v.detach() for k, v in aux.items()}  # aux is for plots: never keeps the graph alive
 
     # ----------------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -403,14 +540,18 @@ class HeadFusionACNN(nn.Module):
             scores = scores.masked_fill(~key_mask.view(shape), float("-inf"))
         return scores.softmax(dim=-1)
 
+    def _pointwise(self, feat: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """A 1x1 conv as one GEMM on the channels-last map: (B, C, H, W) -> (B, P, C_out)."""
+        return F.linear(_points_last(feat), conv.weight.view(conv.out_channels, -1), conv.bias)
+
     def _projections(self, feat: torch.Tensor) -> torch.Tensor:
         """Head-fusion 1x1-conv projections as one GEMM: (B, C, H, W) -> (GH, 2d + dv, B, P), GH = n_size * n_head,
         in the channel order of ``qkv`` (group, head, [q | k | v])."""
         cfg = self.config
         assert self.qkv is not None and cfg.attention == "head_fusion"
         b, c, h, w = feat.shape
-        x = feat.transpose(0, 1).reshape(c, b * h * w)
-        y = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight.view(self.qkv.out_channels, c), x)
+        x = _points_last(feat).reshape(b * h * w, c)  # a view for channels-last maps
+        y = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight.view(self.qkv.out_channels, c), x.t())
         return y.view(cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim, b, h * w)
 
     def split_qkv(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -425,7 +566,7 @@ class HeadFusionACNN(nn.Module):
         t = proj.permute(2, 0, 3, 1).reshape(b, gh // cfg.n_head, cfg.n_head, p, ch)
         return t[..., :d], t[..., d : 2 * d], t[..., 2 * d :]
 
-    def _head_fusion(self, feat, key_mask, aux, return_attention) -> torch.Tensor:
+    def _head_fusion(self, feat, key_mask, aux, maps, return_attention) -> torch.Tensor:
         cfg = self.config
         b, _, h, w = feat.shape
         g, nh, p, dv = cfg.n_size, cfg.n_head, h * w, cfg.value_dim
@@ -436,8 +577,10 @@ class HeadFusionACNN(nn.Module):
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS)
+        pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
         points = pts.reshape(b, g, nh, dv).mean(dim=2).reshape(b, g * dv)  # Eq. 2 + GAP -> n_size points
+        if not maps:
+            return points
         fused = u.reshape(b, g, nh, p, dv).mean(dim=2)  # Eq. 2: (B, n_size, P, dv)
         aux["fused_output"] = fused.transpose(-1, -2).reshape(b, g, dv, h, w)
         with torch.no_grad():  # plotting maps: group 0 only, cheap (n_head P x P maps)
@@ -450,41 +593,56 @@ class HeadFusionACNN(nn.Module):
                 aux["attention"] = self._attention_matrix(q, k, key_mask)  # (B, n_size, n_head, P, P)
         return points
 
-    def _head_fusion_code(self, feat, key_mask, aux, return_attention) -> torch.Tensor:
+    def _head_fusion_code(self, feat, key_mask, aux, maps, return_attention) -> torch.Tensor:
+        """The code's attention on the channels-last map: one GEMM for every head's Q, K, V (channel order
+        (head, [q | k | v], n_size) as in ``qkv``), the channel softmax over the contiguous last axis."""
         cfg = self.config
         b, _, h, w = feat.shape
-        proj = self.qkv(feat).view(b, cfg.n_head, 3, cfg.n_size, h, w)
-        q, k, v = proj.unbind(dim=2)  # (B, n_head, n_size, H, W) each
-        weights = torch.softmax(q * k, dim=2)  # the code's F.softmax(Q * K) on (B, C, H, W): over channels
-        out = F.relu(
-            weights * v
-        )  # code: heads concatenated along H, ReLU, GAP == mean over heads and positions
-        points = self._gap(
-            out.permute(0, 2, 1, 3, 4).reshape(b, cfg.n_size, -1),
-            None if key_mask is None else key_mask.repeat(1, cfg.n_head),
-        )
-        aux["head_maps"] = weights[:, :, 0]
-        aux["fused_map"] = aux["head_maps"].mean(dim=1)
-        if return_attention:
-            aux["attention"] = weights
+        p = h * w
+        nh, ns, c = cfg.n_head, cfg.n_size, feat.shape[1]
+        x = _points_last(feat).reshape(b * p, c)  # a view of the channels-last map
+        # the qkv channels (head, [q | k | v], n_size) regrouped as (3, head * n_size): one batched GEMM whose three
+        # outputs are contiguous (B * P, head * n_size) blocks (element-wise ops on interleaved views are ~10x slower)
+        wt = self.qkv.weight.view(nh, 3, ns, c).transpose(0, 1).reshape(3, nh * ns, c)
+        bias = self.qkv.bias.view(nh, 3, ns).transpose(0, 1).reshape(3, 1, nh * ns)
+        proj = torch.baddbmm(bias, x.expand(3, b * p, c), wt.transpose(1, 2)).view(3, b, p, nh, ns)
+        gap = None  # (B, P) GAP weights of the valid points (rows sum to 1), None for 1 / P
+        if key_mask is not None:
+            m = key_mask.to(proj.dtype)
+            gap = m / m.sum(dim=-1, keepdim=True)
+        points, weights = _CodeAttentionPoints.apply(proj, gap)
+        if maps or return_attention:
+            wmap = weights.detach().permute(0, 2, 3, 1).reshape(b, cfg.n_head, cfg.n_size, h, w)
+            aux["head_maps"] = wmap[:, :, 0]
+            aux["fused_map"] = aux["head_maps"].mean(dim=1)
+            if return_attention:
+                aux["attention"] = wmap
         return points
 
-    def _self_attention(self, feat, key_mask, aux, return_attention) -> torch.Tensor:
+    def _self_attention(self, feat, key_mask, aux, maps, return_attention) -> torch.Tensor:
         cfg = self.config
         b, _, h, w = feat.shape
         nh, d, p = cfg.n_head, cfg.head_dim, h * w
-        q, k, v = self.qkv(feat).view(b, 3, nh, d, p).transpose(-1, -2).unbind(dim=1)  # (B, n_head, P, d)
+        qkv = self._pointwise(feat, self.qkv).view(b, p, 3, nh, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # (B, n_head, P, d)
         out = self._sdpa(q.contiguous(), k.contiguous(), v.contiguous(), key_mask)  # (B, n_head, P, d)
-        out = self.out_proj(
-            out.transpose(-1, -2).reshape(b, nh * d, h, w)
-        )  # concat heads -> W_o -> (B, C, H, W)
-        with torch.no_grad():
-            a = self._attention_matrix(q, k, key_mask)  # n_head P x P maps: cheap
-            aux["head_maps"] = _received(a, key_mask).view(b, nh, h, w)
-            aux["fused_map"] = aux["head_maps"].mean(dim=1)
-        if return_attention:
-            aux["attention"] = a.unsqueeze(1)
-        return self._gap(out.flatten(2), key_mask)
+        assert self.out_proj is not None
+        out = F.linear(out.transpose(1, 2).reshape(b, p, nh * d),
+                       self.out_proj.weight.view(self.out_proj.out_channels, -1), self.out_proj.bias)  # (B, P, C)
+        if maps or return_attention:
+            with torch.no_grad():
+                a = self._attention_matrix(q, k, key_mask)  # n_head P x P maps: cheap
+                aux["head_maps"] = _received(a, key_mask).view(b, nh, h, w)
+                aux["fused_map"] = aux["head_maps"].mean(dim=1)
+            if return_attention:
+                aux["attention"] = a.unsqueeze(1)
+        return self._gap(out.transpose(1, 2), key_mask)
+
+
+def _points_last(feat: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, P, C), P = H * W: a view when ``feat`` is channels-last, a copy otherwise."""
+    b, c, h, w = feat.shape
+    return feat.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
 # found by serlib.models.registry: model name -> (model class, its config dataclass)

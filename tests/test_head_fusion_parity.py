@@ -1,0 +1,110 @@
+"""Issue 18 rewrite of the Head Fusion ACNN (channels-last conv stack, pool before ReLU, BatchNorm folded in eval,
+1x1 convs as GEMMs, no plot-only work while training) against the implementation it replaced, frozen verbatim in
+``tests/reference_head_fusion_v0.py``: same weights, same batch -> logits, gradients of every parameter, BatchNorm
+running statistics and the plot maps agree to <= 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference_head_fusion_v0 import HeadFusionACNN as ReferenceACNN
+from reference_head_fusion_v0 import HeadFusionConfig as ReferenceConfig
+
+from serlib.models.head_fusion import ATTENTION_KINDS, HeadFusionACNN, HeadFusionConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _pair(**kw) -> tuple[HeadFusionACNN, ReferenceACNN]:
+    torch.manual_seed(0)
+    new = HeadFusionACNN(HeadFusionConfig(**kw))
+    ref = ReferenceACNN(ReferenceConfig(**kw))
+    ref.load_state_dict(new.state_dict())
+    for m in (new, ref):  # non-trivial BatchNorm statistics and affine parameters, so eval-mode folding is tested
+        for name, buf in m.named_buffers():
+            if name.endswith("running_var"):
+                buf.copy_(torch.linspace(0.5, 2.0, buf.numel()))
+            elif name.endswith("running_mean"):
+                buf.copy_(torch.linspace(-0.3, 0.3, buf.numel()))
+    with torch.no_grad():
+        for p_new, p_ref in zip(new.parameters(), ref.parameters()):
+            p_new.add_(0.05 * torch.randn_like(p_new))
+            p_ref.copy_(p_new)
+    return new, ref
+
+
+def _inputs(masked: bool):
+    torch.manual_seed(1)
+    x = torch.randn(5, 26, 63)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    lengths = torch.tensor([63, 40, 63, 25, 50]) if masked else None
+    return x, y, lengths
+
+
+def _call(m, x, lengths, **kw):
+    return m(x, lengths, **kw) if lengths is not None else m(x, **kw)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
+def test_training_step_matches_reference(attention, masked):
+    """Train mode: logits, every parameter's gradient and the updated BatchNorm statistics."""
+    new, ref = _pair(attention=attention, n_head=3, n_size=6, n_classes=5)
+    x, y, lengths = _inputs(masked)
+    out = {}
+    for key, m in (("new", new), ("ref", ref)):
+        m.train()
+        logits, _ = _call(m, x, lengths)
+        F.cross_entropy(logits, y).backward()
+        out[key] = logits
+    torch.testing.assert_close(out["new"], out["ref"], **TOL)
+    for (name, p_new), p_ref in zip(new.named_parameters(), ref.parameters()):
+        assert p_new.grad is not None, name
+        torch.testing.assert_close(p_new.grad, p_ref.grad, **TOL, msg=lambda s, n=name: f"{n}: {s}")
+    for (name, b_new), b_ref in zip(new.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b_new, b_ref, **TOL, msg=lambda s, n=name: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
+def test_eval_matches_reference_with_maps(attention, masked):
+    """Eval mode (BatchNorm folded into the convs): logits and the plot maps; return_attention as before."""
+    new, ref = _pair(attention=attention, n_head=3, n_size=6, n_classes=5)
+    x, _, lengths = _inputs(masked)
+    new.eval()
+    ref.eval()
+    with torch.no_grad():
+        ln, an = _call(new, x, lengths, return_attention=True)
+        lr, ar = _call(ref, x, lengths, return_attention=True)
+        lq, aq = _call(new, x, lengths, return_maps=False)
+    torch.testing.assert_close(ln, lr, **TOL)
+    torch.testing.assert_close(lq, lr, **TOL)
+    assert set(an) == set(ar)
+    for k in ar:
+        torch.testing.assert_close(an[k], ar[k], **TOL, msg=lambda s, k=k: f"aux[{k!r}]: {s}")
+    assert set(aq) == {"points"}  # no plot-only work unless asked
+
+
+def test_paper_model_training_step_matches_reference():
+    """The paper's final model (n_head 4, n_size 64, head_dim 8) on a batch of 6: logits and gradients."""
+    new, ref = _pair()
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 26, 63), torch.tensor([0, 1, 2, 3, 4, 5])
+    for m in (new, ref):
+        F.cross_entropy(m(x)[0], y).backward()
+    torch.testing.assert_close(new(x)[0], ref(x)[0], **TOL)
+    for (name, p_new), p_ref in zip(new.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p_new.grad, p_ref.grad, **TOL, msg=lambda s, n=name: f"{n}: {s}")
+
+
+def test_training_forward_skips_plot_maps():
+    """A training forward returns only the points; asking for the maps returns them, equal to eval's."""
+    new, _ = _pair(n_head=2, n_size=4)
+    x = torch.randn(3, 26, 63)
+    _, aux = new(x)
+    assert set(aux) == {"points"}
+    _, aux = new(x, return_maps=True)
+    assert {"points", "head_maps", "fused_map", "fused_output"} <= set(aux)
+    assert new.features(x).is_contiguous(memory_format=torch.channels_last)
