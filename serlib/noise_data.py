@@ -38,6 +38,7 @@ CLIP_POLICY = "rescale"
 SYNTHETIC_TYPES_PER_CATEGORY = 2
 SYNTHETIC_CLIPS_PER_TYPE = 5
 SYNTHETIC_SECONDS = 2.0
+SYNTHETIC_PEAK = 0.2
 
 
 # ------------------------------------------------------------------------------------------------ noise banks
@@ -45,13 +46,14 @@ def _synthetic_clip(category: str, rng: np.random.Generator, n: int, sr: int) ->
     """One generated clip whose envelope fits ``category``'s criteria (:mod:`serlib.noise_categories`)."""
     t = np.arange(n) / sr
     x = np.zeros(n)
-    if category in ("D-S", "D-L"):  # separate events on silence; short: 30 ms decay, long: 0.4 s decay
-        tau, n_ev = (0.03, 5) if category == "D-S" else (0.4, 2)
-        starts = np.sort(rng.uniform(0, n / sr * 0.85, n_ev))
+    if category in ("D-S", "D-L"):  # separate events on silence; short: 30 ms decay, long: 150 ms decay
+        tau, n_ev, dur = (0.03, 5, 0.15) if category == "D-S" else (0.15, 2, 0.4)
+        slot = n / sr / n_ev  # one event per slot, so events never overlap
+        starts = slot * np.arange(n_ev) + rng.uniform(0, max(slot - dur, 0.0), n_ev)
         carrier = rng.standard_normal(n) if category == "D-S" else np.sin(2 * np.pi * rng.uniform(300, 900) * t)
         for s in starts:
             dt = t - s
-            win = (dt >= 0) & (dt < (0.15 if category == "D-S" else 0.5))
+            win = (dt >= 0) & (dt < dur)
             x[win] += carrier[win] * np.exp(-dt[win] / tau)
     else:  # continuous; short: deep fast fluctuations, long: steady
         noise = rng.standard_normal(n)
@@ -62,7 +64,12 @@ def _synthetic_clip(category: str, rng: np.random.Generator, n: int, sr: int) ->
             env = np.ones(n)
             noise = np.convolve(noise, np.ones(8) / 8, mode="same")  # a little colour
         x = noise * env
-    return (0.5 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
+    return (SYNTHETIC_PEAK * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
+
+
+def synthetic_types(types_per_category: int = SYNTHETIC_TYPES_PER_CATEGORY) -> dict[str, str]:
+    """``{type: category}`` of :func:`synthetic_noise` (without generating the clips)."""
+    return {f"syn_{c.lower()}_{k}": c for c in CATEGORIES for k in range(types_per_category)}
 
 
 def synthetic_noise(*, seed: int = 0, sr: int = 16_000, types_per_category: int = SYNTHETIC_TYPES_PER_CATEGORY,

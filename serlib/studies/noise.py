@@ -64,9 +64,9 @@ PROTOCOL_TAG = {"speaker_independent": "si", "paper": "paper"}
 def source_types(source: dict) -> dict[str, str]:
     """``{noise type: category}`` of a noise source, without reading its audio."""
     if source["kind"] == "synthetic":
-        from serlib.noise_data import synthetic_noise
+        from serlib.noise_data import synthetic_types
 
-        return synthetic_noise(clips_per_type=1, seconds=0.2)[2]
+        return synthetic_types()
     from serlib.noise_categories import load_categories
 
     return load_categories(source.get("categories"))
@@ -176,7 +176,7 @@ def fig8_table(records) -> pd.DataFrame:
     df = condition_rows(records)
     if df.empty:
         return df
-    df = df[df["design"] == "a"].copy()
+    df = df[(df["design"] == "a") & (df["category"].isin(CATEGORIES) | (df["condition"] == "test"))].copy()
     df.loc[df["condition"] == "test", "category"] = "clean"
     return _mean_table(df, ["corpus", "protocol", "category", "af", "offset_s"])
 
@@ -303,6 +303,45 @@ def units_table_runs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([b, a[a["category"].isin(set(b["category"]))]])
 
 
+# ------------------------------------------------------------------------------------------------ every model
+def model_robustness(records, checkpoint_root, *, profile: str = "full", source: dict | None = None,
+                     data_root=None) -> pd.DataFrame:
+    """Evaluation only, for every model: each record's model (its checkpoint under ``checkpoint_root``, see
+    :func:`serlib.studies.common.run_study`) on its test part under design a's conditions for ``profile``'s grid.
+    One row per (run, condition) with ``model`` (the record's experiment name), ``seed``, ``fold`` and
+    :func:`serlib.noise_data.robustness`'s columns; the clean test UA of each run as category ``clean``."""
+    from serlib.noise_data import grid_specs, load_bank
+    from serlib.studies.common import corpus_for, experiment_from_dict, load_model
+
+    g = GRIDS[profile]
+    out = []
+    for r in records:
+        exp = experiment_from_dict({k: v for k, v in r["config"].items() if k in Experiment.__dataclass_fields__})
+        src = source or default_source(exp.corpus)
+        bank = load_bank(src, data_root or exp.data_root)
+        from serlib.noise_data import robustness
+
+        df = robustness(load_model(r, checkpoint_root), r, corpus_for(exp),
+                        grid_specs(bank, g["afs"], g["offsets"]), source=src, data_root=data_root)
+        clean = pd.DataFrame([{"condition": "clean", "category": "clean", "ua": r["metrics"]["ua"],
+                               "wa": r["metrics"]["wa"]}])
+        out.append(pd.concat([df, clean]).assign(model=r["kind"], seed=r["seed"], fold=r["split"].get("fold")))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def model_differences(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Paired differences of :func:`model_robustness` rows, model ``a`` minus ``b`` (UA, percentage points) per
+    (category, AF) over runs matched by (seed, fold) and averaged over offsets, with the paired t-test."""
+    rows = []
+    d = df[df["category"].isin(CATEGORIES)]
+    per = d.groupby(["model", "category", "af", "seed", "fold"])["ua"].mean() * 100
+    groups: dict = {}
+    for (model, cat, af, seed, fold), v in per.items():
+        groups.setdefault(f"{cat} AF {af:g}", {}).setdefault(model, {})[(seed, fold)] = v
+    rows = _paired(groups, [(a, b)])
+    return pd.DataFrame(rows)
+
+
 def paper_reference() -> pd.DataFrame:
     """The paper's claims (IEMOCAP improvised), QUOTED from /work/shared/docs/PAPERS.md, never measured here."""
     src = "quoted from PAPERS.md (Head Fusion paper, IEMOCAP); not measured by serlib"
@@ -340,6 +379,6 @@ STUDY = Study(
     paper_claim="D-S hurts least, C-L most (IEMOCAP)",
 )
 
-__all__ = ["AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
+__all__ = ["model_differences", "model_robustness", "AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
            "condition_rows", "cross_table", "design_arms", "experiments", "fig8_table", "paired_table",
            "paper_reference", "type_split_table", "units_table"]
