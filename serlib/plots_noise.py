@@ -105,4 +105,51 @@ def robustness_curves(df: pd.DataFrame, *, snr: str = "snr_eq3_db", value: str =
     return fig
 
 
-__all__ = ["category_examples", "cross_heatmap", "robustness_curves", "ua_vs_af", "ua_vs_units"]
+def listen_pair(corpus, bank, utt: int, category: str, af: float, *, offset_s: float = 0.0, seed: int = 0,
+                seconds: float = 3.0):
+    """``(clean, noisy, info)`` of utterance row ``utt`` mixed with ``category``'s noise at ``af`` (the first
+    ``seconds``), for listening; ``info``: the clip, its type and the SNRs."""
+    from serlib.noise_data import NoisyCorpus, condition_for
+
+    uid = str(corpus.table.at[utt, "utt_id"])
+    nc = NoisyCorpus(corpus, condition_for({"types": bank.types(category), "af": af, "offset_s": offset_s,
+                                            "seed": seed}, [uid], bank), bank)
+    noisy = nc.waveforms(bank.sr)[0][0]
+    from serlib.data.audio import load_audio
+
+    clean = load_audio(corpus.abspath(utt), sr=bank.sr)
+    n = int(seconds * bank.sr)
+    s = nc.snr(bank.sr)
+    row = nc.condition[0]
+    return clean[:n], noisy[:n], {"utt": uid, "noise": row["noise"], "type": bank.type_of[row["noise"]],
+                                  "snr_eq3_db": float(s["snr_eq3_db"][0]), "snr_power_db": float(s["snr_power_db"][0])}
+
+
+def listen_widget(corpus, bank, utt: int = 0, afs=(0.1, 0.2, 0.4, 0.8)):
+    """An ipywidgets panel: pick a category and an AF, hear the clean utterance and its noisy copy
+    (``IPython.display.Audio``). ``panel.show()`` redraws (callable directly)."""
+    import ipywidgets as W
+    from IPython.display import Audio
+
+    cat = W.Dropdown(options=list(CATEGORIES), value=CATEGORIES[0], description="category")
+    af = W.SelectionSlider(options=list(afs), value=afs[len(afs) // 2], description="AF")
+    out = W.Output()
+
+    def show(_=None):
+        out.outputs = ()
+        clean, noisy, info = listen_pair(corpus, bank, utt, cat.value, af.value)
+        out.append_stdout(f"{info['utt']} + {info['noise']} ({info['type']}, {cat.value}), AF {af.value}: "
+                          f"SNR {info['snr_eq3_db']:.1f} dB (Eq. 3), {info['snr_power_db']:.1f} dB (power)\n")
+        out.append_display_data(Audio(clean, rate=bank.sr, normalize=False))
+        out.append_display_data(Audio(noisy, rate=bank.sr, normalize=False))
+        return info
+
+    cat.observe(show, "value")
+    af.observe(show, "value")
+    panel = W.VBox([W.HBox([cat, af]), out])
+    panel.show = show
+    show()
+    return panel
+
+
+__all__ = ["category_examples", "listen_pair", "listen_widget", "cross_heatmap", "robustness_curves", "ua_vs_af", "ua_vs_units"]

@@ -303,9 +303,49 @@ def units_table_runs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([b, a[a["category"].isin(set(b["category"]))]])
 
 
+def claims_table(records) -> pd.DataFrame:
+    """The paper's claims beside our measured answer, computed from the records (empty answers where the design
+    has no runs): category order (a), offsets (a), the first noisy unit's lift (b), mean SNR of all types (e)."""
+    rows = []
+    f8 = fig8_table(records)
+    a = f8[f8["category"].isin(CATEGORIES)] if len(f8) else f8
+    if len(a):
+        per_cat = a.groupby("category")["UA mean (%)"].mean().sort_values()
+        best, worst = per_cat.index[-1], per_cat.index[0]
+        rows.append({"claim": "D-S hurts least, C-L most (a)",
+                     "ours": f"least: {best} ({per_cat[best]:.1f} %), most: {worst} ({per_cat[worst]:.1f} %); "
+                             f"UA per category averaged over AF and offset",
+                     "agrees": bool(best == "D-S" and worst == "C-L"), "n runs": int(a["n runs"].max())})
+        off_range = a.groupby(["category", "af"])["UA mean (%)"].agg(lambda v: v.max() - v.min()).mean()
+        cat_range = a.groupby(["af", "offset_s"])["UA mean (%)"].agg(lambda v: v.max() - v.min()).mean()
+        rows.append({"claim": "the noise offset barely matters (a)",
+                     "ours": f"UA range over offsets {off_range:.1f} pp vs over categories {cat_range:.1f} pp "
+                             f"(means over the other factors)",
+                     "agrees": bool(off_range < cat_range), "n runs": int(a["n runs"].max())})
+    u = units_table(records)
+    noisy = u[u["test"] == "noisy"] if len(u) else u
+    if len(noisy) and noisy["units"].nunique() > 1:
+        curve = noisy.groupby("units")["UA mean (%)"].mean().sort_index()
+        lifts = curve.diff().dropna()
+        step = int(lifts.idxmax())
+        rows.append({"claim": "1 noisy unit lifts noisy-test UA most (b)",
+                     "ours": "; ".join(f"{k - 1}->{k}: {v:+.1f} pp" for k, v in lifts.items()) +
+                             " (mean over categories)" + (f"; largest at {step - 1}->{step}" if len(lifts) > 1
+                                                         else "; one step only, nothing to compare"),
+                     "agrees": bool(step == 1 and lifts.max() > 0) if len(lifts) > 1 else None,
+                     "n runs": int(noisy["n runs"].max())})
+    t8 = all_types_table(records)
+    if len(t8):
+        snr = t8.groupby("af")["SNR Eq. 3 (dB)"].mean()
+        rows.append({"claim": "all types: AF 0.1 about 15 dB, AF 0.5 about 1.4 dB mean SNR (e)",
+                     "ours": "; ".join(f"AF {af:g}: {v:.1f} dB" for af, v in snr.items()),
+                     "agrees": None, "n runs": int(t8["n runs"].max())})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------------ every model
 def model_robustness(records, checkpoint_root, *, profile: str = "full", source: dict | None = None,
-                     data_root=None) -> pd.DataFrame:
+                     data_root=None, offsets: Sequence[float] | None = None) -> pd.DataFrame:
     """Evaluation only, for every model: each record's model (its checkpoint under ``checkpoint_root``, see
     :func:`serlib.studies.common.run_study`) on its test part under design a's conditions for ``profile``'s grid.
     One row per (run, condition) with ``model`` (the record's experiment name), ``seed``, ``fold`` and
@@ -322,7 +362,7 @@ def model_robustness(records, checkpoint_root, *, profile: str = "full", source:
         from serlib.noise_data import robustness
 
         df = robustness(load_model(r, checkpoint_root), r, corpus_for(exp),
-                        grid_specs(bank, g["afs"], g["offsets"]), source=src, data_root=data_root)
+                        grid_specs(bank, g["afs"], offsets or g["offsets"]), source=src, data_root=data_root)
         clean = pd.DataFrame([{"condition": "clean", "category": "clean", "ua": r["metrics"]["ua"],
                                "wa": r["metrics"]["wa"]}])
         out.append(pd.concat([df, clean]).assign(model=r["kind"], seed=r["seed"], fold=r["split"].get("fold")))
@@ -331,15 +371,14 @@ def model_robustness(records, checkpoint_root, *, profile: str = "full", source:
 
 def model_differences(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Paired differences of :func:`model_robustness` rows, model ``a`` minus ``b`` (UA, percentage points) per
-    (category, AF) over runs matched by (seed, fold) and averaged over offsets, with the paired t-test."""
-    rows = []
+    (category, AF), averaged over offsets and over each model's seeds within a fold, paired by fold (the studies
+    train different seed lists, so the folds are the shared unit), with the paired t-test from 2 folds."""
     d = df[df["category"].isin(CATEGORIES)]
-    per = d.groupby(["model", "category", "af", "seed", "fold"])["ua"].mean() * 100
+    per = d.groupby(["model", "category", "af", "fold"])["ua"].mean() * 100
     groups: dict = {}
-    for (model, cat, af, seed, fold), v in per.items():
-        groups.setdefault(f"{cat} AF {af:g}", {}).setdefault(model, {})[(seed, fold)] = v
-    rows = _paired(groups, [(a, b)])
-    return pd.DataFrame(rows)
+    for (model, cat, af, fold), v in per.items():
+        groups.setdefault(f"{cat} AF {af:g}", {}).setdefault(model, {})[fold] = v
+    return pd.DataFrame(_paired(groups, [(a, b)]))
 
 
 def paper_reference() -> pd.DataFrame:
@@ -367,7 +406,8 @@ STUDY = Study(
             Table("units", "Fig. 9(a,b): 1 clean + k noisy units", units_table),
             Table("type_split", "Fig. 9(c,d): test noise types unseen in training", type_split_table),
             Table("cross", "Fig. 10: train on one category, test on each", cross_table),
-            Table("all_types", "Table 8: noise of all types, UA vs mean SNR", all_types_table)),
+            Table("all_types", "Table 8: noise of all types, UA vs mean SNR", all_types_table),
+            Table("claims", "The paper's claims and our measured answers", claims_table)),
     tests=(Table("paired", "Paired tests over (seed, fold): categories, offsets, 1 unit vs none", paired_table,
                  digits=3),),
     prefixes=("noise_",),
@@ -379,6 +419,6 @@ STUDY = Study(
     paper_claim="D-S hurts least, C-L most (IEMOCAP)",
 )
 
-__all__ = ["model_differences", "model_robustness", "AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
+__all__ = ["claims_table", "model_differences", "model_robustness", "AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
            "condition_rows", "cross_table", "design_arms", "experiments", "fig8_table", "paired_table",
            "paper_reference", "type_split_table", "units_table"]
