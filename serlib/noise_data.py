@@ -113,11 +113,14 @@ class NoiseBank:
         return ids
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(self.source, sort_keys=True).encode())
-        for k in sorted(self.clips):
-            h.update(k.encode())
-            h.update(self.clips[k].tobytes())
-        return h.hexdigest()[:16]
+        """Hash of the source and every usable clip's id and samples (computed once)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(json.dumps(self.source, sort_keys=True).encode())
+            for k in sorted(self.clips):
+                h.update(k.encode())
+                h.update(self.clips[k].tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
 
 _BANKS: dict[str, NoiseBank] = {}
