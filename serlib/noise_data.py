@@ -15,8 +15,8 @@ evaluation-only robustness curves of any trained model.
   cached per condition, clean ones are the base corpus's cache, reused.
 * The ``noisy_segments`` view (registered on import): Head Fusion's segments with noisy training units, a noisy or
   clean test part and any number of further test conditions evaluated by the run (``metrics["conditions"]``); every
-  condition it uses is stored once in the results folder as ``noise_conditions/<hash>.json`` and referenced from the
-  record (``counts["noise"]``).
+  condition it uses is stored once in the results folder as ``splits/noise_conditions/<hash>.json`` and referenced
+  from the record (``counts["noise"]`` and ``metrics["conditions"]``, by hash).
 * :func:`robustness`: a trained model and its record -> UA of its test part under each noise condition (evaluation
   only), with the conditions' mean SNRs.
 """
@@ -32,8 +32,11 @@ import torch
 
 from serlib.data.corpus import Corpus
 from serlib.noise import CATEGORIES, condition_hash, make_condition, mix, tile_noise, usable_noise
+from serlib.records import SPLITS_DIR
 
-CONDITIONS_DIR = "noise_conditions"  # under a results folder: one <hash>.json per condition
+# under a results folder, one <hash>.json per condition: beside the stored splits (what data a run saw), so every
+# reader of results/ that skips the split store skips the conditions too
+CONDITIONS_DIR = f"{SPLITS_DIR}/noise_conditions"
 CLIP_POLICY = "rescale"
 SYNTHETIC_TYPES_PER_CATEGORY = 2
 SYNTHETIC_CLIPS_PER_TYPE = 5

@@ -152,4 +152,5 @@ def listen_widget(corpus, bank, utt: int = 0, afs=(0.1, 0.2, 0.4, 0.8)):
     return panel
 
 
-__all__ = ["category_examples", "listen_pair", "listen_widget", "cross_heatmap", "robustness_curves", "ua_vs_af", "ua_vs_units"]
+__all__ = ["category_examples", "cross_heatmap", "listen_pair", "listen_widget", "robustness_curves", "ua_vs_af",
+           "ua_vs_units"]

@@ -3,7 +3,7 @@ study: Head Fusion trained and tested with ESC-50 noise (synthetic noise on the 
 waveforms before the features (:mod:`serlib.noise_data`, view ``noisy_segments``).
 
 Designs (experiment names ``noise_<protocol>_<arm>``; every noisy condition's clip list is stored once under the
-results folder's ``noise_conditions/<hash>.json`` and referenced from the record):
+results folder's ``splits/noise_conditions/<hash>.json`` and referenced from the record):
 
 * **a** (Fig. 8): train clean, test under every category x AF x offset of the profile's grid (full: AF {0.1, 0.2,
   0.4, 0.8} x offsets {0, 1, 2, 4} s), plus noise of all types at AF 0.1 and 0.5 (Table 8's conditions); one
@@ -420,6 +420,7 @@ STUDY = Study(
     paper_claim="D-S hurts least, C-L most (IEMOCAP)",
 )
 
-__all__ = ["claims_table", "model_differences", "model_robustness", "AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
-           "condition_rows", "cross_table", "design_arms", "experiments", "fig8_table", "paired_table",
-           "paper_reference", "type_split_table", "units_table"]
+__all__ = ["AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
+           "claims_table", "condition_rows", "cross_table", "design_arms", "experiments", "fig8_table",
+           "model_differences", "model_robustness", "paired_table", "paper_reference", "type_split_table",
+           "units_table"]
