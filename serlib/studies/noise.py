@@ -415,6 +415,8 @@ STUDY = Study(
     paper_reference=paper_reference,
     notebook="06_noise.ipynb",
     protocols=("speaker_independent", "paper"),
+    options={"designs": (DESIGNS, DESIGNS, "noise designs: a clean train / noisy test, b noisy units, c unseen "
+                                           "types, d cross-category, e all types")},
     in_comparison=False,
     main_arm="a",
     paper_claim="D-S hurts least, C-L most (IEMOCAP)",
