@@ -17,7 +17,7 @@ VALUE = "UA mean (%)"
 
 def category_examples(bank, *, pick: str = "first"):
     """Fig. 1: the first usable clip (sorted ids) of the first type of each category, waveform and frame envelope."""
-    from serlib.noise_categories import envelope_db
+    from serlib.noise_categories import HOP_S, envelope_db
 
     fig, axes = plt.subplots(len(CATEGORIES), 1, figsize=(9, 1.6 * len(CATEGORIES)), sharex=True)
     for ax, cat in zip(axes, CATEGORIES):
@@ -31,7 +31,7 @@ def category_examples(bank, *, pick: str = "first"):
         ax.plot(t, y, lw=0.4, color="k")
         env = envelope_db(y, bank.sr)
         ax2 = ax.twinx()
-        ax2.plot(np.arange(len(env)) * 0.01, env, color="tab:orange", lw=0.8)
+        ax2.plot(np.arange(len(env)) * HOP_S, env, color="tab:orange", lw=0.8)
         ax2.set_ylim(-60, 3)
         ax2.set_ylabel("dB", color="tab:orange")
         ax.set_title(f"{cat}: {bank.type_of[ids[0]]} ({ids[0]})", fontsize=9)
