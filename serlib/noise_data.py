@@ -31,7 +31,15 @@ import pandas as pd
 import torch
 
 from serlib.data.corpus import Corpus
-from serlib.noise import CATEGORIES, condition_hash, make_condition, mix, tile_noise, usable_noise
+from serlib.noise import (
+    CATEGORIES,
+    SILENCE_ABS,
+    condition_hash,
+    make_condition,
+    mix,
+    tile_noise,
+    usable_noise,
+)
 from serlib.records import SPLITS_DIR
 
 # under a results folder, one <hash>.json per condition: beside the stored splits (what data a run saw), so every
@@ -217,8 +225,12 @@ class NoisyCorpus(Corpus):
                     continue
                 noise = tile_noise(torch.from_numpy(self.bank.clips[r["noise"]]), len(w),
                                    int(round(float(r["offset_s"]) * sr)), name=r["noise"])
-                noisy, inf = mix(torch.from_numpy(np.asarray(w, np.float32))[None], noise[None], float(r["af"]),
-                                 clip=self.clip)
+                speech = torch.from_numpy(np.asarray(w, np.float32))[None]
+                if float(noise.abs().mean()) < SILENCE_ABS:  # the clip is silent over this utterance's window
+                    # (a discrete clip's gap): the row stays as mixed, its SNRs are +inf, counted in summary()
+                    noisy, inf = mix(speech + float(r["af"]) * noise[None], noise[None], 0.0, clip=self.clip)
+                else:
+                    noisy, inf = mix(speech, noise[None], float(r["af"]), clip=self.clip)
                 out.append(noisy[0].numpy())
                 for k in info:
                     info[k].append(float(inf[k][0]))
@@ -239,7 +251,8 @@ class NoisyCorpus(Corpus):
         s = self.snr(sr)
         mean = {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else None
                 for k, v in s.items() if k.startswith("snr")}
-        return {"condition": self.hash, "n_utts": len(self), **mean}
+        silent = int(np.isposinf(s["snr_eq3_db"]).sum())  # noise silent over the utterance: left out of the means
+        return {"condition": self.hash, "n_utts": len(self), **mean, "n_silent_noise": silent}
 
 
 def stored_condition(noisy: NoisyCorpus) -> dict:

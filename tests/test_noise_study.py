@@ -229,3 +229,23 @@ def test_esc50_noise_bank(esc50_root):
     for c in CATEGORIES:
         assert bank.types(c) and bank.pool(bank.types(c))
     assert len(bank.clips) + len(bank.skipped) >= 50
+
+
+def test_noise_silent_over_an_utterance_is_counted_not_fatal(synthetic, tmp_path, monkeypatch):
+    """A discrete clip whose gap covers an utterance's whole window: the row stays clean (+inf SNR) and is counted."""
+    from serlib.noise_data import NoiseBank
+
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))
+    sr = 16_000
+    gap = np.zeros(6 * sr, np.float32)
+    gap[5 * sr:] = 0.3 * np.sin(np.arange(sr) / 5.0)  # silent for 5 s, longer than every synthetic utterance
+    bank = NoiseBank({"kind": "test"}, {"gap_0": gap}, {"gap_0": "gap"}, {"gap": "D-S"}, sr)
+    ids = list(synthetic.table["utt_id"][:3])
+    nc = NoisyCorpus(synthetic, condition_for({"types": ["gap"], "af": 0.4, "offset_s": 0.0, "seed": 0}, ids, bank),
+                     bank)
+    waves, _ = nc.waveforms(sr)
+    summary = nc.summary()
+    assert summary["n_silent_noise"] == 3 and summary["snr_eq3_db"] is None
+    from serlib.data.audio import load_audio
+
+    np.testing.assert_array_equal(waves[0], load_audio(synthetic.abspath(int(nc.base_rows[0])), sr=sr))
