@@ -277,6 +277,8 @@ _WAVE_MEMO: dict[tuple[str, int], tuple[list, list]] = {}
 
 def corpus_waveforms(corpus: Corpus, sr: int = 16_000) -> tuple[list[np.ndarray | None], list[dict]]:
     """Decode every utterance once per process. Undecodable files give ``None`` and a skip entry naming the file."""
+    if hasattr(corpus, "waveforms"):  # a corpus that makes its own audio (e.g. noisy copies, serlib.studies.noise)
+        return corpus.waveforms(sr)
     key = (corpus.content_hash() + str(corpus.root), sr)
     if key not in _WAVE_MEMO:
         waves, failed = [], []
@@ -403,7 +405,11 @@ class Views:
     """Train / val / test :class:`ArrayData` of one split plus counts for the run record.
 
     skips: every utterance of the corpus left out, ``{"path", "reason", "stage"}``; flags: kept utterances worth
-    knowing about, ``{"path", "flag"}`` (both corpus-wide, like ``counts``)."""
+    knowing about, ``{"path", "flag"}`` (both corpus-wide, like ``counts``). A registered view may add
+    ``extra_tests`` (name -> callable returning ``(ArrayData, info dict)``, built one at a time), which
+    :func:`run_one` evaluates with the selected weights into ``metrics["conditions"][name]``, and ``stored``
+    (relative path -> JSON-able content) that the record's results folder keeps once
+    (:func:`serlib.records.store_split`)."""
 
     train: ArrayData
     val: ArrayData | None
@@ -411,6 +417,8 @@ class Views:
     counts: dict
     skips: list = field(default_factory=list)
     flags: list = field(default_factory=list)
+    extra_tests: dict = field(default_factory=dict)
+    stored: dict = field(default_factory=dict)
 
 
 def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
@@ -479,6 +487,10 @@ def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndar
 
 
 def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
+    if exp.view not in ("segments", "sequence", "fixed") and exp.view not in VIEWS:
+        from serlib.studies.base import all_studies
+
+        all_studies()  # importing the studies registers their views (a fresh worker process has none yet)
     if exp.view in VIEWS:
         return VIEWS[exp.view](exp, corpus, split, device=device)
     preset = F.PRESETS[exp.features]
@@ -702,6 +714,14 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
             metrics["best_test_epoch"] = {**best["test"], "epoch": best["epoch"],
                                           "note": "checkpoint selected on the TEST set (the authors' protocol)"}
             metrics["last_epoch"] = {**tested[-1]["test"], "epoch": tested[-1]["epoch"]}
+        if views.extra_tests:  # further test conditions of a registered view (e.g. noisy copies of the test part)
+            metrics["conditions"] = {}
+            for cond, make in views.extra_tests.items():
+                data, info = make()
+                c_logits, c_gid = aggregate(trainer.predict(data), data.groups, how=exp.aggregate)
+                m = classification_metrics([labels[i] for i in corpus.y[c_gid]],
+                                           [labels[i] for i in c_logits.argmax(1)], labels=list(labels))
+                metrics["conditions"][cond] = {"ua": m["ua"], "wa": m["wa"], "macro_f1": m["macro_f1"], **info}
         history, timings, selection = result.history, {"features_s": t_feat, **result.timings}, result.selection
         extra = {"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp,
                  "amp_dtype": result.amp_dtype, "resumed": resuming}
@@ -725,6 +745,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         identity=identity_of(exp))
     if status != "ok":
         warnings.warn(f"{exp.name} {split.name} seed {seed}: run FAILED ({reason})", stacklevel=2)
+    if views.stored:
+        record["stored"] = dict(views.stored)
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
         write_record(store_split(record, results_dir), path)

@@ -232,7 +232,15 @@ def split_ref(split: dict) -> str:
 def store_split(record: dict, results_dir: str | Path) -> dict:
     """A copy of ``record`` whose split keeps everything but the utterance ids, plus ``ref`` (the stored split
     ``results_dir/splits/<ref>.json``, written once) and ``n`` (the part sizes). Records whose split is already a
-    reference are returned unchanged."""
+    reference are returned unchanged. A record's ``stored`` entries (relative path -> content, e.g. a noise
+    condition named by its hash) are written under ``results_dir`` once and dropped from the record."""
+    stored = record.get("stored") or {}
+    for rel, content in stored.items():
+        path = Path(results_dir) / rel
+        if not path.exists():
+            write_text_atomic(path, json.dumps(to_jsonable(content), sort_keys=True, indent=0) + "\n")
+    if "stored" in record:
+        record = {k: v for k, v in record.items() if k != "stored"}
     split = record.get("split") or {}
     if "ref" in split or not any(isinstance(split.get(p), list) for p in SPLIT_ID_PARTS):
         return record

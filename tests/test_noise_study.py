@@ -1,0 +1,251 @@
+"""The noise study (serlib.studies.noise, serlib.noise_data): end to end on the synthetic corpus with synthetic noise
+(quick profile), stored conditions re-creating the noisy data exactly, disjoint train / test noise types for design c,
+the noisy feature cache keyed by the condition, records referencing their conditions, evaluation-only robustness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serlib import cache as feature_cache
+from serlib.experiment import _spec, load_experiment_corpus, segment_features
+from serlib.features import PRESETS
+from serlib.noise import CATEGORIES, condition_hash, mix, read_condition, tile_noise
+from serlib.noise_categories import categorize
+from serlib.noise_data import (
+    CONDITIONS_DIR,
+    NoisyCorpus,
+    condition_for,
+    grid_specs,
+    load_bank,
+    robustness,
+    synthetic_noise,
+)
+from serlib.studies import base
+from serlib.studies import noise as ns
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SYN = {"kind": "synthetic"}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_experiment_corpus("synthetic")
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("noise_results")
+    records = base.run("noise", corpus="synthetic", profile="quick", protocols=["speaker_independent"],
+                       results_dir=out)
+    return out, records
+
+
+def _hashes(record: dict) -> set[str]:
+    noise = record["counts"]["noise"]
+    hs = {u["condition"] for u in noise.get("train", [])}
+    hs |= {noise[k]["condition"] for k in ("val", "test") if k in noise}
+    hs |= {m["condition"] for m in (record["metrics"].get("conditions") or {}).values() if m.get("condition")}
+    return hs
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_quick_study_runs_every_design_end_to_end(study_run):
+    out, records = study_run
+    assert [r.get("status", "ok") for r in records] == ["ok"] * len(records)
+    arms = {r["identity"]["arm"] for r in records}
+    assert {a.split("_")[0] for a in arms} == set(ns.DESIGNS)
+    a = next(r for r in records if r["identity"]["arm"] == "a")
+    g = ns.GRIDS["quick"]
+    expected = {f"{c}|af{af:g}|off{o:g}" for c in CATEGORIES for af in g["afs"] for o in g["offsets"]}
+    expected |= {f"all|af{af:g}|off0" for af in g["e_afs"]}
+    assert set(a["metrics"]["conditions"]) == expected
+    for m in a["metrics"]["conditions"].values():
+        assert 0.0 <= m["ua"] <= 1.0 and np.isfinite(m["snr_eq3_db"]) and np.isfinite(m["snr_power_db"])
+    # a higher AF gives a lower SNR, the same utterances and clips otherwise (offset 0)
+    for c in CATEGORIES:
+        lo, hi = (a["metrics"]["conditions"][f"{c}|af{af:g}|off0"]["snr_eq3_db"] for af in g["afs"])
+        assert hi == pytest.approx(lo - 20 * np.log10(g["afs"][1] / g["afs"][0]), abs=0.01)
+    recs = ns.STUDY.records(out)
+    assert len(recs) == len(records)
+    for table in ns.STUDY.tables + ns.STUDY.tests:
+        assert not table.fn(recs).empty, table.name
+    fig8 = ns.fig8_table(recs)
+    assert set(fig8["category"]) == set(CATEGORIES) | {"clean"}
+    # a second run finds every record and trains nothing
+    again = base.run("noise", corpus="synthetic", profile="quick", protocols=["speaker_independent"],
+                     results_dir=out)
+    assert [r["_path"] for r in again] == [r["_path"] for r in records]
+
+
+def test_records_reference_their_stored_conditions(study_run):
+    out, records = study_run
+    for r in records:
+        assert r["config"]["view"] == "noisy_segments" and r["config"]["view_kwargs"]["source"] == SYN
+        hashes = _hashes(r)
+        if r["identity"]["arm"] != "a":
+            assert r["counts"]["noise"]["train"] and "test" in r["counts"]["noise"]
+        assert hashes
+        for h in hashes:
+            rows = read_condition(out / CONDITIONS_DIR / f"{h}.json")
+            assert condition_hash(rows) == h
+        assert "stored" not in json.loads(Path(r["_path"]).read_text())
+
+
+def test_stored_condition_recreates_the_noisy_audio_and_features_exactly(study_run, synthetic):
+    out, records = study_run
+    a = next(r for r in records if r["identity"]["arm"] == "a")
+    h = a["metrics"]["conditions"]["C-S|af0.4|off1"]["condition"]
+    rows = read_condition(out / CONDITIONS_DIR / f"{h}.json")
+    bank = load_bank(SYN)
+    nc = NoisyCorpus(synthetic, rows, bank)
+    assert nc.hash == h
+    waves, _ = nc.waveforms(16_000)
+    from serlib.data.audio import load_audio
+
+    for i in (0, len(nc) - 1):  # by hand: tile from the offset, scale by AF, add, rescale only above full scale
+        r = nc.condition[i]
+        speech = torch.from_numpy(load_audio(synthetic.abspath(int(nc.base_rows[i])), sr=16_000))
+        noise = tile_noise(torch.from_numpy(bank.clips[r["noise"]]), len(speech), int(r["offset_s"] * 16_000))
+        assert r["offset_s"] == 1.0 and r["af"] == 0.4
+        expect = speech + 0.4 * noise
+        expect = expect / max(1.0, float(expect.abs().max()))
+        np.testing.assert_allclose(waves[i], expect.numpy(), atol=1e-6)
+        ref, _ = mix(speech[None], noise[None], 0.4)
+        np.testing.assert_array_equal(waves[i], ref[0].numpy())
+    # the cached noisy features equal features rebuilt from the stored list
+    preset = PRESETS["head_fusion_mfcc"]
+    cached = segment_features(nc, preset, win_s=2.0, step_s=0.4, short="pad")
+    fresh = segment_features(NoisyCorpus(synthetic, rows, bank), preset, win_s=2.0, step_s=0.4, short="pad",
+                             refresh=True)
+    np.testing.assert_array_equal(cached["x"], fresh["x"])
+    np.testing.assert_array_equal(cached["groups"], fresh["groups"])
+
+
+def test_type_split_design_keeps_train_and_test_noise_disjoint(study_run):
+    out, records = study_run
+    bank = load_bank(SYN)
+    c = [r for r in records if r["identity"]["arm"].startswith("c_")]
+    assert c
+    for r in c:
+        noise = r["counts"]["noise"]
+        train_clips = {row["noise"] for u in noise["train"] + [noise["val"]]
+                       for row in read_condition(out / CONDITIONS_DIR / f"{u['condition']}.json")}
+        test_clips = {row["noise"] for row in read_condition(out / CONDITIONS_DIR /
+                                                             f"{noise['test']['condition']}.json")}
+        train_types = {bank.type_of[n] for n in train_clips}
+        test_types = {bank.type_of[n] for n in test_clips}
+        assert train_clips and test_clips and not train_types & test_types
+        assert {bank.categories[t] for t in train_types | test_types} == {r["identity"]["arm"].split("_")[1]}
+        vk = r["config"]["view_kwargs"]
+        assert set(vk["noise_types"]["train"]).isdisjoint(vk["noise_types"]["test"])
+
+
+# ------------------------------------------------------------------------------------------------ cache keys
+def test_noisy_cache_key_changes_with_the_condition_and_clean_features_are_reused(synthetic, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))
+    bank = load_bank(SYN)
+    preset = PRESETS["head_fusion_mfcc"]
+    ids = list(synthetic.table["utt_id"][:6])
+    types = bank.types("D-S")
+    specs = [{"types": types, "af": 0.1, "offset_s": 0.0, "seed": 0},
+             {"types": types, "af": 0.2, "offset_s": 0.0, "seed": 0},
+             {"types": types, "af": 0.1, "offset_s": 1.0, "seed": 0},
+             {"types": types, "af": 0.1, "offset_s": 0.0, "seed": 5}]
+    keys = []
+    for s in specs:
+        nc = NoisyCorpus(synthetic, condition_for(s, ids, bank), bank)
+        keys.append(feature_cache.cache_key(_spec(nc, preset, view="segments", win_s=2.0, step_s=0.4,
+                                                  short="pad")))
+    assert len(set(keys)) == len(keys)
+    same = NoisyCorpus(synthetic, condition_for(specs[0], ids, bank), bank)
+    assert feature_cache.cache_key(_spec(same, preset, view="segments", win_s=2.0, step_s=0.4,
+                                         short="pad")) == keys[0]
+    segment_features(same, preset, win_s=2.0, step_s=0.4, short="pad")
+    assert {p.stem for p in tmp_path.glob("*.npz")} >= {keys[0]}
+    clean_key = feature_cache.cache_key(_spec(synthetic, preset, view="segments", win_s=2.0, step_s=0.4,
+                                              short="pad"))
+    assert clean_key not in keys  # the clean corpus keeps its own cache entry, untouched by noise
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def test_synthetic_noise_is_deterministic_and_falls_in_its_category():
+    clips, type_of, cats = synthetic_noise()
+    again, _, _ = synthetic_noise()
+    assert all(np.array_equal(clips[k], again[k]) for k in clips)
+    assert set(cats.values()) == set(CATEGORIES)
+    for nid, wave in clips.items():
+        assert categorize(wave, 16_000, name=nid)["category"] == cats[type_of[nid]], nid
+
+
+def test_design_arms_and_bad_input():
+    arms = ns.design_arms(SYN, "full")
+    assert len(arms["a"]["tests"]) == len(CATEGORIES) * len(ns.AFS) * len(ns.OFFSETS) + len(ns.ALL_TYPES_AFS)
+    assert {f"b_{c}_u{k}" for c in CATEGORIES for k in ns.UNITS} <= set(arms)
+    # b's noisy test is design a's condition of the same category at UNIT_AF, offset 0: a's run is b's k = 0
+    for c in CATEGORIES:
+        assert arms[f"b_{c}_u1"]["test"] == arms["a"]["tests"][f"{c}|af{ns.UNIT_AF:g}|off0"]
+    with pytest.raises(ValueError, match="unknown noise designs"):
+        ns.experiments("synthetic", designs=("z",))
+    bank = load_bank(SYN)
+    with pytest.raises(ValueError, match="without a usable clip"):
+        bank.pool(["no_such_type"])
+    with pytest.raises(ValueError, match="noise source kind"):
+        load_bank({"kind": "radio"})
+
+
+def test_robustness_of_a_clean_model_from_its_checkpoint(synthetic, tmp_path):
+    from serlib.studies import head_fusion as hf
+    from serlib.studies.common import load_model, run_study
+
+    exp = hf.speaker_independent_experiment("synthetic", profile="quick")
+    exp = exp.replace(folds=(0,), train={**exp.train, "epochs": 1}, model_kwargs={**exp.model_kwargs, "n_head": 1,
+                                                                                    "n_size": 4})
+    rec = run_study([exp], results_dir=tmp_path / "r", checkpoint_root=tmp_path / "ck")[0]
+    bank = load_bank(SYN)
+    specs = grid_specs(bank, (0.1, 0.8), (0.0,), categories=("D-S", "C-L"))
+    df = robustness(load_model(rec, tmp_path / "ck"), rec, synthetic, specs)
+    assert list(df["condition"]) == list(specs)
+    assert df["ua"].between(0, 1).all()
+    for cat in ("D-S", "C-L"):
+        part = df[df["category"] == cat].sort_values("af")
+        assert part["snr_eq3_db"].is_monotonic_decreasing
+    # AF 0: the "noisy" test part is the clean one, so the clean run's UA comes back exactly
+    zero = robustness(load_model(rec, tmp_path / "ck"), rec, synthetic,
+                      {"D-S|af0|off0": {"types": bank.types("D-S"), "af": 0.0, "offset_s": 0.0, "seed": 0}})
+    assert float(zero["ua"].iloc[0]) == pytest.approx(rec["metrics"]["ua"], abs=1e-6)
+    every = ns.model_robustness([rec], tmp_path / "ck", profile="quick")
+    assert set(every["model"]) == {rec["kind"]} and "clean" in set(every["category"])
+
+
+def test_esc50_noise_bank(esc50_root):
+    bank = load_bank({"kind": "esc50", "root": str(esc50_root)})
+    for c in CATEGORIES:
+        assert bank.types(c) and bank.pool(bank.types(c))
+    assert len(bank.clips) + len(bank.skipped) >= 50
+
+
+def test_noise_silent_over_an_utterance_is_counted_not_fatal(synthetic, tmp_path, monkeypatch):
+    """A discrete clip whose gap covers an utterance's whole window: the row stays clean (+inf SNR) and is counted."""
+    from serlib.noise_data import NoiseBank
+
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))
+    sr = 16_000
+    gap = np.zeros(6 * sr, np.float32)
+    gap[5 * sr:] = 0.3 * np.sin(np.arange(sr) / 5.0)  # silent for 5 s, longer than every synthetic utterance
+    bank = NoiseBank({"kind": "test"}, {"gap_0": gap}, {"gap_0": "gap"}, {"gap": "D-S"}, sr)
+    ids = list(synthetic.table["utt_id"][:3])
+    nc = NoisyCorpus(synthetic, condition_for({"types": ["gap"], "af": 0.4, "offset_s": 0.0, "seed": 0}, ids, bank),
+                     bank)
+    waves, _ = nc.waveforms(sr)
+    summary = nc.summary()
+    assert summary["n_silent_noise"] == 3 and summary["snr_eq3_db"] is None
+    from serlib.data.audio import load_audio
+
+    np.testing.assert_array_equal(waves[0], load_audio(synthetic.abspath(int(nc.base_rows[0])), sr=sr))
