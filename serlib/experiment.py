@@ -211,6 +211,12 @@ class Views:
     val: ArrayData | None
     test: ArrayData
     counts: dict
+    # the training-part statistics each input was normalised with: {input name ("x" for a tensor x): (mean, std)},
+    # saved beside a kept checkpoint so that ``serlib predict`` normalises new audio the same way
+    normalizer: dict = field(default_factory=dict)
+    # model config sizes the view decides (a dict-x view: e.g. {"n_features": 40, "w2v2_dim": 768}); a tensor x
+    # gives n_features = x.shape[1]
+    sizes: dict = field(default_factory=dict)
 
 
 def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
@@ -319,13 +325,14 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
         raise ValueError(f"split {split.name}: empty train or test part after skips ({counts})")
     if exp.normalize:
         mean, std = _normalizer(train.x, train.lengths)
+        normalizer = {"x": (mean, std)}
         for part in (train, val, test):
             if part is not None:
                 part.x = (part.x - mean) / std
                 if part.lengths is not None:  # keep padding at zero
                     mask = torch.arange(part.x.shape[-1])[None, :] < part.lengths[:, None]
                     part.x = part.x * mask[:, None, :]
-    return Views(train, val, test, counts)
+    return Views(train, val, test, counts, normalizer=normalizer if exp.normalize else {})
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -363,10 +370,11 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     labels = corpus.labels
     tcfg = TrainConfig(**{**exp.train, "seed": seed, "device": device or exp.train.get("device", "auto")})
     if checkpoint_root:
-        tcfg.checkpoint_dir = str(Path(checkpoint_root) / f"{exp.name}_{split.name.replace('/', '_')}_s{seed}")
+        run_name = f"{exp.name}_{split.name.replace('/', '_')}_s{seed}"  # as studies.common.checkpoint_dir
+        tcfg.checkpoint_dir = str(Path(checkpoint_root).resolve() / run_name)
     torch.manual_seed(seed)
-    model, model_cfg = build_model(exp.model, n_classes=len(labels), n_features=views.train.x.shape[1],
-                                   **exp.model_kwargs)
+    sizes = dict(views.sizes) or {"n_features": views.train.x.shape[1]}
+    model, model_cfg = build_model(exp.model, n_classes=len(labels), **{**exp.model_kwargs, **sizes})
     trainer = Trainer(model, tcfg, loss_fn=_make_loss(exp, views.train, len(labels)),
                       score_fn=utterance_scores(labels, exp.aggregate))
     result = trainer.fit(views.train, views.val, views.test)
@@ -396,6 +404,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         extra={"best_epoch": result.best_epoch, "device": result.device, "amp": result.amp, "amp_dtype": result.amp_dtype,
                "n_parameters": sum(p.numel() for p in model.parameters())},
         identity=identity_of(exp))
+    if tcfg.checkpoint_dir:  # what ``serlib predict`` needs beside the weights: the run and its statistics
+        save_serving(tcfg.checkpoint_dir, record, views.normalizer)
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
         write_record(store_split(record, results_dir), path)
@@ -404,6 +414,24 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         model.eval()
         return record, model, views
     return record
+
+
+RUN_FILE, NORMALIZER_FILE = "run.json", "normalizer.json"
+
+
+def save_serving(checkpoint_dir: str | Path, record: dict, normalizer: dict) -> None:
+    """Beside a run's checkpoint: ``run.json`` (its record: config, label set, feature settings) and
+    ``normalizer.json`` (the training-part mean / std of each input), for :mod:`serlib.predict`."""
+    import json
+
+    from serlib.records import to_jsonable, write_text_atomic
+
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = {k: {"mean": m.detach().cpu().tolist(), "std": s.detach().cpu().tolist()}
+             for k, (m, s) in normalizer.items()}
+    write_text_atomic(folder / NORMALIZER_FILE, json.dumps(stats))
+    write_text_atomic(folder / RUN_FILE, json.dumps(to_jsonable(record), indent=1, sort_keys=True))
 
 
 # which runs an experiment enumerates and what names it, not how one run is configured

@@ -325,10 +325,11 @@ def apply_overrides(exp: Experiment, overrides: Mapping[str, Mapping]) -> Experi
 def run(study: Study | str, *, corpus: str | None = None, data_root: str | None = None, profile: str = "full",
         protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
         results_dir: str | Path = "results", n_jobs: int = 1, backend: str = "process", progress: bool = False,
-        **options) -> list[dict]:
+        checkpoint_root: str | Path | None = None, **options) -> list[dict]:
     """Run ``study`` (a :class:`Study` or its registry name): its experiments for the profile and protocols, every
     (experiment, seed, fold) not yet recorded under ``results_dir``; returns all their records in task order.
-    Feature caches are built once here, before any worker starts."""
+    Feature caches are built once here, before any worker starts. ``checkpoint_root``: each run keeps its checkpoint
+    (and what ``serlib predict`` needs) there."""
     from serlib.experiment import build_views
     from serlib.studies.common import corpus_for, run_study, split_for
 
@@ -341,7 +342,8 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
     for exp in exps:
         c = corpus_for(exp)
         build_views(exp, c, split_for(exp, c, (exp.folds or (0,))[0]))
-    return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress)
+    return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress,
+                     checkpoint_root=checkpoint_root)
 
 
 def summary(study: Study, records: list[dict]) -> pd.DataFrame:
