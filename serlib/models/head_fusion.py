@@ -367,7 +367,7 @@ class HeadFusionACNN(nn.Module):
             points = self._self_attention(feat, key_mask, aux, return_attention)
         else:
             points = self._gap(feat.flatten(2), key_mask)  # (B, C)
-        aux["points"] = points
+        aux["points"] = aux["embedding"] = points  # the utterance (segment) representation, as every model
         logits = self.fc(self.dropout(points))
         assert logits.shape == (b, cfg.n_classes)
         return logits, {
