@@ -261,6 +261,22 @@ register_view("ca_ser", ca_ser_view)
 register_inputs("ca_ser", predict_inputs)
 
 
+@torch.no_grad()
+def cross_attention(model: torch.nn.Module, data: ArrayData, item: int) -> dict:
+    """The fusion model's cross-attention on item ``item`` of ``data`` (a :func:`ca_ser_view` part), eval mode:
+    ``heads`` (n_heads, T1, T2) and their mean ``map`` (T1, T2): which wav2vec 2.0 frame (20 ms) each MFCC frame
+    (10 ms) attends to; ``mfcc`` (F, T1), the utterance row ``group``, its ``label`` and the model's ``pred``."""
+    model.eval()
+    sub = data.subset([item])
+    x, _, _ = sub.batch(slice(0, 1))
+    logits, aux = model(**x)
+    if aux.get("cross_attention") is None:
+        raise ValueError("cross-attention exists only in the fusion arm")
+    heads = aux["cross_attention"][0].float().cpu().numpy()
+    return {"heads": heads, "map": heads.mean(0), "mfcc": x["mfcc"][0].cpu().numpy(), "group": int(sub.groups[0]),
+            "label": int(sub.y[0]), "pred": int(logits.argmax(1)[0])}
+
+
 # ------------------------------------------------------------------------------------------------ experiments
 def _protocols(corpus: str, protocols: Sequence[str]) -> list[tuple[str, str, dict]]:
     """(experiment name, split protocol, protocol kwargs) per requested protocol (see the module docstring)."""
@@ -378,6 +394,15 @@ class CASERStudy(Study):
     def owns(self, record: dict) -> bool:
         return super().owns(record) and pretrained_ok(record)
 
+    def status(self, records: list[dict]) -> list[dict]:
+        """The fusion's rows; where a (corpus, protocol, profile) has none, the MFCC branch's, named as such."""
+        rows = super().status(records)
+        have = {(r["corpus"], r["protocol"], r["profile"]) for r in rows}
+        mfcc = Study.status(dataclasses.replace(self, main_arm="mfcc"), records)
+        rows += [{**r, "paper": f"{self.title}: MFCC branch only (no pretrained wav2vec 2.0 here)"} for r in mfcc
+                 if (r["corpus"], r["protocol"], r["profile"]) not in have]
+        return rows
+
 
 STUDY = CASERStudy(
     name="ca_ser",
@@ -403,5 +428,6 @@ STUDY = CASERStudy(
 )
 
 __all__ = ["ARMS", "PAPER_LAYER", "PROFILES", "STUDY", "ablation_table", "arm_experiment", "ca_ser_view",
+           "cross_attention",
            "experiments", "is_pretrained", "layer_sweep_table", "predict_inputs", "pretrained_ok",
            "save_random_wav2vec2", "w2v2_settings"]
