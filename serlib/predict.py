@@ -12,9 +12,9 @@ in, e.g. after moving the folder) or the checkpoint folder itself. The weights a
 
 Each file is decoded with :func:`serlib.data.audio.load_audio` (any format soundfile reads, any rate, stereo mixed
 down), turned into the run's inputs exactly as its view built them (segments: windows at the test step, and the
-utterance's probabilities are the mean of its segments' softmax, as in the experiments' aggregate; sequences; fixed
-length; a study's registered view through :func:`register_inputs`), normalised with the saved statistics, and
-classified. A file that cannot be read gives one error entry naming it and why; the others are still predicted.
+utterance's probabilities combine its segments as the experiment's aggregate did, by default the mean of their
+softmax; sequences; fixed length; a study's registered view through :func:`register_inputs`), normalised with the
+saved statistics, and classified. A file that cannot be read gives one error entry naming it and why; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -161,7 +161,13 @@ def _predict_wave(run: LoadedRun, wave: np.ndarray, embedding: bool) -> dict:
         if embedding and isinstance(aux, dict) and aux.get("embedding") is not None:
             embs.append(aux["embedding"].float())
     z = torch.cat(logits)
-    probs = torch.softmax(z, dim=1).mean(0)  # segments: the mean of their softmax (the experiments' mean_prob)
+    how = getattr(run.exp, "aggregate", "mean_prob")  # segments -> utterance as the experiment scored it
+    if how == "mean_logit":
+        probs = torch.softmax(z.mean(0), dim=0)
+    elif how == "vote":
+        probs = torch.bincount(z.argmax(1), minlength=z.shape[1]).float() / z.shape[0]
+    else:  # mean_prob: the mean of the segments' softmax
+        probs = torch.softmax(z, dim=1).mean(0)
     i = int(probs.argmax())
     res = {"label": run.labels[i], "probabilities": {lab: float(p) for lab, p in zip(run.labels, probs.tolist())},
            "n_segments": int(z.shape[0])}
