@@ -9,6 +9,7 @@ experiment  run one experiment (seeds x folds) from a JSON config (or --from-rec
 reproduce   run a registered study (its paper's protocol and ours) through the one resumable runner; any config
             field is set with a dotted flag: --model.n_head 2 --train.epochs 10 (checked before any data is read)
             study / experiment / reproduce take --manifest CSV [--name N] [--labels MAP]: your own corpus
+predict     predict the emotion of audio files with a saved run (reproduce --save-model keeps one)
 results     regenerate docs/RESULTS.md and README's status table from the records (--check: fail when stale)
 """
 
@@ -329,8 +330,8 @@ def cmd_reproduce(args) -> int:
 
     study = get_study(args.paper)
     options = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
-    checkpoints = None if args.no_resume else Path(args.checkpoints) if args.checkpoints else \
-        cache_dir() / "checkpoints"
+    checkpoints = None if args.no_resume and not args.save_model else \
+        Path(args.save_model or args.checkpoints or cache_dir() / "checkpoints")
     corpus, data_root, corpus_kwargs = corpus_from_args(args)
     kw = dict(corpus=corpus, data_root=data_root, profile=args.profile, protocols=args.protocols,
               overrides=getattr(args, "overrides", {}), seeds=args.seeds, folds=args.folds,
@@ -348,6 +349,13 @@ def cmd_reproduce(args) -> int:
         print(f"{str(r.get('status', 'error')).upper()}", r.get("task", {}).get("task_id"),
               str(r.get("error") or r.get("reason") or "")[-2000:])
     return 1 if bad else 0
+
+
+def cmd_predict(args) -> int:
+    from serlib.predict import main_predict
+
+    return main_predict(args.files, args.model, checkpoints=args.checkpoints, as_json=args.json,
+                        embedding=args.embedding)
 
 
 def cmd_results(args) -> int:
@@ -374,7 +382,10 @@ def _add_study_options(parser, studies) -> None:
                 continue
             seen.add(name)
             flag = "--" + name.replace("_", "-")
-            if isinstance(default, bool):
+            if choices is None:  # a free value (e.g. a model id or folder), typed like its default
+                parser.add_argument(flag, dest=name, default=None, type=type(default) if default is not None else str,
+                                    help=f"{study.name}: {help_} (default {default})")
+            elif isinstance(default, bool):
                 parser.add_argument(flag, dest=name, default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
                                     help=f"{study.name}: {help_} (true/false; default {default})")
             else:
@@ -466,8 +477,21 @@ def main(argv: list[str] | None = None) -> int:
                    "killed run resumes from its last epoch when its checkpoint is this same run's")
     r.add_argument("--no-resume", action="store_true", help="keep no checkpoints; every run starts afresh")
     add_corpus_args(r)
+    r.add_argument("--save-model", nargs="?", const=str(REPO / "build" / "checkpoints"), default=None,
+                   metavar="ROOT", help="keep each new run's checkpoint (and what `serlib predict` needs) under ROOT "
+                   "(default build/checkpoints, never committed); runs already recorded are not rerun")
     _add_study_options(r, studies)
     r.set_defaults(fn=cmd_reproduce)
+
+    pr = sub.add_parser("predict", help="predict the emotion of audio files with a saved run")
+    pr.add_argument("files", nargs="+", help="audio files (anything soundfile reads; any rate, stereo)")
+    pr.add_argument("--model", required=True, metavar="RUN",
+                    help="a run record JSON (made with reproduce --save-model) or its checkpoint folder")
+    pr.add_argument("--checkpoints", default=None, metavar="ROOT",
+                    help="where to look for the run's checkpoint when it is not where the run put it")
+    pr.add_argument("--json", action="store_true", help="one JSON object per file (label, probabilities)")
+    pr.add_argument("--embedding", action="store_true", help="with --json: include the utterance embedding")
+    pr.set_defaults(fn=cmd_predict)
 
     g = sub.add_parser("results", help="regenerate docs/RESULTS.md and README's status table from the records")
     g.add_argument("--results", default="results")

@@ -419,6 +419,12 @@ class Views:
     flags: list = field(default_factory=list)
     extra_tests: dict = field(default_factory=dict)
     stored: dict = field(default_factory=dict)
+    # the training-part statistics each input was normalised with: {input name ("x" for a tensor x): (mean, std)},
+    # saved beside a kept checkpoint so that ``serlib predict`` normalises new audio the same way
+    normalizer: dict = field(default_factory=dict)
+    # model config sizes the view decides (a dict-x view: e.g. {"n_features": 40, "w2v2_dim": 768}); a tensor x
+    # gives n_features = x.shape[1]
+    sizes: dict = field(default_factory=dict)
 
 
 def _normalizer(x: torch.Tensor, lengths: torch.Tensor | None):
@@ -576,13 +582,14 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
         raise ValueError(f"split {split.name}: empty train or test part after skips ({counts})")
     if exp.normalize:
         mean, std = _normalizer(train.x, train.lengths)
+        normalizer = {"x": (mean, std)}
         for part in (train, val, test):
             if part is not None:
                 part.x = (part.x - mean) / std
                 if part.lengths is not None:  # keep padding at zero
                     mask = torch.arange(part.x.shape[-1])[None, :] < part.lengths[:, None]
                     part.x = part.x * mask[:, None, :]
-    return Views(train, val, test, counts, skips, flags)
+    return Views(train, val, test, counts, skips, flags, normalizer=normalizer if exp.normalize else {})
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -689,8 +696,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         tcfg.checkpoint_dir = str(folder)
         resuming = _check_or_mark_checkpoint(folder, _run_identity(exp, corpus, split, seed), resume)
     torch.manual_seed(seed)
-    model, model_cfg = build_model(exp.model, n_classes=len(labels), n_features=views.train.x.shape[1],
-                                   **exp.model_kwargs)
+    sizes = dict(views.sizes) or {"n_features": views.train.x.shape[1]}
+    model, model_cfg = build_model(exp.model, n_classes=len(labels), **{**exp.model_kwargs, **sizes})
     trainer = Trainer(model, tcfg, loss_fn=_make_loss(exp, views.train, len(labels)),
                       score_fn=utterance_scores(labels, exp.aggregate))
     status, reason, result, failure = "ok", None, None, None
@@ -747,6 +754,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         warnings.warn(f"{exp.name} {split.name} seed {seed}: run FAILED ({reason})", stacklevel=2)
     if views.stored:
         record["stored"] = dict(views.stored)
+    if tcfg.checkpoint_dir:  # what ``serlib predict`` needs beside the weights: the run and its statistics
+        save_serving(tcfg.checkpoint_dir, record, views.normalizer)
     if results_dir is not None:
         path = experiment_record_path(exp, corpus, split, seed, results_dir)
         write_record(store_split(record, results_dir), path)
@@ -755,6 +764,24 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         model.eval()
         return record, model, views
     return record
+
+
+RUN_FILE, NORMALIZER_FILE = "record.json", "normalizer.json"  # (run.json is the resume marker)
+
+
+def save_serving(checkpoint_dir: str | Path, record: dict, normalizer: dict) -> None:
+    """Beside a run's checkpoint: ``run.json`` (its record: config, label set, feature settings) and
+    ``normalizer.json`` (the training-part mean / std of each input), for :mod:`serlib.predict`."""
+    import json
+
+    from serlib.records import to_jsonable, write_text_atomic
+
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = {k: {"mean": m.detach().cpu().tolist(), "std": s.detach().cpu().tolist()}
+             for k, (m, s) in normalizer.items()}
+    write_text_atomic(folder / NORMALIZER_FILE, json.dumps(stats))
+    write_text_atomic(folder / RUN_FILE, json.dumps(to_jsonable(record), indent=1, sort_keys=True))
 
 
 # which runs an experiment enumerates and what names it, not how one run is configured

@@ -506,6 +506,7 @@ class HeadFusionACNN(nn.Module):
             points = self._self_attention(feat, key_mask, aux, maps, return_attention)
         else:
             points = self._gap(_points_last(feat).transpose(1, 2), key_mask)  # (B, C)
+        aux["points"] = aux["embedding"] = points  # the utterance (segment) representation, as every model
         logits = self.fc(self.dropout(points))
         assert logits.shape == (b, cfg.n_classes)
         aux["points"] = points

@@ -332,7 +332,8 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
     """Run ``study`` (a :class:`Study` or its registry name): its experiments for the profile and protocols, every
     (experiment, seed, fold) not yet recorded under ``results_dir``; returns all their records in task order.
     Feature caches are built once here, before any worker starts. With ``checkpoint_root`` every run checkpoints
-    each epoch there, and a killed run resumes from its last epoch (:func:`serlib.experiment.run_one`)."""
+    each epoch there (a killed run resumes from its last epoch, :func:`serlib.experiment.run_one`) and keeps what
+    ``serlib predict`` needs beside its weights."""
     from serlib.experiment import build_views
     from serlib.studies.common import corpus_for, run_study, split_for
 
