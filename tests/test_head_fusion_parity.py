@@ -81,10 +81,11 @@ def test_eval_matches_reference_with_maps(attention, masked):
         lq, aq = _call(new, x, lengths, return_maps=False)
     torch.testing.assert_close(ln, lr, **TOL)
     torch.testing.assert_close(lq, lr, **TOL)
-    assert set(an) == set(ar)
+    assert set(an) == set(ar) | {"embedding"}  # every serlib model names its representation "embedding"
+    assert torch.equal(an["embedding"], an["points"])
     for k in ar:
         torch.testing.assert_close(an[k], ar[k], **TOL, msg=lambda s, k=k: f"aux[{k!r}]: {s}")
-    assert set(aq) == {"points"}  # no plot-only work unless asked
+    assert set(aq) == {"points", "embedding"}  # no plot-only work unless asked
 
 
 def test_paper_model_training_step_matches_reference():
@@ -104,7 +105,7 @@ def test_training_forward_skips_plot_maps():
     new, _ = _pair(n_head=2, n_size=4)
     x = torch.randn(3, 26, 63)
     _, aux = new(x)
-    assert set(aux) == {"points"}
+    assert set(aux) == {"points", "embedding"}
     _, aux = new(x, return_maps=True)
     assert {"points", "head_maps", "fused_map", "fused_output"} <= set(aux)
     assert new.features(x).is_contiguous(memory_format=torch.channels_last)
