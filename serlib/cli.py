@@ -1,5 +1,8 @@
 """Command line: ``python -m serlib <command>`` (or the ``serlib`` entry point).
 
+(Over 450 lines on purpose: one parser for every command keeps the flags of study, reproduce and experiment
+consistent; each command's work lives in the library, here only argument handling.)
+
 Commands
 --------
 study       execute the notebooks headless with papermill into build/notebooks/ (the main job)

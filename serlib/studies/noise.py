@@ -205,26 +205,33 @@ def units_table(records) -> pd.DataFrame:
     return _mean_table(out[out["category"].isin(cats)], ["corpus", "protocol", "category", "test", "units"])
 
 
-def type_split_table(records) -> pd.DataFrame:
-    """Design c (Fig. 9(c,d)): test noise of types unseen in training, per category (and clean)."""
+def _design_rows(records, design: str) -> pd.DataFrame:
+    """:func:`condition_rows` of one design, with the category its arm trained on (``arm`` = ``<design>_<cat>``)."""
     df = condition_rows(records)
     if df.empty:
         return df
-    df = df[df["design"] == "c"].copy()
-    df["category"] = df["arm"].str.split("_").str[1]
+    df = df[df["design"] == design].copy()
+    df["arm category"] = df["arm"].str.split("_").str[1]
+    return df
+
+
+def type_split_table(records) -> pd.DataFrame:
+    """Design c (Fig. 9(c,d)): test noise of types unseen in training, per category (and clean)."""
+    df = _design_rows(records, "c")
+    if df.empty:
+        return df
+    df["category"] = df["arm category"]
     df["test"] = np.where(df["condition"] == "test", "unseen types", "clean")
     return _mean_table(df, ["corpus", "protocol", "category", "test"])
 
 
 def cross_table(records) -> pd.DataFrame:
     """Design d (Fig. 10): trained with one category's noise, UA on each test category."""
-    df = condition_rows(records)
+    df = _design_rows(records, "d")
     if df.empty:
         return df
-    df = df[df["design"] == "d"].copy()
-    df["train category"] = df["arm"].str.split("_").str[1]
-    df["test category"] = np.where(df["condition"] == "test", df["train category"],
-                                   df["category"].fillna("clean"))
+    df["train category"] = df["arm category"]
+    df["test category"] = np.where(df["condition"] == "test", df["train category"], df["category"].fillna("clean"))
     return _mean_table(df, ["corpus", "protocol", "train category", "test category"])
 
 
