@@ -181,6 +181,12 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",
                 f"({int((tests['n folds'] < 2).sum())} pairs sharing fewer than 2 folds: no test, not listed)", ""]
+    study = main_job_table(Path(results_dir).resolve().parent / "docs" / "study")
+    if not study.empty:
+        out += ["## The main job", "",
+                "`bash scripts/study.sh ../shared/data` (quick profile), as recorded in `docs/study/*.json` (written by "
+                "the command itself: seconds per notebook, CPU seconds, load, git revision):", "",
+                markdown(study), ""]
     bench = benchmarks_table(results_dir)
     if not bench.empty:
         out += ["## Benchmarks", "",
@@ -188,6 +194,26 @@ def results_markdown(results_dir: str | Path = "results") -> str:
                 "ratios, speed-ups and parity figures of each record, with its revision and machine:", "",
                 markdown(bench, digits=3), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def main_job_table(folder: str | Path) -> pd.DataFrame:
+    """One row per notebook of each ``study.json`` record under ``folder``, plus its total."""
+    import json
+
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        git = str(rec.get("git", ""))[:7]
+        common = {"record": f"docs/study/{path.name}", "corpus": rec.get("corpus"), "profile": rec.get("profile"),
+                  "git": git}
+        for r in rec.get("runs", []):
+            rows.append({**common, "notebook": r["notebook"], "status": r["status"], "seconds": r["seconds"],
+                         "cpu seconds": r.get("cpu_seconds")})
+        rows.append({**common, "notebook": "total", "status": "failed: " + ", ".join(rec.get("failed", []))
+                     if rec.get("failed") else "ok", "seconds": rec.get("total_seconds"),
+                     "cpu seconds": rec.get("total_cpu_seconds"),
+                     "load": " -> ".join(str(x[0]) for x in (rec.get("load_before"), rec.get("load_after")) if x)})
+    return pd.DataFrame(rows)
 
 
 BENCH_KEYS = ("ratio", "speedup", "max_abs", "parity", "_per_")
