@@ -148,13 +148,9 @@ def _median(v) -> float:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from serlib.records import _cpu_model
+
+    return _cpu_model()
 
 
 def load_reference_v0():
