@@ -338,12 +338,13 @@ def cmd_reproduce(args) -> int:
     corpus, data_root, corpus_kwargs = corpus_from_args(args)
     kw = dict(corpus=corpus, data_root=data_root, profile=args.profile, protocols=args.protocols,
               overrides=getattr(args, "overrides", {}), seeds=args.seeds, folds=args.folds,
-              corpus_kwargs=corpus_kwargs, **options)
+              corpus_kwargs=corpus_kwargs, arms=args.arms, **options)
+    run_kw = {"prebuild": not args.no_prebuild}
     threads = configure_threads(1)["torch_threads"]
     print(f"torch threads: {threads} here" + (f", {choose_threads(args.n_jobs)[0]} in each of {args.n_jobs} workers"
                                               if args.n_jobs > 1 else ""))
     report_folds(study.build(**kw))
-    records = run(study, results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **kw)
+    records = run(study, results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **kw, **run_kw)
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
         print(summary(study, ok).to_string())
@@ -359,6 +360,15 @@ def cmd_predict(args) -> int:
 
     return main_predict(args.files, args.model, checkpoints=args.checkpoints, as_json=args.json,
                         embedding=args.embedding)
+
+
+def cmd_robustness(args) -> int:
+    from serlib.robustness import write_records
+
+    written = write_records(args.records, args.checkpoints, results_dir=args.results, profile=args.profile,
+                            data_root=args.data_root, skip_existing=not args.rerun, offsets=args.offsets)
+    print(f"{len(written)} robustness records written under {args.results}/robustness/")
+    return 0
 
 
 def cmd_results(args) -> int:
@@ -475,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", nargs="*", type=int)
     r.add_argument("--folds", nargs="*", type=int)
     r.add_argument("--n-jobs", type=int, default=1)
+    r.add_argument("--arms", nargs="+", default=None, help="only these arms of the study (e.g. faca, our_eca, mfcc)")
+    r.add_argument("--no-prebuild", action="store_true", help="let the workers build the feature caches in parallel "
+                   "instead of this process before them")
     r.add_argument("--results", default="results")
     r.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints): a "
                    "killed run resumes from its last epoch when its checkpoint is this same run's")
@@ -495,6 +508,17 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--json", action="store_true", help="one JSON object per file (label, probabilities)")
     pr.add_argument("--embedding", action="store_true", help="with --json: include the utterance embedding")
     pr.set_defaults(fn=cmd_predict)
+
+    rb = sub.add_parser("robustness", help="evaluate saved clean runs under the noise study's design-a conditions")
+    rb.add_argument("records", nargs="+", help="run record JSON files whose runs kept a checkpoint")
+    rb.add_argument("--checkpoints", required=True, metavar="ROOT", help="the checkpoint root the runs used")
+    rb.add_argument("--profile", choices=["quick", "cpu", "full"], default="cpu", help="the noise grid (cpu = full)")
+    rb.add_argument("--data-root", default=None, help="where esc50/ is (default: each run's data root)")
+    rb.add_argument("--results", default="results")
+    rb.add_argument("--offsets", nargs="+", type=float, default=None,
+                    help="noise offsets in seconds (default: the profile's, 0 1 2 4)")
+    rb.add_argument("--rerun", action="store_true", help="rewrite existing robustness records")
+    rb.set_defaults(fn=cmd_robustness)
 
     g = sub.add_parser("results", help="regenerate docs/RESULTS.md and README's status table from the records")
     g.add_argument("--results", default="results")

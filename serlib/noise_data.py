@@ -382,7 +382,7 @@ def robustness(model, record: dict, corpus: Corpus, specs: dict[str, dict], *, s
     bank = load_bank(source or (exp.view_kwargs or {}).get("source") or default_source(exp.corpus), data_root
                      or exp.data_root)
     labels = list(corpus.labels)
-    trainer = Trainer(model, TrainConfig(device="cpu", progress=False))
+    trainer = Trainer(model, TrainConfig(device="auto", progress=False, eval_batch_size=512))
     rows = []
 
     def score(data: ArrayData) -> dict:

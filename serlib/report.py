@@ -181,6 +181,9 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",
                 f"({int((tests['n folds'] < 2).sum())} pairs sharing fewer than 2 folds: no test, not listed)", ""]
+    from serlib.robustness import robustness_markdown
+
+    out += robustness_markdown(results_dir)
     study = main_job_table(Path(results_dir).resolve().parent / "docs" / "study")
     if not study.empty:
         out += ["## The main job", "",

@@ -51,12 +51,13 @@ log = logging.getLogger(__name__)
 SELECTIONS = ("val", "last", "best_test")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = (None, "step", "plateau", "cosine")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
 # TrainConfig fields that may change between a run and its resumption (more epochs, another device, progress bars);
 # any other change makes a resume refuse with CheckpointMismatchError.
 RESUME_IGNORED = frozenset(
-    {"epochs", "progress", "checkpoint_dir", "device", "track_test", "eval_every", "eval_batch_size"}
+    {"epochs", "progress", "checkpoint_dir", "device", "track_test", "eval_every", "eval_batch_size", "compile"}
 )
 
 
@@ -221,6 +222,8 @@ class TrainConfig:
     ``amp`` applies only on CUDA (float16 autocast + GradScaler). ``cpu_amp`` is its CPU counterpart, bfloat16
     autocast (weights, optimiser and loss stay float32); it is off by default because it changes the numerics, and
     on CPUs with AVX512-BF16 it makes LSTMs and convolutions about 2x faster (``benchmarks/recurrent.py``).
+    ``compile`` runs the model's forward through ``torch.compile`` in that mode (``"reduce-overhead"``: CUDA graphs,
+    for launch-bound models on a GPU); the weights and the checkpoints are the uncompiled module's.
     ``deterministic`` and ``flush_denormal`` apply only on CPU; denormal flushing is process-wide and stays on
     after :meth:`Trainer.fit`.
     """
@@ -252,8 +255,11 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int | None = None
     drop_last: bool = False
+    compile: str | None = None
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile {self.compile!r} not in {COMPILE_MODES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
@@ -416,6 +422,7 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
+        self._call = torch.compile(self.model, mode=config.compile) if config.compile else self.model
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.score_fn = score_fn if score_fn is not None else accuracy_score
         self.callbacks = list(callbacks)
@@ -469,7 +476,7 @@ class Trainer:
         kw = dict(x) if isinstance(x, dict) else {} if lengths is None else {"lengths": lengths}
         if maps is not None and _accepts_return_maps(self.model):
             kw["return_maps"] = maps
-        return self.model(**kw) if isinstance(x, dict) else self.model(x, **kw)
+        return self._call(**kw) if isinstance(x, dict) else self._call(x, **kw)
 
     def _autocast(self):
         if self.use_amp:

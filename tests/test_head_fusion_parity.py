@@ -11,10 +11,18 @@ import torch.nn.functional as F
 from reference_head_fusion_v0 import HeadFusionACNN as ReferenceACNN
 from reference_head_fusion_v0 import HeadFusionConfig as ReferenceConfig
 
+import serlib.models.head_fusion as hf
 from serlib.models.head_fusion import ATTENTION_KINDS, HeadFusionACNN, HeadFusionConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.fixture(params=["blocked", "dense"])
+def impl(request, monkeypatch):
+    """Both implementations of Eq. 1 (the CPU's blocked function, the GPU's dense batched ops) forced on the CPU."""
+    monkeypatch.setattr(hf, "EQ1_IMPL", request.param)
+    return request.param
 
 
 def _pair(**kw) -> tuple[HeadFusionACNN, ReferenceACNN]:
@@ -49,7 +57,7 @@ def _call(m, x, lengths, **kw):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("attention", ATTENTION_KINDS)
-def test_training_step_matches_reference(attention, masked):
+def test_training_step_matches_reference(attention, masked, impl):
     """Train mode: logits, every parameter's gradient and the updated BatchNorm statistics."""
     new, ref = _pair(attention=attention, n_head=3, n_size=6, n_classes=5)
     x, y, lengths = _inputs(masked)
@@ -69,7 +77,7 @@ def test_training_step_matches_reference(attention, masked):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("attention", ATTENTION_KINDS)
-def test_eval_matches_reference_with_maps(attention, masked):
+def test_eval_matches_reference_with_maps(attention, masked, impl):
     """Eval mode (BatchNorm folded into the convs): logits and the plot maps; return_attention as before."""
     new, ref = _pair(attention=attention, n_head=3, n_size=6, n_classes=5)
     x, _, lengths = _inputs(masked)
@@ -88,7 +96,7 @@ def test_eval_matches_reference_with_maps(attention, masked):
     assert set(aq) == {"points", "embedding"}  # no plot-only work unless asked
 
 
-def test_paper_model_training_step_matches_reference():
+def test_paper_model_training_step_matches_reference(impl):
     """The paper's final model (n_head 4, n_size 64, head_dim 8) on a batch of 6: logits and gradients."""
     new, ref = _pair()
     torch.manual_seed(2)
@@ -109,3 +117,27 @@ def test_training_forward_skips_plot_maps():
     _, aux = new(x, return_maps=True)
     assert {"points", "head_maps", "fused_map", "fused_output"} <= set(aux)
     assert new.features(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_eq1_impl_is_checked(monkeypatch):
+    monkeypatch.setattr(hf, "EQ1_IMPL", "fast")
+    new, _ = _pair(n_head=2, n_size=4)
+    with pytest.raises(ValueError, match="EQ1_IMPL"):
+        new(torch.randn(2, 26, 63))
+
+
+@pytest.mark.requires_cuda
+def test_cuda_dense_eq1_matches_cpu_blocked(monkeypatch):
+    """The GPU path (EQ1_IMPL auto -> dense on CUDA) gives the CPU's blocked logits and gradients."""
+    new, _ = _pair(n_head=4, n_size=16, n_classes=5)
+    x, y, lengths = _inputs(True)
+    out = {}
+    for device in ("cpu", "cuda"):
+        m = new.to(device)
+        m.zero_grad()
+        logits, _ = m(x.to(device), lengths.to(device))
+        F.cross_entropy(logits, y.to(device)).backward()
+        out[device] = (logits.detach().cpu(), {n: p.grad.cpu() for n, p in m.named_parameters()})
+    torch.testing.assert_close(out["cpu"][0], out["cuda"][0], atol=1e-4, rtol=1e-4)
+    for n, g in out["cpu"][1].items():
+        torch.testing.assert_close(g, out["cuda"][1][n], atol=1e-4, rtol=1e-3, msg=lambda s, n=n: f"{n}: {s}")

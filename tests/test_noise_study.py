@@ -249,3 +249,36 @@ def test_noise_silent_over_an_utterance_is_counted_not_fatal(synthetic, tmp_path
     from serlib.data.audio import load_audio
 
     np.testing.assert_array_equal(waves[0], load_audio(synthetic.abspath(int(nc.base_rows[0])), sr=sr))
+
+
+def test_robustness_records_trace_their_run_and_reach_the_results(synthetic, tmp_path):
+    """`serlib robustness RECORD --checkpoints ROOT` writes one record per run (embedding the run), skips it on a
+    second call, and docs/RESULTS.md gets the every-model section from those records; runs are not double-counted."""
+    import json
+
+    from serlib import robustness as rb
+    from serlib.cli import main
+    from serlib.report import results_markdown
+    from serlib.studies import head_fusion as hf
+    from serlib.studies.common import load_records, run_study
+
+    exp = hf.speaker_independent_experiment("synthetic", profile="quick")
+    exp = exp.replace(folds=(0,), train={**exp.train, "epochs": 1}, model_kwargs={**exp.model_kwargs, "n_head": 1,
+                                                                                    "n_size": 4})
+    results = tmp_path / "results"
+    rec = run_study([exp], results_dir=results, checkpoint_root=tmp_path / "ck")[0]
+    argv = ["robustness", rec["_path"], "--checkpoints", str(tmp_path / "ck"), "--results", str(results),
+            "--profile", "quick", "--offsets", "0"]
+    assert main(argv) == 0
+    (out,) = (results / rb.ROBUSTNESS_DIR).rglob("*.json")
+    saved = json.loads(out.read_text())
+    assert saved["run"]["config_hash"] == rec["config_hash"] and saved["run"]["metrics"] == rec["metrics"]
+    assert saved["offsets"] == [0.0] and {r["offset_s"] for r in saved["rows"] if r["category"] != "clean"} == {0.0}
+    clean = [r for r in saved["rows"] if r["category"] == "clean"]
+    assert clean and clean[0]["ua"] == pytest.approx(rec["metrics"]["ua"])
+    mtime = out.stat().st_mtime_ns
+    assert main(argv) == 0 and out.stat().st_mtime_ns == mtime  # existing records are kept
+    assert len(load_records(results)) == 1  # the robustness folder holds no runs
+    table = rb.robustness_table(rb.load(results))
+    assert list(table["model"]) == [rec["kind"]] and table["runs"].iloc[0] == 1
+    assert "## Noise robustness of every model" not in results_markdown(tmp_path / "nothing")

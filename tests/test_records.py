@@ -261,3 +261,14 @@ def test_git_revision_clean_dirty_and_outside(tmp_path):
     assert git_revision(repo) == rev  # untracked files do not make it dirty
     (repo / "f.txt").write_text("2")
     assert git_revision(repo) == rev + "+dirty"
+
+
+def test_git_revision_of_a_copy_carried_without_git(tmp_path, monkeypatch):
+    from serlib.records import git_revision
+
+    monkeypatch.delenv("SERLIB_GIT_REVISION", raising=False)
+    assert git_revision(tmp_path) == "unknown"
+    monkeypatch.setenv("SERLIB_GIT_REVISION", "a" * 40)
+    assert git_revision(tmp_path) == "a" * 40 + "+carried"
+    monkeypatch.setenv("SERLIB_GIT_REVISION", "not a sha")
+    assert git_revision(tmp_path) == "not a sha"

@@ -386,3 +386,23 @@ def test_return_maps_passed_only_to_models_that_take_it():
     model.calls.clear()
     _, aux = trainer.predict_with_aux(blobs(8, seed=2))
     assert model.calls == [(False, True)] and aux["map"].shape == (8, 1)
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(ValueError, match="compile"):
+        cfg(compile="fastest")
+
+
+@pytest.mark.requires_cuda
+def test_compiled_training_on_cuda_matches_eager():
+    """``TrainConfig.compile`` (CUDA graphs) trains the same weights as the eager module, within float tolerance."""
+    train = blobs(64, seed=2)
+    states = []
+    for mode in (None, "reduce-overhead"):
+        set_seed(0)
+        t = Trainer(TinyMLP(), cfg(epochs=2, batch_size=16, device="cuda", amp=False, select="last", compile=mode,
+                                   drop_last=True))
+        t.fit(train)
+        states.append({k: v.cpu() for k, v in t.model.state_dict().items()})
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-4)

@@ -246,6 +246,11 @@ def _received(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor
 _LOG2E = math.log2(math.e)
 KEY_PAD = 32  # key axis padded to a multiple of this (torch's last-axis max is much faster then)
 BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 2.2 MB, near cache-sized
+# How Eq. 1 runs: "blocked" (the custom autograd function below: no P x P map kept, cache-sized blocks, best on a CPU),
+# "dense" (every sample and head in a few batched ops through autograd, float32: launch-bound GPUs want few big
+# kernels and have the memory for the maps) or "auto" (dense on CUDA, blocked elsewhere). Same function either way
+# (tests/test_head_fusion_parity.py: logits and gradients within 1e-5).
+EQ1_IMPL = "auto"
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -352,6 +357,32 @@ class _HeadFusionPoints(torch.autograd.Function):
             grad[h0:h1, :d, i] = torch.bmm(kpad[:n], t.transpose(1, 2)).mul_(rowt)  # dq^T (n, d, P)
             grad[h0:h1, d : 2 * d, i] = torch.bmm(qt * rowt, t)[..., :p]  # dk^T (n, d, P)
         return grad, None, None, None, None, None
+
+
+def _head_fusion_dense(proj: torch.Tensor, w: torch.Tensor | None, key_mask: torch.Tensor | None, d: int,
+                       want_u: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`_HeadFusionPoints`' function in plain batched ops (autograd keeps the (B, GH, P, P) maps), computed in
+    float32 also under autocast: ``points`` (B, GH, dv) and ``u`` (B, GH, P, dv) (empty unless ``want_u``)."""
+    with torch.autocast(device_type=proj.device.type, enabled=False):
+        t = proj.float().permute(2, 0, 3, 1)  # (B, GH, P, 2d + dv)
+        q, k, v = t[..., :d], t[..., d : 2 * d], t[..., 2 * d :]
+        s = torch.matmul(q * d**-0.5, k.transpose(-1, -2))  # (B, GH, P, P)
+        if key_mask is not None:
+            s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        a = torch.softmax(s, dim=-1)
+        if w is None:
+            c = a.mean(dim=2, keepdim=True)  # (B, GH, 1, P): c_j = sum_i w_i A_ij
+        else:
+            c = torch.matmul(w.float()[:, None, None, :], a)
+        points = torch.matmul(c, v).squeeze(2)  # (B, GH, dv)
+        u = torch.matmul(a, v).detach() if want_u else proj.new_empty((0,))
+    return points, u
+
+
+def _use_dense(proj: torch.Tensor) -> bool:
+    if EQ1_IMPL not in ("auto", "dense", "blocked"):
+        raise ValueError(f"EQ1_IMPL must be 'auto', 'dense' or 'blocked', not {EQ1_IMPL!r}")
+    return EQ1_IMPL == "dense" or (EQ1_IMPL == "auto" and proj.is_cuda)
 
 
 class _CodeAttentionPoints(torch.autograd.Function):
@@ -578,7 +609,11 @@ class HeadFusionACNN(nn.Module):
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
+        if _use_dense(proj):
+            pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
+            pts = pts.to(proj.dtype)
+        else:
+            pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
         points = pts.reshape(b, g, nh, dv).mean(dim=2).reshape(b, g * dv)  # Eq. 2 + GAP -> n_size points
         if not maps:
             return points

@@ -123,10 +123,11 @@ class Study:
 
     def build(self, corpus: str | None = None, data_root: str | None = None, *, profile: str = "full",
               protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
-              corpus_kwargs: Mapping | None = None, **options) -> list[Experiment]:
+              corpus_kwargs: Mapping | None = None, arms: Sequence[str] | None = None,
+              **options) -> list[Experiment]:
         """The experiments of this study, identity set, with ``overrides`` (from :func:`parse_overrides`) applied
-        and checked, ``seeds`` / ``folds`` restricted when given, and ``corpus_kwargs`` (a custom corpus's name,
-        a label map) merged into each experiment's."""
+        and checked, ``seeds`` / ``folds`` restricted when given, only the ``arms`` named (when given), and
+        ``corpus_kwargs`` (a custom corpus's name, a label map) merged into each experiment's."""
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
         protocols = tuple(protocols or self.protocols)
@@ -135,6 +136,11 @@ class Study:
             raise ValueError(f"{self.name}: unknown protocols {sorted(bad)}; known: {list(self.protocols)}")
         exps = self.experiments(corpus or self.default_corpus, data_root, profile=profile, protocols=protocols,
                                 **options)
+        if arms:
+            known = sorted({e.arm for e in exps})
+            if set(arms) - set(known):
+                raise ValueError(f"{self.name}: unknown arms {sorted(set(arms) - set(known))}; known: {known}")
+            exps = [e for e in exps if e.arm in arms]
         out = []
         for e in exps:
             e = apply_overrides(e, overrides or {})
@@ -328,22 +334,24 @@ def apply_overrides(exp: Experiment, overrides: Mapping[str, Mapping]) -> Experi
 def run(study: Study | str, *, corpus: str | None = None, data_root: str | None = None, profile: str = "full",
         protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
         results_dir: str | Path = "results", n_jobs: int = 1, backend: str = "process", progress: bool = False,
-        checkpoint_root: str | Path | None = None, corpus_kwargs: Mapping | None = None, **options) -> list[dict]:
+        checkpoint_root: str | Path | None = None, corpus_kwargs: Mapping | None = None, arms=None,
+        prebuild: bool = True, **options) -> list[dict]:
     """Run ``study`` (a :class:`Study` or its registry name): its experiments for the profile and protocols, every
     (experiment, seed, fold) not yet recorded under ``results_dir``; returns all their records in task order.
-    Feature caches are built once here, before any worker starts. With ``checkpoint_root`` every run checkpoints
-    each epoch there (a killed run resumes from its last epoch, :func:`serlib.experiment.run_one`) and keeps what
-    ``serlib predict`` needs beside its weights."""
+    Feature caches are built once here, before any worker starts (``prebuild=False``: by the workers, in parallel;
+    for studies whose many arms each need their own features, e.g. the noise designs). With ``checkpoint_root``
+    every run checkpoints each epoch there (a killed run resumes from its last epoch,
+    :func:`serlib.experiment.run_one`) and keeps what ``serlib predict`` needs beside its weights."""
     from serlib.experiment import build_views
     from serlib.studies.common import corpus_for, run_study, split_for
 
     study = get_study(study) if isinstance(study, str) else study
     exps = study.build(corpus, data_root, profile=profile, protocols=protocols, overrides=overrides, seeds=seeds,
-                       folds=folds, corpus_kwargs=corpus_kwargs, **options)
+                       folds=folds, corpus_kwargs=corpus_kwargs, arms=arms, **options)
     if not exps:
         raise ValueError(f"{study.name}: nothing to run for corpus {corpus or study.default_corpus} and protocols "
                          f"{list(protocols or study.protocols)}")
-    for exp in exps:
+    for exp in exps if prebuild else ():  # else each worker builds (and caches) its own features, in parallel
         c = corpus_for(exp)
         build_views(exp, c, split_for(exp, c, (exp.folds or (0,))[0]))
     return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress,

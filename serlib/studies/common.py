@@ -74,7 +74,7 @@ def load_records(results_dir: str | Path, prefix: str = "") -> list[dict]:
     root = Path(results_dir)
     out = []
     for path in sorted(root.glob(f"{prefix}*/**/*.json")):
-        if path.relative_to(root).parts[0] in (SPLITS_DIR, FIGURES_DIR, "benchmarks"):
+        if path.relative_to(root).parts[0] in (SPLITS_DIR, FIGURES_DIR, "benchmarks", "robustness"):
             continue
         rec = json.loads(path.read_text())
         if is_ok(rec):
