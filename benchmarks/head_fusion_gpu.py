@@ -127,6 +127,11 @@ def run(data, *, device: torch.device, reps: int, compile_mode: str, budget_s: f
         rec["sides"][name] = s
         print(f"{name}: epoch {s['train_epoch_median_s']:.3f} s, eval {s['eval_pass_median_s']:.3f} s "
               f"(first {s['first_train_s']:.1f} s), scores {s['scores']}", flush=True)
+        _summarise(rec, start, out)  # after every side: a cut-off run keeps what it measured
+    return _summarise(rec, start, out, final=True)
+
+
+def _summarise(rec: dict, start: float, out: Path | None, final: bool = False) -> dict:
     ok = {k: v for k, v in rec["sides"].items() if "error" not in v}
     if "authors" in ok:
         a = ok["authors"]
@@ -143,11 +148,14 @@ def run(data, *, device: torch.device, reps: int, compile_mode: str, budget_s: f
         "goal_epoch_le_0_5_s": bool(serlib) and min(serlib.values()) <= 0.5,
     }
     rec["total_s"] = time.perf_counter() - start
-    print(json.dumps(rec["summary"], indent=1), flush=True)
+    rec["complete"] = final
+    if final:
+        print(json.dumps(rec["summary"], indent=1), flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-        print(f"wrote {out}")
+        if final:
+            print(f"wrote {out}")
     return rec
 
 

@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh DATA_ROOT OUT [smoke]
 #
 # DATA_ROOT holds ravdess/ (and esc50/ for the noise parts); OUT receives the benchmark record, the logs and one
-# archive of the run records (results.tgz). Parts:
+# archive of the run records (results.tgz) and one of the logs (logs.tgz). Parts:
 #   A  (alone on the device, for clean timings) benchmarks/head_fusion_gpu.py; the committed Head Fusion paper-protocol
 #      run of seed 0 (50 epochs) repeated from its record (`serlib experiment --from-record`) for its timings and UA;
 #   B  (in parallel) every model's speaker-independent runs of folds 0-1, seed 0, checkpoints kept, then
@@ -16,7 +16,7 @@
 # smoke: the same commands on the quick profile with a tiny budget (a CPU check of this script).
 set -u
 DATA=$(cd "$1" && pwd); OUT=$2; SMOKE=${3:-}
-mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+mkdir -p "$OUT/logs"; OUT=$(cd "$OUT" && pwd); LOGS=$OUT/logs
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg SERLIB_CACHE=${SERLIB_CACHE:-$PWD/build/gpu/cache} RAY_USAGE_STATS_ENABLED=0
 PY=${PY:-python3}
 R=$PWD/build/gpu/results; CK=$PWD/build/gpu/checkpoints
@@ -31,7 +31,7 @@ run() {  # run NAME SECONDS CMD...: CMD under a timeout capped by what is left, 
   local l; l=$(left); [ "$secs" -gt "$l" ] && secs=$l
   if [ "$secs" -le 5 ]; then echo "[$name] skipped: no time left" | tee -a "$OUT/session.log"; return 0; fi
   echo "[$name] start at +$(( $(date +%s) - T0 )) s, limit $secs s: $*" | tee -a "$OUT/session.log"
-  timeout -k 5 "$secs" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 5 "$secs" "$@" >"$LOGS/$name.log" 2>&1
   echo "[$name] rc $? at +$(( $(date +%s) - T0 )) s" | tee -a "$OUT/session.log"
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU";
@@ -85,5 +85,5 @@ if [ -d "$DATA/esc50" ]; then noise & P2=$!; else echo "no esc50: noise designs 
 caser & P3=$!
 wait $P1 $P2 $P3
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$OUT/session.log" 2>&1
-tar -czf "$OUT/results.tgz" -C "$R" . && ls -la "$OUT" >>"$OUT/session.log"
-echo "done at +$(( $(date +%s) - T0 )) s" | tee -a "$OUT/session.log"
+tar -czf "$OUT/results.tgz" -C "$R" . && tar -czf "$OUT/logs.tgz" -C "$LOGS" . && rm -rf "$LOGS"
+echo "done at +$(( $(date +%s) - T0 )) s" | tee -a "$OUT/session.log"; ls -la "$OUT" >>"$OUT/session.log"
