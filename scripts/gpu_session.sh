@@ -18,6 +18,10 @@ set -u
 DATA=$(cd "$1" && pwd); OUT=$2; SMOKE=${3:-}
 mkdir -p "$OUT/logs"; OUT=$(cd "$OUT" && pwd); LOGS=$OUT/logs
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg SERLIB_CACHE=${SERLIB_CACHE:-$PWD/build/gpu/cache} RAY_USAGE_STATS_ENABLED=0
+# one thread per process: a dozen processes share the machine's cores (unset, each would start one per core)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+PARTS=${PARTS:-"bench clean robust noise caser"}   # e.g. PARTS=clean: the clean runs, their checkpoints archived
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 PY=${PY:-python3}
 R=$PWD/build/gpu/results; CK=$PWD/build/gpu/checkpoints
 mkdir -p "$R" "$CK"
@@ -39,7 +43,8 @@ run() {  # run NAME SECONDS CMD...: CMD under a timeout capped by what is left, 
   >"$OUT/session.log" 2>&1
 
 # ---- A: alone on the device
-if [ -n "$SMOKE" ]; then
+if ! has bench; then :
+elif [ -n "$SMOKE" ]; then
   run bench 300 $PY benchmarks/head_fusion_gpu.py --toy --device cpu --reps 1 --sides authors serlib_code_amp \
       --out "$OUT/head_fusion_gpu.json"
 else
@@ -55,6 +60,7 @@ one_clean() {  # one study's clean speaker-independent runs (checkpoints kept), 
   local study=$1; shift
   run "clean_$study" 300 $PY -m serlib reproduce "$study" "$@" --data-root "$DATA" --protocols speaker_independent \
       --seeds 0 --folds $FOLDS --results "$R/clean" --checkpoints "$CK" --n-jobs 2
+  has robust || return 0
   for rec in $(find "$R/clean" -path "*${study}_speaker_independent*" -name '*.json' -not -path '*/splits/*'); do
     run "robust_$(basename "$(dirname "$(dirname "$(dirname "$rec")")")")_$(basename "$rec" .json)" 300 \
         $PY -m serlib robustness "$rec" --checkpoints "$CK" --results "$R/clean" --profile "$PROFILE" \
@@ -80,10 +86,18 @@ caser() {
   run caser_si 300 $PY -m serlib reproduce ca_ser --data-root "$DATA" --profile "$PROFILE" --arms mfcc \
       --protocols speaker_independent --seeds 1 2 3 4 --results "$R/caser" --n-jobs 3
 }
-clean & P1=$!
-if [ -d "$DATA/esc50" ]; then noise & P2=$!; else echo "no esc50: noise designs skipped" >>"$OUT/session.log"; P2=; fi
-caser & P3=$!
+P1= P2= P3=
+has clean && { clean & P1=$!; }
+if ! has noise; then :; elif [ -d "$DATA/esc50" ]; then noise & P2=$!
+else echo "no esc50: noise designs skipped" >>"$OUT/session.log"; fi
+has caser && { caser & P3=$!; }
 wait $P1 $P2 $P3
+if has clean && ! has robust; then  # the checkpoints travel back instead (one archive per study, for `serlib robustness`)
+  for study in head_fusion faca moma eca ca_ser; do
+    (cd "$CK" && ls -d ${study}_speaker_independent* >/dev/null 2>&1 && \
+     tar -czf "$OUT/ck_$study.tgz" ${study}_speaker_independent*)
+  done
+fi
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >>"$OUT/session.log" 2>&1
 tar -czf "$OUT/results.tgz" -C "$R" . && tar -czf "$OUT/logs.tgz" -C "$LOGS" . && rm -rf "$LOGS"
 echo "done at +$(( $(date +%s) - T0 )) s" | tee -a "$OUT/session.log"; ls -la "$OUT" >>"$OUT/session.log"

@@ -62,15 +62,17 @@ def _git(args: list[str], cwd: Path) -> str | None:
 def git_revision(repo: str | Path | None = None) -> str:
     """HEAD commit sha of ``repo`` (default: the checkout this package lives in), ``+dirty`` when tracked files have
     uncommitted changes; ``"unknown"`` outside git or before the first commit. Read-only (no index refresh). A copy
-    of the tree carried without ``.git`` names its commit in ``$SERLIB_GIT_REVISION`` (recorded as ``<sha>+carried``)."""
+    of the tree carried to another machine names its commit in ``$SERLIB_GIT_REVISION`` (a 40-hex sha; recorded as
+    ``<sha>+carried``, preferred to whatever ``.git`` travelled with the copy)."""
     cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
-    carried = os.environ.get("SERLIB_GIT_REVISION", "")  # a copy carried without .git (e.g. to a GPU machine)
-    carried = carried + "+carried" if _HEX40.match(carried.split("+")[0]) and "+carried" not in carried else carried
+    carried = os.environ.get("SERLIB_GIT_REVISION", "")  # a copy carried elsewhere (e.g. to a GPU machine)
+    if _HEX40.match(carried.split("+")[0]):  # it wins: a carried .git may be another commit's
+        return carried if carried.endswith("+carried") else carried + "+carried"
     if not cwd.is_dir():
-        return carried or "unknown"
+        return "unknown"
     sha = _git(["rev-parse", "--verify", "-q", "HEAD"], cwd)
     if not sha or not _HEX40.match(sha):
-        return carried or "unknown"
+        return "unknown"
     status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
     return sha + ("+dirty" if status else "")
 

@@ -263,12 +263,13 @@ def test_git_revision_clean_dirty_and_outside(tmp_path):
     assert git_revision(repo) == rev + "+dirty"
 
 
-def test_git_revision_of_a_copy_carried_without_git(tmp_path, monkeypatch):
+def test_git_revision_of_a_carried_copy(tmp_path, monkeypatch):
     from serlib.records import git_revision
 
     monkeypatch.delenv("SERLIB_GIT_REVISION", raising=False)
     assert git_revision(tmp_path) == "unknown"
     monkeypatch.setenv("SERLIB_GIT_REVISION", "a" * 40)
     assert git_revision(tmp_path) == "a" * 40 + "+carried"
+    assert git_revision() == "a" * 40 + "+carried"  # also inside a checkout: a carried .git may be stale
     monkeypatch.setenv("SERLIB_GIT_REVISION", "not a sha")
-    assert git_revision(tmp_path) == "not a sha"
+    assert git_revision(tmp_path) == "unknown"
