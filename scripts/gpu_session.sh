@@ -58,7 +58,7 @@ fi
 # ---- B: in parallel
 one_clean() {  # one study's clean speaker-independent runs (checkpoints kept), then their robustness records
   local study=$1; shift
-  run "clean_$study" 300 $PY -m serlib reproduce "$study" "$@" --data-root "$DATA" --protocols speaker_independent \
+  run "clean_$study" ${CLEAN_S:-300} $PY -m serlib reproduce "$study" "$@" --data-root "$DATA" --protocols speaker_independent \
       --seeds 0 --folds $FOLDS --results "$R/clean" --checkpoints "$CK" --n-jobs 2
   has robust || return 0
   for rec in $(find "$R/clean" -path "*${study}_speaker_independent*" -name '*.json' -not -path '*/splits/*'); do
