@@ -1,11 +1,14 @@
 """Bring what ``scripts/gpu_session.sh`` wrote (its OUT folder) into ``results/``, never replacing a committed record.
 
-    python scripts/gpu_import.py OUT [--results results]
+    python scripts/gpu_import.py OUT [--results results] [--revision SHA]
+
+``--revision``: the commit the carried tree was (when the records name another: a ``.git`` carried along may be
+stale); written beside the records' own field as ``tree_revision``, nothing else in them changes.
 
 * ``OUT/head_fusion_gpu.json`` -> ``results/benchmarks/head_fusion_gpu.json``;
 * the 50-epoch Head Fusion rerun (``hf50``) -> ``results/benchmarks/head_fusion_gpu_50_epochs.json``: its run
-  record whole, beside the committed CPU record of the same configuration and seed (path and UA) and the per-epoch
-  seconds of both;
+  record whole, beside the committed CPU record of the same configuration and seed (path, UA, its machine's seconds;
+  no ratio: the two ran at different times on different machines, the same-run comparison is ``head_fusion_gpu``);
 * robustness records (``clean/robustness/``) -> ``results/robustness/`` (each embeds the clean run that made its
   model; those runs' own records are not copied, so the per-study tables keep their CPU runs);
 * run records of the noise study and of CA-SER (``noise/``, ``caser/``) -> ``results/<experiment>/...`` where no
@@ -26,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+HF50_COMMITTED = "results/head_fusion_paper_val/ravdess/random_80_20/28e44ac9c9_seed0_fold0.json"
 
 
 def _copy_tree(src: Path, dst: Path, counts: dict, *, strict: bool = False) -> None:
@@ -41,11 +45,14 @@ def _copy_tree(src: Path, dst: Path, counts: dict, *, strict: bool = False) -> N
         counts["copied"] += 1
 
 
-def import_session(out: Path, results: Path) -> dict:
+def import_session(out: Path, results: Path, revision: str | None = None) -> dict:
     counts = {"copied": 0, "kept": 0}
     bench = out / "head_fusion_gpu.json"
     if bench.is_file():
-        shutil.copy2(bench, results / "benchmarks" / bench.name)
+        rec = json.loads(bench.read_text())
+        if revision:
+            rec["tree_revision"] = revision
+        (results / "benchmarks" / bench.name).write_text(json.dumps(rec, indent=1, default=str) + "\n")
         counts["copied"] += 1
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -63,8 +70,7 @@ def import_session(out: Path, results: Path) -> dict:
         runs = [r for r in runs if "splits" not in r.parts]
         if runs:
             rec = json.loads(runs[0].read_text())
-            rel = runs[0].relative_to(t / "hf50")
-            committed_path = results / rel
+            committed_path = results.parent / HF50_COMMITTED  # the record gpu_session.sh reran (--from-record)
             committed = json.loads(committed_path.read_text()) if committed_path.is_file() else None
             doc = {
                 "benchmark": "head_fusion_gpu_50_epochs", "issue": 18,
@@ -84,9 +90,8 @@ def import_session(out: Path, results: Path) -> dict:
                     "cpu": (committed.get("environment") or {}).get("cpu_model")},
                 "record": rec,
             }
-            if committed is not None:
-                doc["epoch_speedup_gpu_over_committed_cpu"] = (committed["timings"]["epoch_mean_s"]
-                                                               / rec["timings"]["epoch_mean_s"])
+            if revision:
+                doc["tree_revision"] = revision
             (results / "benchmarks" / "head_fusion_gpu_50_epochs.json").write_text(
                 json.dumps(doc, indent=1, default=str) + "\n")
             counts["copied"] += 1
@@ -97,8 +102,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--results", default=str(REPO / "results"))
+    ap.add_argument("--revision", default=None, help="the commit of the carried tree")
     args = ap.parse_args(argv)
-    counts = import_session(Path(args.out), Path(args.results))
+    counts = import_session(Path(args.out), Path(args.results), args.revision)
     print(f"copied {counts['copied']} files, kept {counts['kept']} existing")
     return 0
 
