@@ -611,7 +611,10 @@ def utterance_scores(labels: tuple[str, ...], how: str = "mean_prob"):
 
 
 def _make_loss(exp: Experiment, train: ArrayData, n_classes: int):
-    if exp.loss == "ce":
+    """The trainer's ``loss_fn``: :func:`serlib.losses.make_loss` of ``exp.loss`` with ``exp.loss_kwargs`` (an
+    ``alpha`` there adds the auxiliary-head term, :class:`serlib.losses.AuxiliaryLoss`); None (the trainer's
+    cross-entropy) for plain ``"ce"``."""
+    if exp.loss == "ce" and not exp.loss_kwargs:
         return None
     from serlib.losses import make_loss
 

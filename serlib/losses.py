@@ -3,6 +3,10 @@
 Used by the ECA-CNN paper (Kim & Kwon, Sec. IV-D): FL = -w_y (1 - p_y)^gamma log p_y, with w the reciprocal of
 each class's training-set frequency. The paper's gamma is lost from the text; we default to gamma = 2, the value
 Lin et al. recommend.
+
+:class:`AuxiliaryLoss` adds ``alpha`` times the same loss on an auxiliary head's logits (a model's
+``aux["aux_logits"]``, e.g. CA-SER's MFCC-branch head); :func:`make_loss` wraps with it when ``alpha > 0``. It takes
+the trainer's ``aux`` argument (see :class:`serlib.train.Trainer`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 
 REDUCTIONS = ("mean", "sum", "none")
 LOSS_NAMES = ("ce", "weighted_ce", "focal", "weighted_focal")
+AUX_KEY = "aux_logits"  # where a model's aux dict carries an auxiliary head's logits (B, C)
 
 
 class WeightedFocalLoss(nn.Module):
@@ -69,6 +74,35 @@ class WeightedFocalLoss(nn.Module):
         return f"gamma={self.gamma}, weighted={self.weight is not None}, reduction={self.reduction!r}"
 
 
+class AuxiliaryLoss(nn.Module):
+    """``base(logits, y) + alpha * base(aux[key], y)``: a main loss plus ``alpha`` times the same loss on an
+    auxiliary classification head's logits (B, C), taken from the model's aux dict.
+
+    Called by :class:`serlib.train.Trainer` as ``loss(logits, y, aux=aux)`` while training. ``aux=None`` (what the
+    trainer passes when it evaluates) gives the main term alone. A training ``aux`` without a tensor at ``key`` is an
+    error, never a silently dropped term: the model has no auxiliary head, so ``alpha`` must be 0.
+    """
+
+    def __init__(self, base: nn.Module, alpha: float, key: str = AUX_KEY):
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0 for an auxiliary loss, got {alpha}")
+        self.base, self.alpha, self.key = base, float(alpha), key
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, aux: dict | None = None) -> torch.Tensor:
+        main = self.base(logits, target)
+        if aux is None:
+            return main
+        extra = aux.get(self.key)
+        if not isinstance(extra, torch.Tensor):
+            raise ValueError(f"loss alpha={self.alpha} weighs an auxiliary head, but the model returned no "
+                             f"aux[{self.key!r}] logits (it has no auxiliary head): set alpha to 0 (--loss.alpha 0)")
+        return main + self.alpha * self.base(extra.float(), target)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, key={self.key!r}"
+
+
 def inverse_frequency_weights(y, n_classes: int, *, normalize: bool = True) -> torch.Tensor:
     """Class weights (n_classes,) float32: w_c = N / n_c, the reciprocal of class c's frequency in ``y``.
 
@@ -100,12 +134,17 @@ def make_loss(
     y_train=None,
     n_classes: int | None = None,
     gamma: float = 2.0,
+    alpha: float = 0.0,
 ) -> nn.Module:
     """Build a loss by name: "ce", "weighted_ce", "focal" (unweighted) or "weighted_focal".
 
     The weighted losses need ``y_train`` (training labels, for :func:`inverse_frequency_weights`);
-    ``n_classes`` defaults to ``max(y_train) + 1`` (pass it when the last class may be absent).
+    ``n_classes`` defaults to ``max(y_train) + 1`` (pass it when the last class may be absent). ``gamma`` applies
+    to the focal losses. ``alpha > 0`` adds ``alpha`` times the same loss on the model's auxiliary head
+    (:class:`AuxiliaryLoss`); these keywords are what ``--loss.FIELD`` sets.
     """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose from {LOSS_NAMES}")
     weight = None
@@ -116,7 +155,9 @@ def make_loss(
         n = int(n_classes) if n_classes is not None else int(y_np.max()) + 1
         weight = inverse_frequency_weights(y_np, n)
     if name == "ce":
-        return nn.CrossEntropyLoss()
-    if name == "weighted_ce":
-        return nn.CrossEntropyLoss(weight=weight)
-    return WeightedFocalLoss(gamma=gamma, weight=weight)
+        base = nn.CrossEntropyLoss()
+    elif name == "weighted_ce":
+        base = nn.CrossEntropyLoss(weight=weight)
+    else:
+        base = WeightedFocalLoss(gamma=gamma, weight=weight)
+    return AuxiliaryLoss(base, alpha) if alpha > 0 else base

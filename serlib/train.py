@@ -3,6 +3,13 @@
 Nothing in this file has anything to do with emotions. The experiment code hands it tensors (:class:`ArrayData`), a
 model whose ``forward(x, lengths=None)`` returns ``(logits, aux)`` (a plain logits tensor is tolerated), and
 optionally a ``score_fn`` that turns logits into metrics (e.g. segment -> utterance aggregation and UA).
+
+Losses that need more than the logits (an auxiliary head's loss, a regulariser on an attention map): a ``loss_fn``
+whose signature has a parameter named ``aux`` is called ``loss_fn(logits, y, aux=aux)`` with the model's aux dict of
+the same batch while training, and with ``aux=None`` when a split is evaluated (so ``val`` / ``test`` ``loss`` is that
+of the logits alone, comparable across models with and without auxiliary heads, and no per-batch aux is kept). The
+trainer never looks inside ``aux``: what the keys mean is between the model and its loss (e.g.
+:class:`serlib.losses.AuxiliaryLoss` reads ``aux["aux_logits"]``). Any other ``loss_fn`` gets ``(logits, y)``.
 (Over 450 lines on purpose: the loop, selection, AMP, checkpoint / resume and the data holder are one contract that
 its tests pin down together.)
 
@@ -373,6 +380,15 @@ def _merge_aux(parts: list[dict], batch_sizes: list[int]) -> dict:
     return merged
 
 
+def _takes_aux(loss_fn: Callable) -> bool:
+    """Whether ``loss_fn`` has a parameter named ``aux`` (an ``nn.Module``: its ``forward``)."""
+    fn = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
+    try:
+        return "aux" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _accepts_return_maps(model: nn.Module) -> bool:
     """Whether ``model.forward`` has a ``return_maps`` keyword (e.g. the Head Fusion ACNN)."""
     try:
@@ -403,7 +419,8 @@ def _runtime_flags(config: TrainConfig, device: torch.device):
 class Trainer:
     """Train ``model`` on :class:`ArrayData` with ``config``.
 
-    loss_fn(logits (B, C), y (B,)) -> scalar; default cross-entropy.
+    loss_fn(logits (B, C), y (B,)) -> scalar; default cross-entropy. One with an ``aux`` parameter gets the model's
+    aux dict while training and None when evaluating (see the module docstring).
     score_fn(logits (N, C) on CPU, data: ArrayData on CPU) -> dict with key ``"score"`` (higher is better);
     default accuracy. Only its scalar entries go into the history; the full dict is returned for the test split.
     callbacks: objects with optional ``on_fit_start(trainer)``, ``on_epoch_end(trainer, epoch, logs)`` (return
@@ -424,6 +441,7 @@ class Trainer:
         self.model = model.to(self.device)
         self._call = torch.compile(self.model, mode=config.compile) if config.compile else self.model
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self._loss_takes_aux = _takes_aux(self.loss_fn)
         self.score_fn = score_fn if score_fn is not None else accuracy_score
         self.callbacks = list(callbacks)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
@@ -518,11 +536,13 @@ class Trainer:
         return logits.cpu(), aux
 
     def evaluate(self, data: ArrayData, *, scoring: ArrayData | None = None) -> tuple[Tensor, dict]:
-        """``(logits on CPU, metrics)``: ``loss`` (mean ``loss_fn``) plus everything ``score_fn`` returns."""
+        """``(logits on CPU, metrics)``: ``loss`` (mean ``loss_fn``, of the logits alone) plus everything
+        ``score_fn`` returns."""
         dev = data.to(self.device)
         logits, _ = self._predict(dev, None, False)
         with torch.no_grad():
-            loss = float(self.loss_fn(logits, dev.y).item())
+            kw = {"aux": None} if self._loss_takes_aux else {}
+            loss = float(self.loss_fn(logits, dev.y, **kw).item())
         logits = logits.cpu()
         metrics = dict(self.score_fn(logits, scoring if scoring is not None else data.to("cpu")))
         if "score" not in metrics:
@@ -557,8 +577,9 @@ class Trainer:
         for b in range(n_batches):
             x, y, lengths = data.batch(perm[b * c.batch_size : (b + 1) * c.batch_size])
             with self._autocast():
-                logits, _ = _split_output(self._forward(x, lengths))
-                loss = self.loss_fn(logits.float(), y)
+                logits, aux = _split_output(self._forward(x, lengths))
+                kw = {"aux": aux} if self._loss_takes_aux else {}
+                loss = self.loss_fn(logits.float(), y, **kw)
             group_start = (b // c.grad_accum) * c.grad_accum
             group_len = min(c.grad_accum, n_batches - group_start)
             scaled = loss / group_len

@@ -1,8 +1,12 @@
-"""Shared fixtures: seeded rng, the real-data root (skipped cleanly when absent), CUDA deselection."""
+"""Shared fixtures: seeded rng, the real-data root (skipped cleanly when absent), a local HTTP server, CUDA
+deselection."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +61,39 @@ def esc50_root(data_root) -> Path:
     if not p.is_dir():
         pytest.skip(f"ESC-50 not present under {data_root}")
     return p
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    hits: list[str]
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        self.hits.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serve ``tmp_path/www`` on a random loopback port (never the network, proxies off); yields
+    ``(base_url, www_dir, hits)``, ``hits`` the paths requested so far."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    www = tmp_path / "www"
+    www.mkdir()
+    hits: list[str] = []
+    handler = type("H", (_Handler,), {"hits": hits})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", www, hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
 
 
 def pytest_collection_modifyitems(config, items):

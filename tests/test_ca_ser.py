@@ -285,3 +285,47 @@ def test_ssl_features_into_caser_end_to_end(tiny_dir, tmp_path):
         for b in range(3):
             alone, _ = model(torch.from_numpy(mf[b])[None], None, torch.from_numpy(hs[b].T)[None], None)
             torch.testing.assert_close(alone[0], logits[b], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- the auxiliary MFCC-branch loss in training
+
+def _focal_by_hand(logits, y, gamma):
+    logp = torch.log_softmax(logits.double(), 1)[torch.arange(len(y)), y]
+    return (-(1 - logp.exp()) ** gamma * logp).mean()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_trainer_applies_the_auxiliary_mfcc_loss(alpha, one_thread):
+    """Through the generic trainer and make_loss (as the study builds it): the training loss of a fixed batch is
+    focal(logits) + alpha * focal(aux_logits) computed by hand, and the MFCC-branch classifier, which only the
+    auxiliary term uses in the fusion, gets a gradient exactly when alpha > 0."""
+    from serlib.losses import make_loss
+    from serlib.train import ArrayData, TrainConfig, Trainer
+
+    model = tiny_caser("fusion", enc_dropout=0.0, dropout=0.0).train()
+    mfcc, l1, w2v2, l2 = batch()
+    y = torch.tensor([0, 1, 3])
+    with torch.no_grad():
+        logits, aux = model(mfcc, l1, w2v2, l2)
+    main = _focal_by_hand(logits, y, 0.5)
+    expected = main + alpha * _focal_by_hand(aux["aux_logits"], y, 0.5)
+    if alpha:
+        assert expected > main + 0.1  # the term is not negligible, so dropping it would show
+    grads = []
+    model.mfcc_classifier.weight.register_hook(lambda g: grads.append(g.detach().clone()))
+    before = model.mfcc_classifier.weight.detach().clone()
+    data = ArrayData(x={"mfcc": mfcc, "mfcc_lengths": l1, "w2v2": w2v2, "w2v2_lengths": l2}, y=y)
+    trainer = Trainer(model, TrainConfig(epochs=1, batch_size=3, lr=0.1, optimizer="sgd", momentum=0.0,
+                                         select="last", device="cpu", progress=False),
+                      loss_fn=make_loss("focal", gamma=0.5, alpha=alpha))
+    result = trainer.fit(data)
+    assert result.history[0]["train_loss"] == pytest.approx(float(expected), abs=1e-5)
+    changed = not torch.equal(before, model.mfcc_classifier.weight.detach())
+    if alpha:
+        assert len(grads) == 1 and grads[0].abs().sum() > 0 and changed
+    else:
+        assert grads == [] and model.mfcc_classifier.weight.grad is None and not changed
+    if alpha == model.config.aux_alpha:  # CASER.loss is the same function
+        with torch.no_grad():
+            lg, ax = model(mfcc, l1, w2v2, l2)
+        torch.testing.assert_close(model.loss(lg, ax, y), make_loss("focal", gamma=0.5, alpha=alpha)(lg, y, aux=ax))

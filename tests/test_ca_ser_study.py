@@ -14,10 +14,12 @@ from mini_iemocap import make_mini_iemocap
 
 from serlib.cli import main
 from serlib.data.splits import make_splits
+from serlib.models.ca_ser import CODE_AUX_ALPHA
 from serlib.studies import ca_ser
-from serlib.studies.base import get_study
+from serlib.studies.base import ConfigError, get_study, parse_overrides
 
 transformers = pytest.importorskip("transformers")
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -77,6 +79,70 @@ def test_reproduce_quick_end_to_end_with_a_tiny_saved_model(quick_run, tiny):
     assert rows and all(r["paper"].endswith("MFCC branch only (no pretrained wav2vec 2.0 here)") for r in rows)
 
 
+def test_fusion_record_states_alpha_and_the_other_arms_set_none(quick_run):
+    for r in _records(quick_run / "results"):
+        cfg = r["config"]
+        if r["identity"]["arm"] == "fusion":  # the auxiliary MFCC-branch loss, in the loss and model configs alike
+            assert cfg["loss_kwargs"]["alpha"] == cfg["model_resolved"]["aux_alpha"] == CODE_AUX_ALPHA
+        else:
+            assert "alpha" not in cfg["loss_kwargs"] and "aux_alpha" not in cfg["model_kwargs"]
+
+
+def test_loss_alpha_and_model_aux_alpha_are_one_setting(tiny, monkeypatch):
+    monkeypatch.setattr(ca_ser, "_SAID", set())  # its notes are said once per process: not used up here
+    from serlib.experiment import _make_loss
+    from serlib.losses import AuxiliaryLoss, WeightedFocalLoss
+    from serlib.train import ArrayData
+
+    train = ArrayData(x=torch.zeros(2, 1), y=torch.tensor([0, 1]))
+
+    def build(*argv):
+        exps = get_study("ca_ser").build("synthetic", profile="quick", protocols=("speaker_independent",),
+                                         overrides=parse_overrides(list(argv)), w2v2=str(tiny))
+        return {e.arm: e for e in exps}
+
+    for argv in ([], ["--loss.alpha", "0.2"], ["--model.aux_alpha", "0.2"],
+                 ["--loss.alpha", "0.2", "--model.aux_alpha", "0.20"]):
+        exps = build(*argv)
+        fusion, want = exps["fusion"], 0.2 if argv else CODE_AUX_ALPHA
+        assert fusion.loss_kwargs["alpha"] == want and fusion.model_kwargs.get("aux_alpha", CODE_AUX_ALPHA) == want
+        loss = _make_loss(fusion, train, 4)
+        assert isinstance(loss, AuxiliaryLoss) and loss.alpha == want and loss.base.gamma == 0.5
+        for arm in ("mfcc", "w2v2"):  # no auxiliary head there: no alpha, and a plain focal loss
+            assert "alpha" not in exps[arm].loss_kwargs and "aux_alpha" not in exps[arm].model_kwargs
+            assert isinstance(_make_loss(exps[arm], train, 4), WeightedFocalLoss)
+    assert isinstance(_make_loss(build("--loss.alpha", "0")["fusion"], train, 4), WeightedFocalLoss)
+    exps = build("--model.focal_gamma", "1")
+    assert all(e.loss_kwargs["gamma"] == 1.0 and e.model_kwargs["focal_gamma"] == 1.0 for e in exps.values())
+    with pytest.raises(ConfigError, match="one setting"):
+        build("--loss.alpha", "0.2", "--model.aux_alpha", "0.3")
+    with pytest.raises(ConfigError, match="unknown field"):
+        build("--loss.alhpa", "0.2")
+    with pytest.raises(ConfigError, match="expected float"):
+        build("--loss.alpha", "much")
+
+
+def test_committed_mfcc_records_keep_their_configuration_and_paths(monkeypatch):
+    """The auxiliary loss changes nothing for the MFCC-branch arm (it has no auxiliary head): the experiments built
+    now have the committed records' configuration, so those records stay valid at their paths."""
+    monkeypatch.setattr(ca_ser, "_SAID", set())
+    from serlib.experiment import run_config
+    from serlib.records import record_path
+
+    paths = sorted((REPO / "results").glob("ca_ser_*__mfcc_cpu/**/*_seed*_fold*.json"))
+    if not paths:
+        pytest.skip("no committed CA-SER MFCC-branch records")
+    for p in paths:
+        r = json.loads(p.read_text())
+        exps = {e.name: e for e in get_study("ca_ser").build(r["corpus"]["name"], r["config"]["data_root"],
+                                                             profile=r["identity"]["profile"])}
+        e = exps[r["kind"]]
+        assert run_config(e.to_dict()) == run_config(r["config"]) and "alpha" not in e.loss_kwargs
+        assert record_path(REPO / "results", e.name, {"corpus": r["corpus"]["name"], "protocol": e.protocol,
+                                                     "config": run_config(e.to_dict()), "seed": r["seed"],
+                                                     "fold": r["split"]["fold"]}) == p
+
+
 def test_layer_sweep_part(quick_run, tiny):
     rc = main(["reproduce", "ca_ser", "--corpus", "synthetic", "--w2v2", str(tiny), "--profile", "quick",
                "--protocols", "speaker_independent", "--parts", "layer_sweep", "--results",
@@ -90,7 +156,8 @@ def test_layer_sweep_part(quick_run, tiny):
     assert sorted(sweep["layer"]) == [0, 1, 2, 3]
 
 
-def test_without_weights_only_the_mfcc_branch_runs(tmp_path, capsys):
+def test_without_weights_only_the_mfcc_branch_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ca_ser, "_SAID", set())  # notes are said once per process; other tests may have said them
     exps = ca_ser.experiments("synthetic", profile="quick")
     assert [e.arm for e in exps] == ["mfcc", "mfcc"]
     assert "no wav2vec 2.0 weights given" in capsys.readouterr().err

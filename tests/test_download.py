@@ -1,11 +1,9 @@
-"""Downloads against a local HTTP server on 127.0.0.1 (never the network): layout, hash checks, no re-download."""
+"""Downloads against a local HTTP server on 127.0.0.1 (``conftest.http_server``; never the network): layout, hash
+checks, no re-download."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 import zipfile
 
 import numpy as np
@@ -16,38 +14,6 @@ from serlib.data import download as dl
 from serlib.data.corpus import DataError
 from serlib.data.esc50 import load_esc50
 from serlib.data.ravdess import load_ravdess
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    hits: list[str]
-
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        self.hits.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """Serve ``tmp_path/www`` on a random loopback port; yields (base_url, www_dir, hits)."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    www = tmp_path / "www"
-    www.mkdir()
-    hits: list[str] = []
-    handler = type("H", (_Handler,), {"hits": hits})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www, hits
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _wav_bytes(tmp_path, sr=16000):
@@ -70,8 +36,8 @@ def _ravdess_zip(tmp_path, www, prefix=""):
     return _zip(www / "rav.zip", members)
 
 
-def test_ravdess_download_layout_and_no_second_download(tmp_path, server):
-    base, www, hits = server
+def test_ravdess_download_layout_and_no_second_download(tmp_path, http_server):
+    base, www, hits = http_server
     sha = _ravdess_zip(tmp_path, www)
     dest = tmp_path / "data"
     root = dl.download_ravdess(dest, url=f"{base}/rav.zip", known_hash=sha)
@@ -87,8 +53,8 @@ def test_ravdess_download_layout_and_no_second_download(tmp_path, server):
     assert again == root and hits == ["/rav.zip"], "second call must not download"
 
 
-def test_ravdess_zip_with_top_folder_and_kept_archive(tmp_path, server):
-    base, www, hits = server
+def test_ravdess_zip_with_top_folder_and_kept_archive(tmp_path, http_server):
+    base, www, hits = http_server
     sha = _ravdess_zip(tmp_path, www, prefix="Audio_Speech_Actors_01-24/")
     root = dl.download_ravdess(tmp_path / "d", url=f"{base}/rav.zip", known_hash=sha, keep_archive=True)
     assert (root / "Audio_Speech_Actors_01-24" / "Actor_02" / "03-01-05-01-01-01-02.wav").is_file()
@@ -96,8 +62,8 @@ def test_ravdess_zip_with_top_folder_and_kept_archive(tmp_path, server):
     assert (tmp_path / "d" / "downloads" / dl.RAVDESS_ARCHIVE).is_file()
 
 
-def test_wrong_hash_raises_and_leaves_no_tree(tmp_path, server):
-    base, www, hits = server
+def test_wrong_hash_raises_and_leaves_no_tree(tmp_path, http_server):
+    base, www, hits = http_server
     _ravdess_zip(tmp_path, www)
     dest = tmp_path / "data"
     with pytest.raises(ValueError, match="(?i)hash"):
@@ -107,8 +73,8 @@ def test_wrong_hash_raises_and_leaves_no_tree(tmp_path, server):
     assert not (dest / "downloads" / dl.RAVDESS_ARCHIVE).exists()
 
 
-def test_esc50_download(tmp_path, server):
-    base, www, hits = server
+def test_esc50_download(tmp_path, http_server):
+    base, www, hits = http_server
     top = f"ESC-50-{dl.ESC50_COMMIT}/"
     csv = "filename,fold,target,category,esc10,src_file,take\n1-100-A-0.wav,1,0,dog,True,100,A\n"
     sha = _zip(
@@ -131,8 +97,8 @@ def test_esc50_download(tmp_path, server):
     assert hits == ["/esc.zip"]
 
 
-def test_esc50_unverified_download_reports_its_hash(tmp_path, server):
-    base, www, hits = server
+def test_esc50_unverified_download_reports_its_hash(tmp_path, http_server):
+    base, www, hits = http_server
     top = "ESC-50-master/"
     csv = "filename,fold,target,category,esc10,src_file,take\n1-100-A-0.wav,1,0,dog,True,100,A\n"
     sha = _zip(

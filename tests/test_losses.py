@@ -140,3 +140,21 @@ def test_make_loss(batch):
         make_loss("weighted_focal")
     with pytest.raises(ValueError, match="unknown"):
         make_loss("hinge")
+
+
+def test_auxiliary_loss_adds_alpha_times_the_same_loss_on_aux_logits(batch):
+    logits, y = batch
+    aux_logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    loss = make_loss("focal", gamma=0.5, alpha=0.4)
+    focal = WeightedFocalLoss(0.5)
+    total = loss(logits, y, aux={"aux_logits": aux_logits})
+    torch.testing.assert_close(total, focal(logits, y) + 0.4 * focal(aux_logits, y))
+    torch.testing.assert_close(loss(logits, y, aux=None), focal(logits, y))  # evaluation: the logits alone
+    assert isinstance(make_loss("focal", gamma=0.5, alpha=0.0), WeightedFocalLoss)  # alpha 0: no wrapper
+    ce = make_loss("ce", alpha=1.0)
+    torch.testing.assert_close(ce(logits, y, aux={"aux_logits": aux_logits}),
+                               F.cross_entropy(logits, y) + F.cross_entropy(aux_logits, y))
+    with pytest.raises(ValueError, match="no auxiliary head"):  # never a silently dropped term
+        loss(logits, y, aux={"aux_logits": None})
+    with pytest.raises(ValueError, match="alpha"):
+        make_loss("focal", alpha=-0.1)

@@ -6,12 +6,9 @@ local HTTP server on 127.0.0.1, and training runs are one or two epochs of the r
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -228,30 +225,6 @@ def test_item2_nonfinite_loss_gives_a_failed_record_no_table_counts(tmp_path, mo
 
 
 # ------------------------------------------------------------------------------------------------ item 3
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """Serve ``tmp_path/www`` on a random loopback port (never the network); yields (base_url, www_dir)."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 def _zip(path: Path, members: dict[str, bytes]) -> str:
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
@@ -266,11 +239,12 @@ def _esc50_zip(tmp_path, www) -> str:
     return _zip(www / "esc.zip", {"ESC-50-x/meta/esc50.csv": meta.encode(), "ESC-50-x/audio/1-100-A-0.wav": wav})
 
 
-def test_item3_esc50_from_the_cli_unverified_prints_the_hash_then_pins(tmp_path, server, monkeypatch, capsys):
+def test_item3_esc50_from_the_cli_unverified_prints_the_hash_then_pins(tmp_path, http_server, monkeypatch,
+                                                                      capsys):
     from serlib.cli import main
     from serlib.data import download as dl
 
-    base, www = server
+    base, www, _ = http_server
     sha = _esc50_zip(tmp_path, www)
     monkeypatch.setattr(dl, "ESC50_URL", f"{base}/esc.zip")
     dest = tmp_path / "data"
@@ -286,11 +260,11 @@ def test_item3_esc50_from_the_cli_unverified_prints_the_hash_then_pins(tmp_path,
     assert "FAILED" in capsys.readouterr().out
 
 
-def test_item3_one_corpus_failing_keeps_the_other(tmp_path, server, monkeypatch, capsys):
+def test_item3_one_corpus_failing_keeps_the_other(tmp_path, http_server, monkeypatch, capsys):
     from serlib import cli
     from serlib.data import download as dl
 
-    base, www = server
+    base, www, _ = http_server
     sha = _esc50_zip(tmp_path, www)
     monkeypatch.setattr(dl, "ESC50_URL", f"{base}/esc.zip")
     monkeypatch.setattr(dl, "RAVDESS_URL", f"{base}/missing.zip")  # 404

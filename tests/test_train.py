@@ -406,3 +406,35 @@ def test_compiled_training_on_cuda_matches_eager():
         states.append({k: v.cpu() for k, v in t.model.state_dict().items()})
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-4, atol=1e-4)
+
+
+def test_loss_fn_with_an_aux_parameter_gets_the_batch_aux_while_training_and_none_when_evaluating():
+    """The generic aux contract: a loss_fn naming ``aux`` gets the model's aux dict of the same batch in training
+    and None in evaluation; a plain loss_fn (and nn.Module losses without it) keeps the (logits, y) call."""
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x, lengths=None):
+            logits = self.lin(x)
+            return logits, {"twice": 2 * logits}
+
+    seen: list = []
+
+    def loss_fn(logits, y, aux=None):
+        seen.append(aux)
+        if aux is not None:
+            torch.testing.assert_close(aux["twice"], 2 * logits)
+        return nn.functional.cross_entropy(logits, y)
+
+    data = blobs(16, seed=1)
+    Trainer(WithAux(), cfg(epochs=1, batch_size=8), loss_fn=loss_fn).fit(data, val=blobs(8, seed=2))
+    training = [a for a in seen if a is not None]
+    assert len(training) == 2 and all(a["twice"].shape == (8, 2) for a in training)
+    assert seen.count(None) == 1  # the one validation pass
+    plain: list = []
+    Trainer(WithAux(), cfg(epochs=1, batch_size=8), loss_fn=lambda lg, y: plain.append(1) or
+            nn.functional.cross_entropy(lg, y)).fit(data, val=blobs(8, seed=2))
+    assert len(plain) == 3

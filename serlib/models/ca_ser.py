@@ -19,7 +19,9 @@ Blocks (sizes are config fields; ``PAPER_*`` and ``CODE_*`` constants name both 
 * Auxiliary head (authors' code): mean of the MFCC branch over valid frames -> Linear -> ``aux_logits``; the
   training loss is ``focal(logits) + aux_alpha * focal(aux_logits)`` with focal gamma ``focal_gamma``
   (code: alpha 0.4, gamma 0.5). How the code weighs the two terms beyond alpha is not stated in the paper; we
-  add the auxiliary term scaled by alpha (:meth:`CASER.loss`).
+  add the auxiliary term scaled by alpha (:meth:`CASER.loss`, i.e. :class:`serlib.losses.AuxiliaryLoss`, which is
+  also what the trainer applies in the study: its loss ``alpha`` / ``gamma`` and these two fields are one setting,
+  kept equal by :mod:`serlib.studies.ca_ser`).
 
 Ablations (``branch``): ``"fusion"`` (the model), ``"mfcc"`` (MFCC branch alone: its pooled encoder output and
 classifier; no wav2vec input), ``"w2v2"`` (a linear probe on layer L: mean over valid frames of Linear(tanh(h)),
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from serlib.losses import WeightedFocalLoss
+from serlib.losses import AuxiliaryLoss, WeightedFocalLoss
 from serlib.models.masking import MaskedBiLSTM, check_sequence_input, lengths_to_mask, masked_mean
 
 __all__ = ["CASER", "CASERConfig", "BRANCHES", "sinusoidal_positions"]
@@ -80,6 +82,7 @@ class CASERConfig:
     ff_dim: int = CODE_FF  # fusion feed-forward hidden; code 1024
     dropout: float = CODE_DROPOUT  # fusion and classifier dropout; code 0.4
     branch: str = "fusion"  # "fusion" | "mfcc" (MFCC branch only) | "w2v2" (linear probe on layer L)
+    # The training loss's settings (= the experiment's loss_kwargs alpha / gamma; the study keeps them equal):
     aux_alpha: float = CODE_AUX_ALPHA  # weight of the auxiliary MFCC-branch loss (fusion only); code 0.4
     focal_gamma: float = CODE_FOCAL_GAMMA  # focal loss gamma; code 0.5 (0 = cross-entropy)
 
@@ -203,13 +206,13 @@ class CASER(nn.Module):
 
     def loss(self, logits: torch.Tensor, aux: dict, target: torch.Tensor,
              weight: torch.Tensor | None = None) -> torch.Tensor:
-        """focal(logits) + aux_alpha * focal(aux_logits) (the auxiliary term only in fusion), gamma focal_gamma."""
+        """focal(logits) + aux_alpha * focal(aux_logits) (the auxiliary term only in fusion), gamma focal_gamma:
+        ``make_loss("focal", gamma=focal_gamma, alpha=aux_alpha)`` as the trainer calls it."""
         c = self.config
         focal = WeightedFocalLoss(c.focal_gamma, weight).to(logits.device)
-        total = focal(logits, target)
-        if aux.get("aux_logits") is not None and c.aux_alpha > 0:
-            total = total + c.aux_alpha * focal(aux["aux_logits"], target)
-        return total
+        if aux.get("aux_logits") is None or c.aux_alpha == 0:
+            return focal(logits, target)
+        return AuxiliaryLoss(focal, c.aux_alpha)(logits, target, aux=aux)
 
 
 SERLIB_MODELS = {"ca_ser": (CASER, CASERConfig)}

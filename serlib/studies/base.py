@@ -276,11 +276,33 @@ def check_fields(cls, values: Mapping, where: str) -> dict:
     return {k: _convert(v, known[k], f"{where}.{k}") for k, v in values.items()}
 
 
+def loss_fields() -> dict[str, object]:
+    """The ``--loss.FIELD`` names and types: the keyword options of :func:`serlib.losses.make_loss` (``gamma``,
+    ``alpha``; not the training labels / class count the experiment passes itself)."""
+    import inspect
+
+    from serlib.losses import make_loss
+
+    hints = typing.get_type_hints(make_loss)
+    return {n: hints.get(n, typing.Any) for n, p in inspect.signature(make_loss).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("y_train", "n_classes")}
+
+
+def check_loss_fields(values: Mapping) -> dict:
+    """``values`` (``--loss.*`` overrides) converted to :func:`loss_fields` types; unknown names raise
+    :class:`ConfigError`."""
+    known = loss_fields()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"loss: unknown field(s) {unknown}; known: {sorted(known)}")
+    return {k: _convert(v, known[k], f"loss.{k}") for k, v in values.items()}
+
+
 def parse_overrides(argv: Sequence[str]) -> dict[str, dict]:
     """``["--model.n_head", "2", "--train.epochs=10"]`` -> ``{"model": {"n_head": "2"}, "train": {"epochs": "10"}}``
     (values still strings: :func:`apply_overrides` converts them with each experiment's typed configs). Sections:
     ``model`` (the model's config dataclass), ``train`` (:class:`serlib.train.TrainConfig`), ``loss`` (the loss's
-    keyword arguments) and ``experiment`` (:class:`serlib.experiment.Experiment` fields)."""
+    keyword arguments, :func:`loss_fields`) and ``experiment`` (:class:`serlib.experiment.Experiment` fields)."""
     out: dict[str, dict] = {}
     items = list(argv)
     i = 0
@@ -326,7 +348,7 @@ def apply_overrides(exp: Experiment, overrides: Mapping[str, Mapping]) -> Experi
         changes["model_kwargs"] = {**exp.model_kwargs, **check_fields(config_cls, overrides["model"],
                                                                      f"model ({model})")}
     if overrides.get("loss"):
-        changes["loss_kwargs"] = {**exp.loss_kwargs, **overrides["loss"]}
+        changes["loss_kwargs"] = {**exp.loss_kwargs, **check_loss_fields(overrides["loss"])}
     return exp.replace(**changes)
 
 

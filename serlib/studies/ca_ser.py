@@ -28,9 +28,15 @@ them, so they never reach a results table, README or docs/RESULTS.md (the notebo
 "meaningless" banner).
 
 Training (the paper / the authors' code): AdamW lr 4e-5, batch 2 with gradient accumulation 4, 20 epochs, focal
-loss gamma 0.5. Differences, named: the generic trainer optimises the main head's focal loss only (the code's
-auxiliary MFCC-branch loss, ``CASER.loss``, is not applied), selects the epoch of best validation UA (the code
-early-stops on WA), and clips are neither cut at 8 s nor tiled to 3 s (RAVDESS clips are 2.9-5.3 s).
+loss gamma 0.5; the fusion arm adds the code's auxiliary MFCC-branch loss: ``focal(logits) + alpha *
+focal(aux_logits)``, alpha 0.4 (the fusion experiment's ``loss_kwargs["alpha"]``, applied by
+:class:`serlib.losses.AuxiliaryLoss` through the trainer's ``aux`` contract). ``--loss.alpha`` and
+``--model.aux_alpha`` are one setting (as are ``--loss.gamma`` and ``--model.focal_gamma``): either sets both, so
+the record's loss and model configs agree, and two different values are refused. The MFCC-only and probe arms have
+no auxiliary head: no alpha is set there (an ``alpha`` override is dropped from them with a note), so their loss,
+configuration and record paths are those of the runs recorded before the auxiliary loss was applied. Differences,
+named: the epoch of best validation UA is selected (the code early-stops on WA), and clips are neither cut at 8 s
+nor tiled to 3 s (RAVDESS clips are 2.9-5.3 s).
 """
 
 from __future__ import annotations
@@ -53,8 +59,9 @@ from serlib.experiment import (
     register_view,
     sequence_features,
 )
+from serlib.models.ca_ser import CODE_AUX_ALPHA
 from serlib.predict import register_inputs
-from serlib.studies.base import Profile, Study, Table
+from serlib.studies.base import ConfigError, Profile, Study, Table, _convert
 from serlib.train import ArrayData
 
 PAPER_LAYER = 9
@@ -66,6 +73,8 @@ PAPER_MODEL: dict = {}  # CASERConfig defaults: the paper's BiLSTM 256, the auth
 PAPER_LOSS: tuple[str, dict] = ("focal", {"gamma": 0.5})
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)  # the paper names none
 FEATURES = "caser_mfcc"
+# model config field -> loss keyword: one setting each (see the module docstring)
+PAIRED: dict[str, str] = {"aux_alpha": "alpha", "focal_gamma": "gamma"}
 RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in a model folder saying its weights are random (tests, the notebook)
 
 _SMALL = {"lstm_hidden": 16, "lstm_layers": 1, "enc_dim": 32, "enc_layers": 1, "enc_heads": 2, "enc_ff": 64,
@@ -310,8 +319,44 @@ def arm_experiment(base: Experiment, arm: str, w2v2: dict | None, *, layer: int 
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     view = {} if arm == "mfcc" else {**w2v2, "layer": int(w2v2["layer"] if layer is None else layer)}
     label = f"probe_l{view['layer']}" if layer is not None else arm
-    return base.replace(name=f"{base.name}__{label}", arm=label, view_kwargs=view,
+    loss_kwargs = dict(base.loss_kwargs)
+    if arm == "fusion":  # the auxiliary MFCC-branch loss (only the fusion has that head)
+        loss_kwargs["alpha"] = float(base.model_kwargs.get("aux_alpha", CODE_AUX_ALPHA))
+    return base.replace(name=f"{base.name}__{label}", arm=label, view_kwargs=view, loss_kwargs=loss_kwargs,
                         model_kwargs={**base.model_kwargs, "branch": arm})
+
+
+def pair_loss_overrides(overrides: dict) -> dict:
+    """``overrides`` with each :data:`PAIRED` setting given on one side (``--model.aux_alpha`` or ``--loss.alpha``)
+    copied to the other; two different values raise :class:`~serlib.studies.base.ConfigError`."""
+    model, loss = dict(overrides.get("model") or {}), dict(overrides.get("loss") or {})
+    for m, k in PAIRED.items():
+        if m in model and k in loss:
+            a, b = _convert(model[m], float, f"model.{m}"), _convert(loss[k], float, f"loss.{k}")
+            if a != b:
+                raise ConfigError(f"--model.{m} {model[m]} and --loss.{k} {loss[k]} differ: they are one setting "
+                                  "(the training loss's); give one of them")
+        elif m in model:
+            loss[k] = model[m]
+        elif k in loss:
+            model[m] = loss[k]
+    out = dict(overrides)
+    out.update({k: v for k, v in (("model", model), ("loss", loss)) if v})
+    return out
+
+
+def fusion_only_alpha(exp: Experiment) -> Experiment:
+    """``exp`` without an auxiliary-loss ``alpha`` unless it is the fusion arm (the only one with the MFCC-branch
+    head; elsewhere the loss would refuse it), with a note when a non-zero one is dropped."""
+    if exp.model_kwargs.get("branch", "fusion") == "fusion":
+        return exp
+    loss = {k: v for k, v in exp.loss_kwargs.items() if k != "alpha"}
+    model = {k: v for k, v in exp.model_kwargs.items() if k != "aux_alpha"}
+    if exp.loss_kwargs.get("alpha"):
+        _say(f"alpha {exp.loss_kwargs['alpha']} (the auxiliary MFCC-branch loss) applies to the fusion arm only; "
+             f"not set for the {exp.model_kwargs.get('branch')} arm, which has no auxiliary head")
+    return exp.replace(loss_kwargs=loss, model_kwargs=model) if (loss, model) != (exp.loss_kwargs,
+                                                                                 exp.model_kwargs) else exp
 
 
 def experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
@@ -395,6 +440,12 @@ class CASERStudy(Study):
     def owns(self, record: dict) -> bool:
         return super().owns(record) and pretrained_ok(record)
 
+    def build(self, corpus: str | None = None, data_root: str | None = None, *, overrides=None, **kwargs):
+        """:meth:`Study.build` with the loss settings paired (:func:`pair_loss_overrides`) and alpha on the
+        fusion arm only (:func:`fusion_only_alpha`)."""
+        exps = super().build(corpus, data_root, overrides=pair_loss_overrides(dict(overrides or {})), **kwargs)
+        return [fusion_only_alpha(e) for e in exps]
+
     def status(self, records: list[dict]) -> list[dict]:
         """The fusion's rows; where a (corpus, protocol, profile) has none, the MFCC branch's, named as such."""
         rows = super().status(records)
@@ -428,7 +479,6 @@ STUDY = CASERStudy(
     paper_claim="71.53 / 73.50 UA (IEMOCAP CV-5 / CV-10)",
 )
 
-__all__ = ["ARMS", "PAPER_LAYER", "PROFILES", "STUDY", "ablation_table", "arm_experiment", "ca_ser_view",
-           "cross_attention",
-           "experiments", "is_pretrained", "layer_sweep_table", "predict_inputs", "pretrained_ok",
-           "save_random_wav2vec2", "w2v2_settings"]
+__all__ = ["ARMS", "PAIRED", "PAPER_LAYER", "PROFILES", "STUDY", "ablation_table", "arm_experiment", "ca_ser_view",
+           "cross_attention", "experiments", "fusion_only_alpha", "is_pretrained", "layer_sweep_table",
+           "pair_loss_overrides", "predict_inputs", "pretrained_ok", "save_random_wav2vec2", "w2v2_settings"]
