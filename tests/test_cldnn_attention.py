@@ -290,18 +290,17 @@ def _stressed(variant: str) -> MultiHeadSelfAttention:
     return mhsa
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("variant", ["fa", "faca"])
-def test_attention_weights_are_float32_under_autocast(variant, dtype):
-    """Under torch.autocast on the CPU (bfloat16, and float16) the attention maps are computed in float32: finite,
-    rows of valid queries sum to 1, close to the float32 maps, also where the focal bias exceeds float16's range."""
+def _check_float32_core(variant: str, dtype: torch.dtype, device: str) -> None:
+    """Attention maps under autocast(device, dtype): float32, finite, valid rows sum to 1, close to the float32
+    maps, for a plain layer and a stressed one (:func:`_stressed`)."""
     for mhsa in (MultiHeadSelfAttention(16, 2, variant=variant), _stressed(variant)):
+        mhsa = mhsa.to(device)
         g = torch.Generator().manual_seed(1)
-        x = torch.randn(3, 12, 16, generator=g)
-        lengths = torch.tensor([12, 9, 5])
+        x = torch.randn(3, 12, 16, generator=g).to(device)
+        lengths = torch.tensor([12, 9, 5], device=device)
         with torch.no_grad():
             _, ref = mhsa(x, lengths)
-            with torch.autocast(device_type="cpu", dtype=dtype):
+            with torch.autocast(device_type=device, dtype=dtype):
                 out, aux = mhsa(x, lengths)
         assert out.dtype == dtype  # the output projection still runs in the low precision
         keys = ["attn", "mu", "sigma"] + (["attn_calibrated", "calibration"] if variant == "faca" else [])
@@ -315,6 +314,21 @@ def test_attention_weights_are_float32_under_autocast(variant, dtype):
         # the projections are rounded to the low precision; everything after them is float32
         torch.testing.assert_close(aux["attn"], ref["attn"], atol=3e-2, rtol=0)
         torch.testing.assert_close(aux["mu"], ref["mu"], atol=0.15, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", ["fa", "faca"])
+def test_attention_weights_are_float32_under_autocast(variant, dtype):
+    """Under torch.autocast on the CPU (bfloat16, and float16) the attention maps are computed in float32: finite,
+    rows of valid queries sum to 1, close to the float32 maps, also where the focal bias exceeds float16's range."""
+    _check_float32_core(variant, dtype, "cpu")
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("variant", ["fa", "faca"])
+def test_attention_weights_are_float32_under_cuda_float16_autocast(variant):
+    """The trainer's CUDA AMP (float16 autocast): the same guarantees on the GPU."""
+    _check_float32_core(variant, torch.float16, "cuda")
 
 
 def test_the_stressed_bias_is_out_of_float16_range():
