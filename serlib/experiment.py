@@ -78,6 +78,10 @@ from serlib.train import (
 FEATURE_FORMAT = 2  # bump when the cached layout changes (2: nonfinite / silent / padded rows)
 NONFINITE_POLICIES = ("skip", "fail")
 SILENT_POLICIES = ("skip", "keep")
+SHORT_POLICIES = ("auto", "paper", "pad", "tile")
+# protocols under which the "segments" view keeps its paper's own policy for short utterances with
+# short_policy="auto": Head Fusion's random 80/20 (the authors' code drops utterances <= 2 s from every part)
+SEGMENT_PAPER_PROTOCOLS = ("random_80_20",)
 
 
 class NonFiniteFeaturesError(ValueError):
@@ -103,6 +107,10 @@ class Experiment:
     test_step_s: float = 0.4
     short: str = "pad"  # clips shorter than one window: "pad" (one zero-padded window) or "drop" (counted)
     min_len_s: float = 0.0  # drop utterances not longer than this (the Head Fusion code drops <= 2 s)
+    # "segments" view, val / test utterances that min_len_s or one window would leave out (:func:`short_policy_of`):
+    # "auto" (the paper's policy under the paper's protocol, else "pad"), "paper" (min_len_s and short as set, for
+    # every part), "pad" / "tile" (every val / test utterance counts: one window zero-padded / repeated)
+    short_policy: str = "auto"
     fixed_s: float = 6.0
     augment_features: tuple[str, ...] = ()  # "fixed" view: extra presets whose training copies join the train set
     normalize: bool = True  # per-feature-bin mean / std from the training part only
@@ -132,6 +140,8 @@ class Experiment:
             raise ValueError(f"nonfinite={self.nonfinite!r}: choose one of {NONFINITE_POLICIES}")
         if self.silent not in SILENT_POLICIES:
             raise ValueError(f"silent={self.silent!r}: choose one of {SILENT_POLICIES}")
+        if self.short_policy not in SHORT_POLICIES:
+            raise ValueError(f"short_policy={self.short_policy!r}: choose one of {SHORT_POLICIES}")
         self._model_config_class()  # a misspelt model field fails here, when the experiment is made
 
     def _model_config_class(self):
@@ -343,6 +353,30 @@ def segment_features(corpus: Corpus, preset: F.FeaturePreset, *, win_s: float, s
     return feature_cache.cached_arrays(spec, build, refresh=refresh)
 
 
+def short_policy_of(exp: Experiment) -> tuple[str, str]:
+    """What a ``segments`` run does with short val / test utterances, and why: ``"paper"`` (``min_len_s`` and
+    ``short`` as set, for every part: the paper's own policy, e.g. the Head Fusion authors drop utterances <= 2 s),
+    ``"pad"`` / ``"tile"`` (every val / test utterance counts: one shorter than one window gives one window,
+    zero-padded / repeated (:func:`serlib.data.segment.fixed_windows`); one not longer than ``min_len_s`` is kept).
+    The training part always follows ``min_len_s`` and ``short`` as set. ``short_policy="auto"`` (the default) is
+    ``"paper"`` under :data:`SEGMENT_PAPER_PROTOCOLS` and ``"pad"`` under every other protocol."""
+    if exp.short_policy != "auto":
+        return exp.short_policy, f"short_policy={exp.short_policy!r} set in the experiment"
+    if exp.protocol in SEGMENT_PAPER_PROTOCOLS:
+        return "paper", (f"auto: {exp.protocol} is the paper's protocol, so the authors' policy applies to every "
+                         f"part (min_len_s={exp.min_len_s:g} s, short={exp.short!r})")
+    return "pad", (f"auto: {exp.protocol} is not the paper's protocol, so every val / test utterance counts "
+                   "(shorter than one window: zero-padded to one)")
+
+
+def segment_short(exp: Experiment, part: str) -> str:
+    """The ``short`` argument of :func:`segment_features` for ``part`` ("train", "val" or "test") of a run."""
+    policy, _ = short_policy_of(exp)
+    if part == "train" or policy == "paper":
+        return exp.short
+    return {"pad": "pad", "tile": "keep_one"}[policy]
+
+
 def sequence_features(corpus: Corpus, preset: F.FeaturePreset, *, device=None, refresh: bool = False,
                       batch_seconds: float = 600.0) -> dict[str, np.ndarray]:
     """Whole-utterance frame sequences: ``frames`` (sum T_i, F) concatenated, ``offsets`` (n+1,), ``failed``,
@@ -452,9 +486,11 @@ def register_view(name: str, fn) -> None:
     if name in ("segments", "sequence", "fixed"):
         raise ValueError(f"view {name!r} is built in")
     VIEWS[name] = fn
-def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndarray, win_short: set[int]
-              ) -> tuple[set[int], dict, list, list]:
-    """Rows no view may use, the counts, the skip list (path, reason, stage) and the flag list of a run."""
+def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndarray, win_short: set[int], *,
+              note: str = "", by_stage: dict | None = None) -> tuple[set[int], dict, list, list]:
+    """Rows no view may use, the counts, the skip list (path, reason, stage) and the flag list of a run. ``note``
+    is added to the reasons of the length skips (``win_short``, ``keep``); ``by_stage``, when given, receives the
+    rows each stage left out."""
     path = corpus.table["path"].astype(str).tolist()
     failed_reasons = {int(i): str(r) for s in stores for i, r in zip(s["failed"], s.get("failed_reason", []))}
     failed = set().union(*(s["failed"].tolist() for s in stores))
@@ -475,16 +511,21 @@ def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndar
             if i not in out:
                 out.add(i)
                 skips.append({"path": path[i], "reason": reason(i) if callable(reason) else reason, "stage": stage})
+                if by_stage is not None:
+                    by_stage.setdefault(stage, set()).add(i)
 
     add(failed, lambda i: failed_reasons.get(i, "audio could not be decoded"), "decode")
     add(nonfinite, "features contain NaN or infinite values (nonfinite='skip')", "features")
     if exp.silent == "skip":
         add(silent, "audio is all zeros (silent='skip')", "decode")
-    add(win_short, f"shorter than one {exp.win_s:g}-s window (short='drop')", "segment")
-    add({i for i in range(len(keep)) if not keep[i]}, f"not longer than min_len_s={exp.min_len_s:g} s", "policy")
+    add(win_short, f"shorter than one {exp.win_s:g}-s window (short='drop'){note}", "segment")
+    add({i for i in range(len(keep)) if not keep[i]}, f"not longer than min_len_s={exp.min_len_s:g} s{note}", "policy")
+    how = "centre zero-padding"
+    if exp.view == "segments":
+        policy = short_policy_of(exp)[0]
+        how = "short=" + exp.short + ("" if policy == "paper" else f"; val / test: short_policy={policy}")
     flags = [{"path": path[i], "flag": f"padded: shorter than {exp.win_s if exp.view == 'segments' else exp.fixed_s:g}"
-              f" s ({'short=' + exp.short if exp.view == 'segments' else 'centre zero-padding'})"}
-             for i in sorted(padded) if i not in out]
+              f" s ({how})"} for i in sorted(padded) if i not in out]
     if exp.silent == "keep":
         flags += [{"path": path[i], "flag": "all-zero audio kept (silent='keep')"} for i in sorted(silent - out)]
     flags += [{"path": p, "flag": "format_mismatch: container differs from the extension"}
@@ -513,12 +554,33 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
         counts["dropped_min_len"] = int((~keep).sum())
 
     if exp.view == "segments":
-        tr_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.train_step_s, short=exp.short,
-                                    device=device)
-        te_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.test_step_s, short=exp.short,
-                                    device=device)
-        too_short = set(tr_store["too_short"].tolist()) | set(te_store["too_short"].tolist())
-        out, c, skips, flags = _left_out(exp, corpus, [tr_store, te_store], keep, too_short)
+        policy, why = short_policy_of(exp)
+        tr_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.train_step_s,
+                                    short=segment_short(exp, "train"), device=device)
+        te_store = segment_features(corpus, preset, win_s=exp.win_s, step_s=exp.test_step_s,
+                                    short=segment_short(exp, "test"), device=device)
+        # "pad" / "tile": val / test utterances are exempt from the length skips (min_len_s, short="drop")
+        evaluated = set() if policy == "paper" else {int(i) for i in (*va_idx, *te_idx)}
+        too_short = (set(tr_store["too_short"].tolist()) - evaluated) | set(te_store["too_short"].tolist())
+        kept_short = {i for i in evaluated if not keep[i]}
+        keep = keep.copy()
+        keep[sorted(evaluated)] = True
+        if exp.min_len_s > 0:
+            counts["dropped_min_len"] = int((~keep).sum())
+        by_stage: dict = {}
+        note = "" if policy == "paper" else f" (training part; short_policy={policy!r} keeps val / test ones)"
+        out, c, skips, flags = _left_out(exp, corpus, [tr_store, te_store], keep, too_short, note=note,
+                                         by_stage=by_stage)
+        by_length = by_stage.get("segment", set()) | by_stage.get("policy", set())
+        padded = {"train": set(tr_store["padded"].tolist()), "eval": set(te_store["padded"].tolist())}
+        parts = {"train": tr_idx, "val": va_idx, "test": te_idx}
+        counts["short_policy"] = {
+            "policy": policy, "why": why, "train": f"min_len_s={exp.min_len_s:g} s, short={exp.short!r}",
+            "padded": {p: len({int(i) for i in idx} & padded["train" if p == "train" else "eval"] - out)
+                       for p, idx in parts.items()},
+            "dropped": {p: len({int(i) for i in idx} & by_length) for p, idx in parts.items()},
+            "kept_not_longer_than_min_len": {p: len({int(i) for i in idx} & kept_short - out)
+                                             for p, idx in parts.items() if p != "train"}}
 
         def make(store, idx):
             idx = np.asarray([i for i in idx if i not in out], np.int64)
@@ -793,7 +855,7 @@ def save_serving(checkpoint_dir: str | Path, record: dict, normalizer: dict) -> 
 # which runs an experiment enumerates and what names it, not how one run is configured
 RUN_INDEPENDENT = ("seeds", "folds", "study", "profile", "arm")
 # Fields added after records were committed: at these values they leave the record path (the config hash) as it was.
-PATH_NEUTRAL_DEFAULTS = {"nonfinite": "skip", "silent": "skip", "view_kwargs": {}}
+PATH_NEUTRAL_DEFAULTS = {"nonfinite": "skip", "silent": "skip", "view_kwargs": {}, "short_policy": "auto"}
 
 
 def identity_of(exp: Experiment) -> dict:

@@ -261,13 +261,14 @@ def stored_condition(noisy: NoisyCorpus) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the view
-def _segments(corpus: Corpus, exp, step_s: float, rows_allowed, device=None):
-    """Raw segment features of ``corpus`` restricted to base rows in ``rows_allowed``: (x, groups in base rows)."""
-    from serlib.experiment import segment_features
+def _segments(corpus: Corpus, exp, step_s: float, rows_allowed, device=None, part: str = "train"):
+    """Raw segment features of ``corpus`` restricted to base rows in ``rows_allowed``: (x, groups in base rows);
+    short clips as the run's ``part`` treats them (:func:`serlib.experiment.segment_short`)."""
+    from serlib.experiment import segment_features, segment_short
     from serlib.features import PRESETS
 
-    store = segment_features(corpus, PRESETS[exp.features], win_s=exp.win_s, step_s=step_s, short=exp.short,
-                             device=device)
+    store = segment_features(corpus, PRESETS[exp.features], win_s=exp.win_s, step_s=step_s,
+                             short=segment_short(exp, part), device=device)
     base_rows = getattr(corpus, "base_rows", np.arange(len(corpus)))
     g = base_rows[store["groups"]] if len(store["groups"]) else store["groups"]
     sel = np.isin(g, np.asarray(sorted(rows_allowed), np.int64))
@@ -292,7 +293,7 @@ def noisy_segments_view(exp, corpus: Corpus, split, *, device=None):
         rows = sorted(set(part.groups.tolist()))
         nc = NoisyCorpus(corpus, condition_for(spec, ids[rows], bank), bank)
         stored.update(stored_condition(nc))
-        x, g = _segments(nc, exp, step_s, rows, device)
+        x, g = _segments(nc, exp, step_s, rows, device, "train" if part is clean.train else "test")
         return ArrayData(x=x, y=y_all[g], lengths=None, groups=g), nc.summary()
 
     units, unit_info = ([clean.train] if vk.get("clean_unit", True) else []), []

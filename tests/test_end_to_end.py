@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serlib.data.splits import assert_speaker_disjoint, make_splits
-from serlib.experiment import Experiment, load_experiment_corpus, run_experiment
+from serlib.experiment import Experiment, build_views, load_experiment_corpus, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,15 @@ def test_too_short_clips_are_counted(synthetic, tmp_path, monkeypatch):
         run_experiment(exp, results_dir=None, corpus=synthetic)
     exp = _exp(win_s=4.0, short="drop", train=dict(epochs=1, progress=False))
     (record,) = run_experiment(exp, results_dir=None, corpus=synthetic)
-    n_short = int((synthetic.table["duration"] < 4.0).sum())
-    assert record["counts"]["too_short"] == n_short > 0
+    short = synthetic.table["duration"].to_numpy() < 4.0
+    tr, va, te = make_splits(exp.protocol, synthetic, seed=exp.split_seed)[0].indices(synthetic)
+    # speaker-independent: short training clips are dropped, short val / test ones padded (short_policy "auto")
+    assert record["counts"]["too_short"] == int(short[tr].sum()) > 0
+    assert record["counts"]["short_policy"]["padded"] == {"train": 0, "val": int(short[va].sum()),
+                                                          "test": int(short[te].sum())}
+    split = make_splits(exp.protocol, synthetic, seed=exp.split_seed)[0]
+    paper = build_views(exp.replace(short_policy="paper"), synthetic, split)  # short="drop" for every part
+    assert paper.counts["too_short"] == int(short.sum())
 
 
 def test_sequence_and_fixed_views_run(synthetic, tmp_path, monkeypatch):

@@ -22,6 +22,11 @@ Reading of the paper, and choices where it is silent:
 * Scores are scaled by sqrt(d_h), the per-head width (Eq. 2 applies Eq. 1 per head).
 * Calibration (Eqs. 9-13): g_h = global max over the valid entries of head h's map H^o, s = sigmoid(W_s g + b_s) with
   W_s (h x h), H^s = s_h * H^o_h, output H^s V. Calibration applies to the FA maps (MHSA-FACA = MHSA-FA + CA).
+* Mixed precision: under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU) the attention core (scores, Eqs. 3-7
+  mu / sigma and the Gaussian bias, the softmax, calibration and H V) runs in float32 with autocast off; only the
+  Q / K / V / output projections run in the low precision. In float16 the bias of a small sigma (up to -T^2 / eps)
+  overflows to -inf, and a row of -inf gives NaN after the softmax; bfloat16's 8-bit mantissa would place mu in
+  [0, m] only to about m / 256 frames.
 
 Padding: padded frames are zeroed before each conv and after each pooling, pooled lengths use floor (no valid frame
 ever pools padding), the BiLSTM is exact on padded input (:class:`serlib.models.masking.MaskedBiLSTM`, equal to a
@@ -164,20 +169,30 @@ class MultiHeadSelfAttention(nn.Module):
         return x.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, d_h)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        """x (B, T, d_model), lengths (B,) -> out (B, T, d_model), aux dict."""
+        """x (B, T, d_model), lengths (B,) -> out (B, T, d_model), aux dict (maps, mu, sigma, calibration: float32
+        or wider, also under autocast)."""
         B, T, _ = x.shape
         mask = lengths_to_mask(lengths, T)  # (B, T)
-        q_full = self.W_q(x)
-        q, k, v = self._heads(q_full), self._heads(self.W_k(x)), self._heads(self.W_v(x))
+        q_full, k_full, v_full = self.W_q(x), self.W_k(x), self.W_v(x)  # low precision under autocast
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for a float64 model
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the attention core in float32
+            q_full, k_full, v_full = q_full.to(dtype), k_full.to(dtype), v_full.to(dtype)
+            out, aux = self._attend(q_full, k_full, v_full, mask, lengths)
+        return self.W_o(out), aux
+
+    def _attend(self, q_full, k_full, v_full, mask, lengths):
+        """Eqs. 1-13 on projected q, k, v (B, T, d_model) in one dtype -> concatenated heads (B, T, d_model), aux."""
+        B, T, _ = q_full.shape
+        q, k, v = self._heads(q_full), self._heads(k_full), self._heads(v_full)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (B, H, T, T)
         aux: dict[str, torch.Tensor] = {}
         if self.focus is not None:
             if self.focus_m == "length":
-                m = lengths.to(x.dtype)
+                m = lengths.to(q_full.dtype)
             else:
-                m = torch.full((B,), float(self.focus_m), dtype=x.dtype, device=x.device)
+                m = torch.full((B,), float(self.focus_m), dtype=q_full.dtype, device=q_full.device)
             mu, sigma = self.focus(q_full, mask, m)
-            positions = torch.arange(T, device=x.device)
+            positions = torch.arange(T, device=q_full.device)
             scores = scores + focal_bias(mu, sigma, positions, eps=self.eps)  # Eq. 8
             aux["mu"], aux["sigma"] = mu, sigma
         pair_mask = mask[:, None, :, None] & mask[:, None, None, :]  # (B, 1, T, T)
@@ -187,8 +202,7 @@ class MultiHeadSelfAttention(nn.Module):
             s = self.calibration(attn, pair_mask)  # (B, H)
             attn = s[:, :, None, None] * attn  # H^s, Eq. 12
             aux["calibration"], aux["attn_calibrated"] = s, attn
-        out = (attn @ v).transpose(1, 2).reshape(B, T, -1)  # Eq. 13, heads concatenated
-        return self.W_o(out), aux
+        return (attn @ v).transpose(1, 2).reshape(B, T, -1), aux  # Eq. 13, heads concatenated
 
 
 class CLDNNAttention(nn.Module):
