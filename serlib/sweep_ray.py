@@ -18,7 +18,7 @@ so rerunning the command resumes it.
   after the sweep.
 * **Cluster** (``address="HOST:6379"`` or ``"ray://HOST:10001"``): ``ray.init(address=...)`` connects; the cluster's
   CPUs decide how many tasks run at once (``n_jobs`` is ignored), each task takes ``cpus_per_task`` CPUs and as many
-  torch threads. Every node needs serlib (and this Python's packages) installed, and the **data root, the feature
+  torch threads (``$SERLIB_THREADS`` overrides). Every node needs serlib (and this Python's packages) installed, and the **data root, the feature
   cache (``$SERLIB_CACHE``), the results folder and any checkpoint root on a shared filesystem at the same paths**:
   tasks read the corpus and cached features and write their records where the driver names them. The driver's
   ``SERLIB_*`` environment variables are set in every task. Build the feature caches first (``serlib.studies.base.run``
@@ -67,8 +67,8 @@ class RayBackend:
     """:class:`serlib.sweep.Backend` on Ray tasks; ``submit`` returns the task's ``concurrent.futures.Future``.
 
     ``address``: None for a private local instance of ``n_jobs`` CPUs, else a cluster address (``ray.init``'s).
-    ``threads_per_job``: torch threads per task (default: locally ``choose_threads(n_jobs)``, on a cluster
-    ``cpus_per_task``). ``max_retries``: Ray's retries of a task whose worker died (0: an error record at once).
+    ``threads_per_job``: torch threads per task (default: :func:`serlib.sweep.choose_threads`, locally for ``n_jobs``
+    tasks on this machine's CPUs, on a cluster for one task on ``cpus_per_task`` CPUs). ``max_retries``: Ray's retries of a task whose worker died (0: an error record at once).
     """
 
     def __init__(self, n_jobs: int = 1, *, address: str | None = None, cpus_per_task: int = 1,
@@ -84,7 +84,8 @@ class RayBackend:
             else:
                 ray.init(address=address)
         local = address is None
-        self.threads_per_job = int(threads_per_job or (choose_threads(self.n_jobs)[0] if local else cpus_per_task))
+        self.threads_per_job = int(threads_per_job or choose_threads(self.n_jobs if local else 1,
+                                                                      cpus=None if local else cpus_per_task)[0])
         self._remote = ray.remote(_call_in_worker).options(
             num_cpus=1 if local else cpus_per_task, max_retries=max_retries,
             runtime_env={"env_vars": _forwarded_env()})

@@ -77,13 +77,16 @@ def test_ray_sweep_equals_the_local_backend(ray_session, local_records, tmp_path
     assert {r["extra"]["threads"]["n_jobs"] for r in recs + local} == {2}
 
 
-def test_ray_sweep_resumes_after_its_driver_is_killed(ray_session, local_records, tmp_path):
-    local_records  # the feature cache exists, so the killed sweep's tasks only train
+@pytest.mark.usefixtures("local_records")  # the feature cache exists, so the killed sweep's tasks only train
+def test_ray_sweep_resumes_after_its_driver_is_killed(ray_session, tmp_path):
+    """The killed driver is a second process that joins this module's Ray instance by its address (the cluster
+    path; a fresh instance would cost seconds to start)."""
     script = ("import sys; sys.path.insert(0, sys.argv[2]); from test_ray_backend import experiments;"
               "from serlib.studies.common import run_study;"
-              "run_study(experiments(), results_dir=sys.argv[1], backend='ray', n_jobs=1)")
+              "run_study(experiments(), results_dir=sys.argv[1], backend='ray', ray_address=sys.argv[3])")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(REPO / "tests")], env=env,
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(REPO / "tests"), address], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -92,7 +95,7 @@ def test_ray_sweep_resumes_after_its_driver_is_killed(ray_session, local_records
             assert time.monotonic() < deadline, "no record after 120 s"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started (its own session)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver (its own session); Ray cancels the tasks of a dead driver
         proc.wait()
     time.sleep(0.5)
     done = {name: (p.stat().st_mtime_ns, p.read_text()) for name, p in run_records(tmp_path).items()}
