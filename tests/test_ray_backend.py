@@ -23,7 +23,7 @@ from serlib.sweep import SweepTask, _demo_task, run_sweep  # noqa: E402
 from serlib.sweep_ray import RayBackend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # Ray and worker startup: ~2 min on a busy 2-core CPU
 
 
 def experiments():
