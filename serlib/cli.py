@@ -325,6 +325,23 @@ def cmd_experiment(args) -> int:
     return 1 if any(r.get("status", "ok") != "ok" for r in records) else 0
 
 
+def _sweep_backend(args) -> str | None:
+    """run_study's backend for ``--backend`` ("process" for local), or None after a one-line error."""
+    if args.backend != "ray":
+        if args.ray_address:
+            print("serlib reproduce: error: --ray-address needs --backend ray", file=sys.stderr)
+            return None
+        return "process"
+    from serlib.sweep_ray import import_ray
+
+    try:
+        import_ray()
+    except ImportError as exc:
+        print(f"serlib reproduce: error: {exc}", file=sys.stderr)
+        return None
+    return "ray"
+
+
 def cmd_reproduce(args) -> int:
     from serlib.cache import cache_dir
     from serlib.cli_corpus import corpus_from_args, report_folds
@@ -332,6 +349,9 @@ def cmd_reproduce(args) -> int:
     from serlib.sweep import choose_threads, configure_threads
 
     study = get_study(args.paper)
+    backend = _sweep_backend(args)
+    if backend is None:
+        return 2
     options = {k: getattr(args, k) for k in study.options if getattr(args, k, None) is not None}
     checkpoints = None if args.no_resume and not args.save_model else \
         Path(args.save_model or args.checkpoints or cache_dir() / "checkpoints")
@@ -344,7 +364,8 @@ def cmd_reproduce(args) -> int:
     print(f"torch threads: {threads} here" + (f", {choose_threads(args.n_jobs)[0]} in each of {args.n_jobs} workers"
                                               if args.n_jobs > 1 else ""))
     report_folds(study.build(**kw))
-    records = run(study, results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints, **kw, **run_kw)
+    records = run(study, results_dir=args.results, n_jobs=args.n_jobs, checkpoint_root=checkpoints,
+                  backend=backend, ray_address=args.ray_address, **kw, **run_kw)
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
         print(summary(study, ok).to_string())
@@ -488,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--arms", nargs="+", default=None, help="only these arms of the study (e.g. faca, our_eca, mfcc)")
     r.add_argument("--no-prebuild", action="store_true", help="let the workers build the feature caches in parallel "
                    "instead of this process before them")
+    r.add_argument("--backend", choices=["local", "ray"], default="local", help="local: --n-jobs processes here; "
+                   "ray: Ray tasks (a local Ray instance of --n-jobs CPUs, or the cluster at --ray-address; "
+                   "data, cache and results on a shared filesystem there). Resumable either way")
+    r.add_argument("--ray-address", default=None, metavar="ADDR", help="with --backend ray: the cluster to use")
     r.add_argument("--results", default="results")
     r.add_argument("--checkpoints", default=None, help="checkpoint root (default: $SERLIB_CACHE/checkpoints): a "
                    "killed run resumes from its last epoch when its checkpoint is this same run's")

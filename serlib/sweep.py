@@ -15,8 +15,9 @@ Every record gets ``"status"`` ("ok" unless ``fn`` set it), ``"task"`` (name, co
 Backends implement the :class:`Backend` protocol (``submit(fn, *args) -> Future``, ``map``, ``shutdown``). "serial" runs in
 this process; "process" uses a spawn-context ``ProcessPoolExecutor`` whose workers each get
 :func:`choose_threads` torch threads (``max(1, cpu_count // n_jobs)`` unless ``$SERLIB_THREADS`` / ``$OMP_NUM_THREADS``
-say less) and flush denormals (:func:`configure_threads`). Another backend (e.g. Ray) only needs a class with the same methods,
-passed as ``backend=``.
+say less) and flush denormals (:func:`configure_threads`); "local" is another name for it. "ray"
+(:mod:`serlib.sweep_ray`) runs the same worker body as Ray tasks, on a local Ray instance or a cluster (``address=``),
+with the same records and resumption. Another backend only needs a class with the same methods, passed as ``backend=``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "BACKENDS",
     "Backend",
     "ProcessBackend",
     "SerialBackend",
@@ -290,15 +292,26 @@ class ProcessBackend:
         self.shutdown()
 
 
-def make_backend(backend: str | Backend, n_jobs: int) -> Backend:
-    """ "serial", "process" (n_jobs workers; n_jobs == 1 runs serially) or a ready Backend instance."""
+BACKENDS = ("serial", "process", "local", "ray")  # "local" is "process": this machine's processes
+
+
+def make_backend(backend: str | Backend, n_jobs: int, *, address: str | None = None) -> Backend:
+    """ "serial", "process" / "local" (n_jobs workers; n_jobs == 1 runs serially), "ray"
+    (:class:`serlib.sweep_ray.RayBackend`: a local Ray instance of n_jobs CPUs, or the cluster at ``address``) or a
+    ready Backend instance."""
     if not isinstance(backend, str):
         return backend
-    if backend == "serial" or (backend == "process" and n_jobs == 1):
+    if backend == "ray":
+        from serlib.sweep_ray import RayBackend
+
+        return RayBackend(n_jobs, address=address)
+    if address is not None:
+        raise ValueError(f"a Ray address ({address!r}) needs backend='ray', got {backend!r}")
+    if backend == "serial" or (backend in ("process", "local") and n_jobs == 1):
         return SerialBackend()
-    if backend == "process":
+    if backend in ("process", "local"):
         return ProcessBackend(n_jobs)
-    raise ValueError(f"backend must be 'serial', 'process' or a Backend instance, got {backend!r}")
+    raise ValueError(f"backend must be one of {BACKENDS} or a Backend instance, got {backend!r}")
 
 
 def _check_importable(fn: Callable[..., Any]) -> None:
@@ -323,12 +336,14 @@ def run_sweep(
     retry_errors: bool = True,
     progress: bool = True,
     path_fn: Callable[[SweepTask], str | os.PathLike] | None = None,
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``fn`` on every task (resuming from records on disk); return the records in task order.
 
     ``path_fn(task)`` overrides the record path (default ``out_dir/<task_id>.json``; relative paths are under out_dir).
     With ``skip_existing`` a task whose record exists and reads as JSON is loaded instead of run, except error records
     when ``retry_errors``. A worker process that dies (e.g. out of memory) yields error records for its tasks.
+    ``address``: the Ray cluster of ``backend="ray"`` (None: a local Ray instance of ``n_jobs`` CPUs).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +369,8 @@ def run_sweep(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"sweep {out.name}", unit="run")
-        runner = make_backend(backend, min(n_jobs, len(todo)) if isinstance(backend, str) else n_jobs)
+        runner = make_backend(backend, min(n_jobs, len(todo)) if isinstance(backend, str) else n_jobs,
+                              address=address)
         try:
             if not isinstance(runner, SerialBackend):
                 _check_importable(fn)

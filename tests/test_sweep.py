@@ -160,8 +160,24 @@ def test_backends_follow_protocol():
     assert list(serial.map(abs, [-1, 2])) == [1, 2]
     fut = serial.submit(int, "x")
     assert isinstance(fut.exception(), ValueError)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one of"):
+        make_backend("dask", 2)
+    with pytest.raises(ValueError, match="needs backend='ray'"):
+        make_backend("process", 2, address="127.0.0.1:6379")
+
+
+def test_ray_backend_without_ray_is_one_line_naming_pip_install(monkeypatch, capsys):
+    """Ray is imported only when asked for; without it, `reproduce --backend ray` stops before any work."""
+    import sys
+
+    from serlib.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ImportError, match="pip install ray"):
         make_backend("ray", 2)
+    code = main(["reproduce", "head_fusion", "--corpus", "synthetic", "--profile", "quick", "--backend", "ray"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "pip install ray" in err
 
 
 def test_process_backend_rejects_unimportable_functions(tmp_path):

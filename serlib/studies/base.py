@@ -357,13 +357,14 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
         protocols: Sequence[str] | None = None, overrides: Mapping | None = None, seeds=None, folds=None,
         results_dir: str | Path = "results", n_jobs: int = 1, backend: str = "process", progress: bool = False,
         checkpoint_root: str | Path | None = None, corpus_kwargs: Mapping | None = None, arms=None,
-        prebuild: bool = True, **options) -> list[dict]:
+        prebuild: bool = True, ray_address: str | None = None, **options) -> list[dict]:
     """Run ``study`` (a :class:`Study` or its registry name): its experiments for the profile and protocols, every
     (experiment, seed, fold) not yet recorded under ``results_dir``; returns all their records in task order.
     Feature caches are built once here, before any worker starts (``prebuild=False``: by the workers, in parallel;
     for studies whose many arms each need their own features, e.g. the noise designs). With ``checkpoint_root``
     every run checkpoints each epoch there (a killed run resumes from its last epoch,
-    :func:`serlib.experiment.run_one`) and keeps what ``serlib predict`` needs beside its weights."""
+    :func:`serlib.experiment.run_one`) and keeps what ``serlib predict`` needs beside its weights. ``backend`` /
+    ``ray_address``: :func:`run_study`'s."""
     from serlib.experiment import build_views
     from serlib.studies.common import corpus_for, run_study, split_for
 
@@ -377,7 +378,7 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
         c = corpus_for(exp)
         build_views(exp, c, split_for(exp, c, (exp.folds or (0,))[0]))
     return run_study(exps, results_dir=results_dir, n_jobs=n_jobs, backend=backend, progress=progress,
-                     checkpoint_root=checkpoint_root)
+                     checkpoint_root=checkpoint_root, ray_address=ray_address)
 
 
 def summary(study: Study, records: list[dict]) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 A study is a list of :class:`serlib.experiment.Experiment`; :func:`run_study` turns it into one
 :class:`serlib.sweep.SweepTask` per (experiment, seed, fold), runs those not yet recorded (in parallel processes when
-``n_jobs`` > 1) and returns every record in task order.
+``n_jobs`` > 1, or as Ray tasks with ``backend="ray"``) and returns every record in task order.
 """
 
 from __future__ import annotations
@@ -179,12 +179,16 @@ def study_tasks(exps: Sequence[Experiment], results_dir: str | Path,
 
 def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Path, n_jobs: int = 1,
               backend: str = "process", progress: bool = False, corpus=None,
-              checkpoint_root: str | Path | None = None, skip_existing: bool = True) -> list[dict]:
+              checkpoint_root: str | Path | None = None, skip_existing: bool = True,
+              ray_address: str | None = None) -> list[dict]:
     """The one runner: every (experiment, seed, fold) not yet recorded under ``results_dir`` (all of them with
     ``skip_existing=False``); returns all their records in task order. ``n_jobs`` > 1 runs tasks in spawn workers
     (each with cpu_count // n_jobs torch threads); features come from the shared cache (``$SERLIB_CACHE``), so build
     them first or set it before starting. ``corpus``: an already loaded corpus of the experiments (runs serially in
-    this process). ``checkpoint_root``: each run keeps its trainer checkpoint there (:func:`load_model`)."""
+    this process). ``checkpoint_root``: each run keeps its trainer checkpoint there (:func:`load_model`).
+    ``backend``: "process" (= "local", the default), "serial", or "ray": the same tasks as Ray tasks on a local Ray
+    instance of ``n_jobs`` CPUs, or on the cluster at ``ray_address`` (data, cache and results on a shared
+    filesystem; :mod:`serlib.sweep_ray`), skipped and recorded exactly as locally."""
     from serlib.sweep import run_sweep
 
     exps = [exps] if isinstance(exps, Experiment) else list(exps)
@@ -192,7 +196,7 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
         for e in exps:
             _CORPUS_MEMO.clear()
             _CORPUS_MEMO[_corpus_key(e)] = corpus
-        backend, n_jobs = "serial", 1
+        backend, n_jobs, ray_address = "serial", 1, None
     configs: dict[str, dict] = {}
     for e in exps:  # tables group runs by experiment name: one name must mean one configuration
         d = {k: v for k, v in e.to_dict().items() if k not in ("seeds", "folds")}
@@ -213,7 +217,8 @@ def run_study(exps: Experiment | Sequence[Experiment], *, results_dir: str | Pat
             if old.get("status") != "error" and not record_is_current(old, corpus_for(exp)):
                 path.unlink()
     records = run_sweep(run_task, [t for t, _ in pairs], out_dir=results_dir, n_jobs=n_jobs, backend=backend,
-                        progress=progress, path_fn=lambda t: paths[t.task_id], skip_existing=skip_existing)
+                        progress=progress, path_fn=lambda t: paths[t.task_id], skip_existing=skip_existing,
+                        address=ray_address)
     return [{**(inflate_split(r, results_dir) if is_ok(r) else r), "_path": str(paths[t.task_id])}
             for (t, _), r in zip(pairs, records)]
 
