@@ -371,10 +371,11 @@ def robustness(model, record: dict, corpus: Corpus, specs: dict[str, dict], *, s
     """Evaluation only: ``model`` (trained, its record's) on its record's test part under each noise spec of
     ``specs`` (e.g. :func:`grid_specs`), normalised as the run normalised its inputs. One row per condition:
     ``condition`` (name), category / af / offset_s, ``ua``, ``wa``, mean ``snr_eq3_db`` / ``snr_power_db``, ``hash``.
-    Views: segments, sequence, fixed (built in) and noisy_segments."""
+    Views: every view whose :class:`serlib.experiment.Views` name their normaliser (the built-in ones, CA-SER's dict
+    inputs), and noisy_segments (its own noisy tests)."""
     from serlib.data.splits import Split
     from serlib.evaluate import aggregate, classification_metrics
-    from serlib.experiment import Experiment, _normalizer, build_views
+    from serlib.experiment import Experiment, build_views
     from serlib.train import ArrayData, TrainConfig, Trainer
 
     exp = Experiment(**{k: (tuple(v) if k in ("seeds", "folds", "augment_features") and v is not None else v)
@@ -399,26 +400,39 @@ def robustness(model, record: dict, corpus: Corpus, specs: dict[str, dict], *, s
             rows.append({"condition": name, **parse_condition_name(name), "ua": m["ua"], "wa": m["wa"],
                          **{k: v for k, v in info.items() if k != "condition"}, "hash": info["condition"]})
         return pd.DataFrame(rows)
-    if exp.view not in ("segments", "sequence", "fixed"):
-        raise NotImplementedError(f"robustness: view {exp.view!r} (only segments, sequence, fixed, noisy_segments)")
+    clean = build_views(exp, corpus, split)  # the run's own views: its normaliser (training-part statistics)
     raw = exp.replace(normalize=False)
-    clean = build_views(raw, corpus, split)
-    mean, std = _normalizer(clean.train.x, clean.train.lengths) if exp.normalize else (0.0, 1.0)
     test_ids = corpus.table["utt_id"].astype(str).to_numpy()[sorted(set(clean.test.groups.tolist()))]
     for name, spec in specs.items():
         nc = NoisyCorpus(corpus, condition_for(spec, test_ids, bank), bank)
         sub = Split(split.name, split.protocol, split.fold, split.seed, list(nc.table["utt_id"]), [],
                     list(nc.table["utt_id"]))
         d = build_views(raw, nc, sub).test
-        x = (d.x - mean) / std
-        if d.lengths is not None:
-            x = x * (torch.arange(x.shape[-1])[None, :] < d.lengths[:, None])[:, None, :]
+        x = _normalised(d.x, d.lengths, clean.normalizer)
         g = torch.as_tensor(nc.base_rows)[d.groups]
         m = score(ArrayData(x=x, y=d.y, lengths=d.lengths, groups=g))
         info = nc.summary()
         rows.append({"condition": name, **parse_condition_name(name), "ua": m["ua"], "wa": m["wa"],
                      **{k: v for k, v in info.items() if k != "condition"}, "hash": info["condition"]})
     return pd.DataFrame(rows)
+
+
+def _normalised(x, lengths, normalizer: dict):
+    """Inputs of a view built with ``normalize=False``, normalised as the run normalised them: ``normalizer`` maps
+    an input name (``"x"`` for a tensor input, the key of a dict input) to its training-part ``(mean, std)``;
+    padding (beyond ``lengths`` / ``<name>_lengths``) stays zero."""
+    def one(t, n, key):
+        if key not in normalizer:
+            return t
+        mean, std = normalizer[key]
+        t = (t - mean) / std
+        if n is not None:
+            t = t * (torch.arange(t.shape[-1])[None, :] < n[:, None])[:, None, :]
+        return t
+
+    if isinstance(x, dict):
+        return {k: (v if k.endswith("_lengths") else one(v, x.get(f"{k}_lengths"), k)) for k, v in x.items()}
+    return one(x, lengths, "x")
 
 
 def default_source(corpus_name: str) -> dict:

@@ -282,3 +282,21 @@ def test_robustness_records_trace_their_run_and_reach_the_results(synthetic, tmp
     table = rb.robustness_table(rb.load(results))
     assert list(table["model"]) == [rec["kind"]] and table["runs"].iloc[0] == 1
     assert "## Noise robustness of every model" not in results_markdown(tmp_path / "nothing")
+
+
+def test_robustness_of_a_dict_input_model(synthetic, tmp_path):
+    """CA-SER's MFCC branch (dict inputs, its own view): evaluated under noise from its checkpoint, its inputs
+    normalised with the run's own training-part statistics (AF 0 gives back the clean test UA exactly)."""
+    from serlib.studies import ca_ser
+    from serlib.studies.common import load_model, run_study
+
+    (exp,) = [e for e in ca_ser.experiments("synthetic", profile="quick", protocols=("speaker_independent",))
+              if e.arm == "mfcc"]
+    exp = exp.replace(folds=(0,), train={**exp.train, "epochs": 1})
+    rec = run_study([exp], results_dir=tmp_path / "r", checkpoint_root=tmp_path / "ck")[0]
+    bank = load_bank(SYN)
+    specs = {"D-S|af0|off0": {"types": bank.types("D-S"), "af": 0.0, "offset_s": 0.0, "seed": 0},
+             **grid_specs(bank, (0.8,), (0.0,), categories=("C-L",))}
+    df = robustness(load_model(rec, tmp_path / "ck"), rec, synthetic, specs)
+    assert float(df["ua"].iloc[0]) == pytest.approx(rec["metrics"]["ua"], abs=1e-6)
+    assert df["ua"].between(0, 1).all() and len(df) == 2
