@@ -121,9 +121,19 @@ def robustness_table(records: list[dict]) -> pd.DataFrame:
     noisy = df[df["category"] != "clean"].copy()
     noisy["col"] = noisy["category"] + " AF " + noisy["af"].map(lambda a: f"{a:g}")
     piv = noisy.pivot_table(index="model", columns="col", values="ua", aggfunc="mean")
-    snr = noisy.groupby("model")["snr_eq3_db"].mean().rename("mean SNR Eq. 3 (dB)")
     dev = df.groupby("model")["trained on"].first()
-    return clean.join(piv).join(snr).join(dev).reset_index()
+    return clean.join(piv).join(dev).reset_index()
+
+
+def snr_table(records: list[dict]) -> pd.DataFrame:
+    """Mean SNR (dB) of each category and AF over the records' test utterances, by Eq. 3 (mean absolute
+    amplitudes) and by power; the same noisy test parts for every model of a fold."""
+    df = frame(records)
+    if df.empty:
+        return df
+    noisy = df[df["category"] != "clean"]
+    return (noisy.groupby(["category", "af"])[["snr_eq3_db", "snr_power_db"]].mean()
+            .rename(columns={"snr_eq3_db": "SNR Eq. 3 (dB)", "snr_power_db": "SNR power (dB)"}).reset_index())
 
 
 def differences_table(records: list[dict], reference: str | None = None) -> pd.DataFrame:
@@ -151,7 +161,8 @@ def robustness_markdown(results_dir: str | Path = "results") -> list[str]:
     out = ["## Noise robustness of every model (design a: trained clean, tested noisy)", "",
            "Each model's clean speaker-independent run evaluated under ESC-50 noise of each category and AF (mean over "
            "the offsets), from `results/robustness/` (`python -m serlib robustness`); each record embeds the run "
-           "that trained the model. Test UA (%):", "", markdown(robustness_table(recs)), ""]
+           "that trained the model. Test UA (%):", "", markdown(robustness_table(recs)), "",
+           "The conditions' mean SNRs (Eq. 3 of the paper and by power):", "", markdown(snr_table(recs)), ""]
     diff = differences_table(recs)
     if not diff.empty:
         out += ["Paired differences against Head Fusion (UA points, paired by fold):", "", markdown(diff, digits=3),
@@ -160,4 +171,4 @@ def robustness_markdown(results_dir: str | Path = "results") -> list[str]:
 
 
 __all__ = ["ROBUSTNESS_DIR", "differences_table", "evaluate_run", "frame", "load", "robustness_markdown",
-           "robustness_table", "write_records"]
+           "robustness_table", "snr_table", "write_records"]
