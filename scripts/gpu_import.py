@@ -82,16 +82,17 @@ def import_session(out: Path, results: Path, revision: str | None = None) -> dic
                         "seconds_per_epoch": rec["timings"]["epoch_mean_s"],
                         "train_seconds_per_epoch": rec["timings"]["train_epoch_mean_s"],
                         "test_ua": rec["metrics"]["ua"], "test_wa": rec["metrics"]["wa"]},
-                "committed_cpu_record": None if committed is None else {
+                "committed_cpu_record": None if committed is None else {  # (keys outside the benchmark table's)
                     "path": str(committed_path.relative_to(results.parent)),
-                    "fit_seconds_per_run": committed["timings"]["total_s"],
-                    "seconds_per_epoch": committed["timings"]["epoch_mean_s"],
+                    "run_seconds": committed["timings"]["total_s"],
+                    "epoch_seconds": committed["timings"]["epoch_mean_s"],
                     "test_ua": committed["metrics"]["ua"], "test_wa": committed["metrics"]["wa"],
                     "cpu": (committed.get("environment") or {}).get("cpu_model")},
                 "record": rec,
             }
             if revision:
                 doc["tree_revision"] = revision
+            doc["git"] = revision or rec.get("git")
             (results / "benchmarks" / "head_fusion_gpu_50_epochs.json").write_text(
                 json.dumps(doc, indent=1, default=str) + "\n")
             counts["copied"] += 1

@@ -229,10 +229,10 @@ def benchmarks_table(results_dir: str | Path = "results") -> pd.DataFrame:
     rows = []
     for path in sorted(Path(results_dir, "benchmarks").glob("*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
-        git = rec.get("git") or rec.get("git_revision") or ""
-        git = (git.get("revision") if isinstance(git, dict) else str(git))[:7]
+        git = rec.get("tree_revision") or rec.get("git") or rec.get("git_revision") or ""  # tree_revision: a
+        git = (git.get("revision") if isinstance(git, dict) else str(git))[:7]  # carried tree's commit (gpu_import)
         env = rec.get("environment") or {}
-        machine = env.get("device") or rec.get("device") or "cpu"
+        machine = env.get("cuda_name") or env.get("device") or rec.get("device") or "cpu"
         threads = rec.get("torch_threads", env.get("torch_threads"))
 
         def walk(d, prefix=""):
