@@ -158,10 +158,12 @@ def robustness_markdown(results_dir: str | Path = "results") -> list[str]:
     recs = load(results_dir)
     if not recs:
         return []
+    offsets = sorted({float(o) for o in frame(recs)["offset_s"].dropna()})
     out = ["## Noise robustness of every model (design a: trained clean, tested noisy)", "",
            "Each model's clean speaker-independent run evaluated under ESC-50 noise of each category and AF (mean over "
-           "the offsets), from `results/robustness/` (`python -m serlib robustness`); each record embeds the run "
-           "that trained the model. Test UA (%):", "", markdown(robustness_table(recs)), "",
+           f"the offsets evaluated: {', '.join(f'{o:g}' for o in offsets)} s), from `results/robustness/` "
+           "(`python -m serlib robustness`); each record embeds the run that trained the model (its machine in the "
+           "last column). Test UA (%):", "", markdown(robustness_table(recs)), "",
            "The conditions' mean SNRs (Eq. 3 of the paper and by power):", "", markdown(snr_table(recs)), ""]
     diff = differences_table(recs)
     if not diff.empty:
