@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     from serlib.cli_corpus import experiment_from_record
     from serlib.experiment import run_experiment
-    from serlib.records import environment_info, git_revision
+    from serlib.records import environment_info, git_revision, write_text_atomic
     from serlib.sweep import configure_threads
 
     configure_threads(1)
@@ -67,8 +67,7 @@ def main(argv=None) -> int:
               f"(committed faithful run: {100 * committed['metrics']['ua']:.1f}), load {load_before} -> "
               f"{rec['sides'][side]['load_avg_after']}", flush=True)
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        write_text_atomic(out, json.dumps(rec, indent=1, default=str) + "\n")  # a kill never leaves half a record
     print(f"wrote {args.out}")
     return 0
 

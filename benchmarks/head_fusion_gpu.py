@@ -39,7 +39,7 @@ from head_fusion_speed import (  # noqa: E402
 )
 
 from serlib.models.head_fusion import HeadFusionACNN, HeadFusionConfig  # noqa: E402
-from serlib.records import environment_info, git_revision  # noqa: E402
+from serlib.records import environment_info, git_revision, write_text_atomic  # noqa: E402
 from serlib.train import TrainConfig, Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +152,7 @@ def _summarise(rec: dict, start: float, out: Path | None, final: bool = False) -
     if final:
         print(json.dumps(rec["summary"], indent=1), flush=True)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        write_text_atomic(out, json.dumps(rec, indent=1, default=str) + "\n")  # a kill never leaves half a record
         if final:
             print(f"wrote {out}")
     return rec

@@ -63,7 +63,7 @@ def evaluate_run(run: dict, checkpoint_root: str | Path, *, profile: str = "cpu"
 def write_records(run_paths: Iterable[str | Path], checkpoint_root: str | Path, *, results_dir: str | Path,
                   profile: str = "cpu", data_root=None, skip_existing: bool = True, offsets=None) -> list[Path]:
     """:func:`evaluate_run` for each run record file; returns the records written (existing ones are kept)."""
-    from serlib.records import inflate_split
+    from serlib.records import inflate_split, write_record
     from serlib.report import is_ok
 
     written = []
@@ -80,19 +80,22 @@ def write_records(run_paths: Iterable[str | Path], checkpoint_root: str | Path, 
         rec = evaluate_run(inflate_split(run, root), checkpoint_root, profile=profile, data_root=data_root,
                            offsets=offsets)
         rec["run"]["split"] = run["split"]  # the stored reference, not the inflated ids
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        write_record(rec, out)
         written.append(out)
         print(f"wrote {out} ({rec['seconds']:.0f} s)", flush=True)
     return written
 
 
 def _results_root(path: Path) -> Path:
-    """The results folder a run record lives in (the folder holding ``splits/``)."""
-    for parent in path.resolve().parents:
-        if (parent / "splits").is_dir():
-            return parent
-    raise FileNotFoundError(f"{path}: no results folder with a splits/ store above it")
+    """The results folder of a run record file (:func:`serlib.records.results_root`), checked to hold the split
+    store the record refers to."""
+    from serlib.records import results_root
+
+    root = results_root(path)
+    if not (root / "splits").is_dir():
+        raise FileNotFoundError(f"{path}: not a run record inside a results folder (expected "
+                                "<results>/<experiment>/<corpus>/<protocol>/<file>.json beside <results>/splits/)")
+    return root
 
 
 def load(results_dir: str | Path = "results") -> list[dict]:
@@ -123,6 +126,18 @@ def robustness_table(records: list[dict]) -> pd.DataFrame:
     piv = noisy.pivot_table(index="model", columns="col", values="ua", aggfunc="mean")
     dev = df.groupby("model")["trained on"].first()
     return clean.join(piv).join(dev).reset_index()
+
+
+def by_af_table(records: list[dict]) -> tuple[pd.DataFrame, list]:
+    """Mean test UA (%) over the four categories per AF (rows) and model (columns), on the folds that every model
+    has (so that the models are compared on the same test speakers); returns ``(table, those folds)``."""
+    df = frame(records)
+    noisy = df[df["category"] != "clean"] if not df.empty else df
+    if noisy.empty:
+        return pd.DataFrame(), []
+    shared = sorted(set.intersection(*(set(g["fold"]) for _, g in noisy.groupby("model"))))
+    table = noisy[noisy["fold"].isin(shared)].groupby(["af", "model"])["ua"].mean().mul(100).unstack("model")
+    return table, shared
 
 
 def snr_table(records: list[dict]) -> pd.DataFrame:
@@ -172,5 +187,5 @@ def robustness_markdown(results_dir: str | Path = "results") -> list[str]:
     return out
 
 
-__all__ = ["ROBUSTNESS_DIR", "differences_table", "evaluate_run", "frame", "load", "robustness_markdown",
+__all__ = ["ROBUSTNESS_DIR", "by_af_table", "differences_table", "evaluate_run", "frame", "load", "robustness_markdown",
            "robustness_table", "snr_table", "write_records"]

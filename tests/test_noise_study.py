@@ -281,6 +281,12 @@ def test_robustness_records_trace_their_run_and_reach_the_results(synthetic, tmp
     assert len(load_records(results)) == 1  # the robustness folder holds no runs
     table = rb.robustness_table(rb.load(results))
     assert list(table["model"]) == [rec["kind"]] and table["runs"].iloc[0] == 1
+    by_af, shared = rb.by_af_table(rb.load(results))
+    assert shared == [0] and list(by_af.columns) == [rec["kind"]] and by_af.index.is_monotonic_increasing
+    stray = tmp_path / "stray.json"
+    stray.write_text(Path(rec["_path"]).read_text())  # a run record outside any results folder
+    with pytest.raises(FileNotFoundError, match="not a run record inside a results folder"):
+        rb.write_records([stray], tmp_path / "ck", results_dir=tmp_path / "other")
     assert "## Noise robustness of every model" not in results_markdown(tmp_path / "nothing")
 
 
