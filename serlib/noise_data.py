@@ -435,6 +435,49 @@ def _normalised(x, lengths, normalizer: dict):
     return one(x, lengths, "x")
 
 
+def mean_abs_db(x, eps: float = 1e-12) -> float:
+    """Eq. 3's level of a waveform: 20 log10(mean |x|) in dB re full scale."""
+    return float(20 * np.log10(max(float(np.mean(np.abs(np.asarray(x, np.float64)))), eps)))
+
+
+def active_mean_abs_db(x, sr: int, *, frame_s: float = 0.025, gate_db: float = -40.0) -> float:
+    """:func:`mean_abs_db` over the active frames only: ``frame_s`` frames whose mean |x| is within ``gate_db`` of
+    the loudest frame (leading / trailing silence left out)."""
+    x = np.abs(np.asarray(x, np.float64))
+    n = max(1, int(round(frame_s * sr)))
+    frames = x[: len(x) // n * n].reshape(-1, n).mean(axis=1) if len(x) >= n else x[None].mean(axis=1)
+    keep = frames >= frames.max() * 10 ** (gate_db / 20)
+    return mean_abs_db(frames[keep])
+
+
+def levels_table(corpus: Corpus, bank: NoiseBank, *, af: float = 0.1, sr: int = 16_000) -> pd.DataFrame:
+    """Eq. 3's ingredients, per source: the level (:func:`mean_abs_db`) of every speech utterance (whole, and its
+    active part) and of every usable noise clip per category (whole clip; a tiled window of it is what a mixture
+    uses), as medians with their interquartile range, and the Eq. 3 SNR the median levels give at ``af``:
+    ``speech - noise - 20 log10(af)``. Explains a condition's SNR without mixing anything."""
+    from serlib.experiment import corpus_waveforms
+
+    waves, _ = corpus_waveforms(corpus, sr)
+    speech = [w for w in waves if w is not None]
+    rows = []
+
+    def row(source, part, values):
+        v = np.asarray(values, np.float64)
+        return {"source": source, "part": part, "n": len(v), "level median (dB)": float(np.median(v)),
+                "level q25 (dB)": float(np.percentile(v, 25)), "level q75 (dB)": float(np.percentile(v, 75))}
+
+    rows.append(row("speech", "whole utterance", [mean_abs_db(w) for w in speech]))
+    rows.append(row("speech", "active frames", [active_mean_abs_db(w, sr) for w in speech]))
+    whole = rows[0]["level median (dB)"]
+    for cat in sorted({bank.categories[bank.type_of[k]] for k in bank.clips}):
+        ids = [k for k in bank.clips if bank.categories[bank.type_of[k]] == cat]
+        rows.append(row(cat, "whole clip", [mean_abs_db(bank.clips[k]) for k in ids]))
+    out = pd.DataFrame(rows)
+    noise = out["source"] != "speech"
+    out.loc[noise, f"Eq. 3 SNR at AF {af:g} (dB)"] = whole - out.loc[noise, "level median (dB)"] - 20 * np.log10(af)
+    return out
+
+
 def default_source(corpus_name: str) -> dict:
     """Synthetic noise for the synthetic corpus, ESC-50 for real corpora."""
     return {"kind": "synthetic"} if corpus_name == "synthetic" else {"kind": "esc50"}

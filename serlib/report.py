@@ -177,6 +177,10 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     out += ["## Every model on the same speaker-independent RAVDESS folds", "",
             "Test UA (%), mean over seeds per fold; only records of one and the same split are compared.", "",
             markdown(compare.same_split_table(compared, corpus="ravdess")), ""]
+    best = compare.best_speaker_independent(compared, corpus="ravdess")
+    if not best.empty:
+        out += ["**Best speaker-independent** (highest mean over every fold, from scratch; issue 16's goal is "
+                f"{compare.SI_GOAL_UA:g} UA):", "", markdown(best), ""]
     tests = compare.same_split_tests(compared, corpus="ravdess")
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",

@@ -8,7 +8,7 @@ from serlib.studies import compare
 def rec(kind, fold, seed, ua, test_speakers=None, protocol="speaker_independent"):
     return {"kind": kind, "seed": seed, "corpus": {"name": "ravdess"}, "metrics": {"ua": ua},
             "split": {"protocol": protocol, "fold": fold, "seed": 0,
-                      "meta": {"fingerprint": "f", "test_speakers": test_speakers or [f"A{fold}"]}}}
+                      "meta": {"fingerprint": "f", "n_folds": 3, "test_speakers": test_speakers or [f"A{fold}"]}}}
 
 
 def test_same_split_table_averages_seeds_within_a_fold_first():
@@ -31,3 +31,19 @@ def test_records_of_one_fold_on_different_splits_are_refused():
 
 def test_no_records_gives_empty_frames():
     assert compare.same_split_table([]).empty and compare.same_split_tests([]).empty
+
+
+def test_best_speaker_independent_needs_every_fold_and_states_its_recipe():
+    """A higher mean on fewer folds never wins; the row names the recipe from the record's config and the goal."""
+    cfg = {"model": "moma", "model_kwargs": {"hidden": 8}, "features": "mfcc", "view": "utterances",
+           "train": {"epochs": 3, "lr": 0.01}}
+    recs = [rec("hf", 0, 0, 0.99), rec("hf", 1, 0, 0.99)]  # two of three folds: left out however good
+    recs += [{**rec("moma", f, s, ua), "config": cfg} for f, s, ua in [(0, 0, 0.5), (1, 0, 0.6), (2, 0, 0.7),
+                                                                         (2, 1, 0.5)]]
+    recs += [rec("eca", f, 0, 0.4) for f in range(3)]
+    best = compare.best_speaker_independent(recs, goal=59.0).iloc[0]
+    assert best["experiment"] == "moma" and best["n folds"] == 3 and best["n runs"] == 4
+    assert math.isclose(best["UA mean of folds (%)"], (50 + 60 + 60) / 3) and best["seeds"] == "0 1"
+    assert best["goal >= 59"] == False  # noqa: E712 (numpy bool)
+    assert best["recipe"] == "moma(hidden=8); features mfcc, view utterances; train epochs=3, lr=0.01"
+    assert compare.best_speaker_independent(recs[:2]).empty

@@ -306,3 +306,59 @@ def test_robustness_of_a_dict_input_model(synthetic, tmp_path):
     df = robustness(load_model(rec, tmp_path / "ck"), rec, synthetic, specs)
     assert float(df["ua"].iloc[0]) == pytest.approx(rec["metrics"]["ua"], abs=1e-6)
     assert df["ua"].between(0, 1).all() and len(df) == 2
+
+
+def test_the_authors_code_variant_is_its_own_experiment_and_its_own_table_rows(study_run):
+    """``models``: the authors' attention trains under the same designs with its own names; tables never pool it with
+    the paper's Eq. 1 (a ``model`` column), so a code-variant record moves only its own rows."""
+    exps = ns.experiments("synthetic", profile="cpu", designs=("a", "b"), models=("head_fusion", "head_fusion_code"))
+    code = [e for e in exps if e.model_kwargs["attention"] == "head_fusion_code"]
+    paper = [e for e in exps if e.model_kwargs["attention"] == "head_fusion"]
+    assert len(code) == len(paper) > 0
+    assert all(e.name.endswith("_code_cpu") for e in code) and not any("_code" in e.name for e in paper)
+    assert {e.arm for e in code} == {e.arm for e in paper}
+    with pytest.raises(ValueError, match="unknown noise models"):
+        ns.experiments("synthetic", models=("head_fusion_v2",))
+    _, records = study_run
+    twins = []
+    for r in records:
+        t = json.loads(json.dumps({k: v for k, v in r.items() if k != "_path"}))
+        t["config"]["model_kwargs"]["attention"] = "head_fusion_code"
+        t["metrics"]["ua"] = 0.0
+        for m in (t["metrics"].get("conditions") or {}).values():
+            m["ua"] = 0.0
+        twins.append(t)
+    alone, both = ns.fig8_table(records), ns.fig8_table(records + twins)
+    assert set(both["model"]) == {"head_fusion", "head_fusion_code"}
+    mine = both[both["model"] == "head_fusion"].reset_index(drop=True)
+    assert mine["UA mean (%)"].tolist() == alone["UA mean (%)"].tolist()
+    assert (both.loc[both["model"] == "head_fusion_code", "UA mean (%)"] == 0.0).all()
+    claims = ns.claims_table(records + twins)
+    assert set(claims["model"]) == {"head_fusion", "head_fusion_code"}
+    assert claims.columns[0] == "model"
+
+
+def test_levels_explain_the_eq3_snr_of_a_mixture(synthetic):
+    """Eq. 3's SNR is the speech level minus the noise level minus 20 log10(AF) (known answers), the active-frame
+    level leaves silence out, and the levels table's SNR column is that difference of its median levels."""
+    from serlib.noise import mix
+    from serlib.noise_data import active_mean_abs_db, levels_table, mean_abs_db
+
+    assert mean_abs_db(np.full(100, 0.1)) == pytest.approx(-20.0)
+    assert mean_abs_db(np.array([0.5, -0.5])) == pytest.approx(20 * np.log10(0.5))
+    sr = 16_000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(sr) / sr)
+    padded = np.concatenate([np.zeros(sr), tone, np.zeros(sr)])
+    assert mean_abs_db(padded) == pytest.approx(mean_abs_db(tone) - 20 * np.log10(3), abs=1e-6)
+    assert active_mean_abs_db(padded, sr) == pytest.approx(mean_abs_db(tone), abs=0.05)
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-0.2, 0.2, sr)
+    _, info = mix(torch.tensor(tone, dtype=torch.float32)[None], torch.tensor(noise, dtype=torch.float32)[None], 0.1)
+    assert float(info["snr_eq3_db"][0]) == pytest.approx(mean_abs_db(tone) - mean_abs_db(noise) + 20, abs=1e-3)
+    bank = load_bank(SYN)
+    t = levels_table(synthetic, bank)
+    assert list(t["source"]) == ["speech", "speech", *sorted(set(bank.categories.values()))]
+    noisy = t[t["source"] != "speech"]
+    speech = t.loc[0, "level median (dB)"]
+    assert np.allclose(noisy["Eq. 3 SNR at AF 0.1 (dB)"], speech - noisy["level median (dB)"] + 20)
+    assert (t.loc[1, "level median (dB)"] >= t.loc[0, "level median (dB)"] - 1e-9)  # active frames are not quieter

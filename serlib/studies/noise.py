@@ -60,6 +60,8 @@ GRIDS: dict[str, dict] = {
 }
 GRIDS["full"] = GRIDS["cpu"]
 PROTOCOL_TAG = {"speaker_independent": "si", "paper": "paper"}
+# the Head Fusion attentions the designs can train, and the experiment-name tag of each
+MODELS: dict[str, str] = {"head_fusion": "", "head_fusion_code": "_code"}
 
 
 def source_types(source: dict) -> dict[str, str]:
@@ -117,13 +119,18 @@ def design_arms(source: dict, profile: str = "full", designs: Sequence[str] = DE
 
 def experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
                 protocols: Sequence[str] = ("speaker_independent",), designs: Sequence[str] = DESIGNS,
-                source: dict | None = None) -> list[Experiment]:
-    """Head Fusion (the paper's model and training) under each design's noise, per protocol (see the docstring)."""
+                source: dict | None = None, models: Sequence[str] = ("head_fusion",)) -> list[Experiment]:
+    """Head Fusion (the paper's model and training) under each design's noise, per protocol (see the docstring).
+    ``models``: the attention of the Head Fusion trained (:data:`MODELS`): ``head_fusion`` (the paper's Eq. 1) and/or
+    ``head_fusion_code`` (the authors' public code, about 5x cheaper on a CPU; experiment names end in ``_code``)."""
     from serlib.studies import head_fusion as hf
 
     bad = set(designs) - set(DESIGNS)
     if bad:
         raise ValueError(f"unknown noise designs {sorted(bad)}; known: {list(DESIGNS)}")
+    bad = set(models) - set(MODELS)
+    if bad:
+        raise ValueError(f"unknown noise models {sorted(bad)}; known: {list(MODELS)}")
     source = dict(source or default_source(corpus))
     arms = design_arms(source, profile, designs)
     out = []
@@ -133,22 +140,28 @@ def experiments(corpus: str = "ravdess", data_root: str | None = None, *, profil
         else:
             base = hf.paper_experiment(corpus, data_root, profile="full", selection="val")
         base = PROFILES[profile].apply(base)
-        for arm, vk in arms.items():
-            out.append(base.replace(name=f"noise_{PROTOCOL_TAG[protocol]}_{arm}{PROFILES[profile].suffix}",
-                                    view="noisy_segments", view_kwargs={"source": source, **vk}, arm=arm))
+        for model in models:
+            tag = MODELS[model]
+            mk = {**base.model_kwargs, "attention": model}
+            for arm, vk in arms.items():
+                out.append(base.replace(name=f"noise_{PROTOCOL_TAG[protocol]}_{arm}{tag}{PROFILES[profile].suffix}",
+                                        view="noisy_segments", view_kwargs={"source": source, **vk}, arm=arm,
+                                        model_kwargs=mk))
     return out
 
 
 # ------------------------------------------------------------------------------------------------ tables
 def condition_rows(records) -> pd.DataFrame:
-    """One row per (run, test condition): design, arm, seed, fold, condition (``test`` = the run's main test part),
+    """One row per (run, test condition): model (the Head Fusion attention trained), design, arm, seed, fold, condition (``test`` = the run's main test part),
     category / af / offset_s (of the condition's name), UA in percent, mean SNRs and the condition hash."""
     rows = []
     for r in records:
         if not report.is_ok(r):
             continue
         arm = report.identity(r)["arm"]
-        base = {"kind": r["kind"], "corpus": r["corpus"]["name"], "protocol": r["split"]["protocol"], "arm": arm,
+        model = model_of(r)
+        base = {"kind": r["kind"], "corpus": r["corpus"]["name"], "protocol": r["split"]["protocol"], "model": model,
+                "arm": arm,
                 "design": arm.split("_")[0], "seed": r["seed"], "fold": r["split"].get("fold")}
         noise = (r.get("counts") or {}).get("noise") or {}
         main = noise.get("test") or {}
@@ -179,7 +192,7 @@ def fig8_table(records) -> pd.DataFrame:
         return df
     df = df[(df["design"] == "a") & (df["category"].isin(CATEGORIES) | (df["condition"] == "test"))].copy()
     df.loc[df["condition"] == "test", "category"] = "clean"
-    return _mean_table(df, ["corpus", "protocol", "category", "af", "offset_s"])
+    return _mean_table(df, ["corpus", "protocol", "model", "category", "af", "offset_s"])
 
 
 def units_table(records) -> pd.DataFrame:
@@ -202,7 +215,7 @@ def units_table(records) -> pd.DataFrame:
     if out.empty:
         return out
     cats = set(out.loc[out["design"] == "b", "category"])
-    return _mean_table(out[out["category"].isin(cats)], ["corpus", "protocol", "category", "test", "units"])
+    return _mean_table(out[out["category"].isin(cats)], ["corpus", "protocol", "model", "category", "test", "units"])
 
 
 def _design_rows(records, design: str) -> pd.DataFrame:
@@ -222,7 +235,7 @@ def type_split_table(records) -> pd.DataFrame:
         return df
     df["category"] = df["arm category"]
     df["test"] = np.where(df["condition"] == "test", "unseen types", "clean")
-    return _mean_table(df, ["corpus", "protocol", "category", "test"])
+    return _mean_table(df, ["corpus", "protocol", "model", "category", "test"])
 
 
 def cross_table(records) -> pd.DataFrame:
@@ -232,7 +245,7 @@ def cross_table(records) -> pd.DataFrame:
         return df
     df["train category"] = df["arm category"]
     df["test category"] = np.where(df["condition"] == "test", df["train category"], df["category"].fillna("clean"))
-    return _mean_table(df, ["corpus", "protocol", "train category", "test category"])
+    return _mean_table(df, ["corpus", "protocol", "model", "train category", "test category"])
 
 
 def all_types_table(records) -> pd.DataFrame:
@@ -245,7 +258,7 @@ def all_types_table(records) -> pd.DataFrame:
     e["af"] = e["arm"].str.removeprefix("e_af").astype(float)
     e["training"] = f"clean + {UNITS_CD} noisy units"
     both = pd.concat([a, e])
-    return _mean_table(both, ["corpus", "protocol", "af", "training"]) if len(both) else pd.DataFrame()
+    return _mean_table(both, ["corpus", "protocol", "model", "af", "training"]) if len(both) else pd.DataFrame()
 
 
 def _paired(groups: dict, pairs) -> list[dict]:
@@ -279,23 +292,23 @@ def paired_table(records) -> pd.DataFrame:
     rows = []
     a = df[(df["design"] == "a") & df["category"].isin(CATEGORIES)]
     groups: dict = {}
-    for (corpus, proto, af, cat, seed, fold), part in a.groupby(["corpus", "protocol", "af", "category", "seed",
-                                                                   "fold"]):
-        groups.setdefault(f"{corpus} {proto} a AF {af:g}", {}).setdefault(cat, {})[(seed, fold)] = part["ua"].mean()
+    for (corpus, proto, model, af, cat, seed, fold), part in a.groupby(["corpus", "protocol", "model", "af",
+                                                                          "category", "seed", "fold"]):
+        groups.setdefault(f"{corpus} {proto} {model} a AF {af:g}", {}).setdefault(cat, {})[(seed, fold)] = part["ua"].mean()
     cat_pairs = [(x, y) for i, x in enumerate(CATEGORIES) for y in CATEGORIES[i + 1:]]
     rows += _paired(groups, cat_pairs)
     groups = {}
-    for (corpus, proto, af, off, seed, fold), part in a.groupby(["corpus", "protocol", "af", "offset_s", "seed",
-                                                                   "fold"]):
-        groups.setdefault(f"{corpus} {proto} a AF {af:g}", {}).setdefault(f"offset {off:g} s", {})[
+    for (corpus, proto, model, af, off, seed, fold), part in a.groupby(["corpus", "protocol", "model", "af",
+                                                                          "offset_s", "seed", "fold"]):
+        groups.setdefault(f"{corpus} {proto} {model} a AF {af:g}", {}).setdefault(f"offset {off:g} s", {})[
             (seed, fold)] = part["ua"].mean()
     offs = sorted({o for o in a["offset_s"].dropna()})
     rows += _paired(groups, [(f"offset {offs[0]:g} s", f"offset {o:g} s") for o in offs[1:]])
     u = units_table_runs(df)
     groups = {}
-    for (corpus, proto, cat, k, seed, fold), part in u.groupby(["corpus", "protocol", "category", "units", "seed",
-                                                                  "fold"]):
-        groups.setdefault(f"{corpus} {proto} b {cat}", {}).setdefault(f"{k} noisy units", {})[(seed, fold)] = \
+    for (corpus, proto, model, cat, k, seed, fold), part in u.groupby(["corpus", "protocol", "model", "category",
+                                                                         "units", "seed", "fold"]):
+        groups.setdefault(f"{corpus} {proto} {model} b {cat}", {}).setdefault(f"{k} noisy units", {})[(seed, fold)] = \
             part["ua"].mean()
     rows += _paired(groups, [("1 noisy units", "0 noisy units")])
     return pd.DataFrame(rows)
@@ -311,9 +324,27 @@ def units_table_runs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([b, a[a["category"].isin(set(b["category"]))]])
 
 
+def model_of(record: dict) -> str:
+    """The Head Fusion attention a noise record trained (``head_fusion`` or ``head_fusion_code``)."""
+    return ((record.get("config") or {}).get("model_kwargs") or {}).get("attention", "head_fusion")
+
+
 def claims_table(records) -> pd.DataFrame:
     """The paper's claims beside our measured answer, computed from the records (empty answers where the design
-    has no runs): category order (a), offsets (a), the first noisy unit's lift (b), mean SNR of all types (e)."""
+    has no runs): category order (a), offsets (a), the first noisy unit's lift (b), mean SNR of all types (e); one
+    block per Head Fusion attention trained (``model``)."""
+    by_model: dict[str, list] = {}
+    for r in records:
+        by_model.setdefault(model_of(r), []).append(r)
+    parts = [_claims(recs).assign(model=m) for m, recs in sorted(by_model.items())]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    return out[["model"] + [c for c in out.columns if c != "model"]]
+
+
+def _claims(records) -> pd.DataFrame:
     rows = []
     f8 = fig8_table(records)
     a = f8[f8["category"].isin(CATEGORIES)] if len(f8) else f8
@@ -349,6 +380,21 @@ def claims_table(records) -> pd.DataFrame:
                      "ours": "; ".join(f"AF {af:g}: {v:.1f} dB" for af, v in snr.items()),
                      "agrees": None, "n runs": int(t8["n runs"].max())})
     return pd.DataFrame(rows)
+
+
+def levels_record(data_root, recorded, corpus: str = "ravdess", profile: str = "cpu") -> dict:
+    """The numbers behind the conditions' SNRs (:func:`serlib.noise_data.levels_table`): Eq. 3's speech and noise
+    levels per category on the whole corpus and noise bank, and the SNR they give at AF 0.1 (the paper: about
+    11-15 dB on IEMOCAP). ``recorded`` and ``profile`` are unused (no run is involved)."""
+    from serlib.experiment import load_experiment_corpus
+    from serlib.noise_data import levels_table, load_bank
+
+    c = load_experiment_corpus(corpus, data_root)
+    source = default_source(corpus)
+    bank = load_bank(source, data_root)
+    table = levels_table(c, bank)
+    return {"figure": "noise_levels", "corpus": corpus, "corpus_fingerprint": c.fingerprint(),
+            "noise_source": source, "noise_fingerprint": bank.fingerprint(), "table": table.to_dict("records")}
 
 
 # ------------------------------------------------------------------------------------------------ every model
@@ -421,9 +467,12 @@ STUDY = Study(
     prefixes=("noise_",),
     paper_reference=paper_reference,
     notebook="06_noise.ipynb",
+    figures={"noise_levels": levels_record},
     protocols=("speaker_independent", "paper"),
     options={"designs": (DESIGNS, DESIGNS, "noise designs: a clean train / noisy test, b noisy units, c unseen "
-                                           "types, d cross-category, e all types")},
+                                           "types, d cross-category, e all types"),
+             "models": (tuple(MODELS), ("head_fusion",), "Head Fusion attention trained under noise: the paper's Eq. 1 "
+                                                         "and/or the authors' code (head_fusion_code)")},
     in_comparison=False,
     main_arm="a",
     paper_claim="D-S hurts least, C-L most (IEMOCAP)",
@@ -431,5 +480,5 @@ STUDY = Study(
 
 __all__ = ["AFS", "DESIGNS", "GRIDS", "OFFSETS", "PROFILES", "STUDY", "UNITS", "UNIT_AF", "all_types_table",
            "claims_table", "condition_rows", "cross_table", "design_arms", "experiments", "fig8_table",
-           "model_differences", "model_robustness", "paired_table", "paper_reference", "type_split_table",
-           "units_table"]
+           "levels_record", "model_differences", "model_of", "model_robustness", "paired_table", "paper_reference",
+           "type_split_table", "units_table"]
