@@ -12,15 +12,22 @@ from reference_head_fusion_v0 import HeadFusionACNN as ReferenceACNN
 from reference_head_fusion_v0 import HeadFusionConfig as ReferenceConfig
 
 import serlib.models.head_fusion as hf
+from serlib.models import _eq1_native
 from serlib.models.head_fusion import ATTENTION_KINDS, HeadFusionACNN, HeadFusionConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-@pytest.fixture(params=["blocked", "dense"])
+NATIVE_MISSING = _eq1_native.unavailable_reason()
+
+
+@pytest.fixture(params=["blocked", "dense", "native"])
 def impl(request, monkeypatch):
-    """Both implementations of Eq. 1 (the CPU's blocked function, the GPU's dense batched ops) forced on the CPU."""
+    """Every implementation of Eq. 1 (the torch blocked function, the GPU's dense batched ops, the fused C kernel)
+    forced on the CPU; the C kernel's cases skip where it cannot be built (no C compiler)."""
+    if request.param == "native" and NATIVE_MISSING:
+        pytest.skip(f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
     monkeypatch.setattr(hf, "EQ1_IMPL", request.param)
     return request.param
 
@@ -124,6 +131,57 @@ def test_eq1_impl_is_checked(monkeypatch):
     new, _ = _pair(n_head=2, n_size=4)
     with pytest.raises(ValueError, match="EQ1_IMPL"):
         new(torch.randn(2, 26, 63))
+
+
+def test_auto_picks_native_on_cpu_when_it_builds(monkeypatch):
+    proj = torch.zeros(2, 5, 1, 3)
+    assert hf._eq1_impl(proj) == ("blocked" if NATIVE_MISSING else "native")
+    monkeypatch.setattr(_eq1_native, "_state", {})  # forget the loaded library: the switch is read on first use
+    monkeypatch.setenv("SERLIB_EQ1_NATIVE", "0")
+    assert hf._eq1_impl(proj) == "blocked"
+    assert "SERLIB_EQ1_NATIVE=0" in _eq1_native.unavailable_reason()
+    monkeypatch.setattr(hf, "EQ1_IMPL", "native")
+    with pytest.raises(RuntimeError, match="unavailable: disabled by SERLIB_EQ1_NATIVE=0"):
+        hf._eq1_impl(proj)
+    monkeypatch.setattr(hf, "EQ1_IMPL", "auto")
+    assert hf._eq1_impl(proj.double()) == "blocked"  # the C kernel is float32 only
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("d", "dv", "threads"), [(8, 1, 1), (5, 2, 1), (8, 1, 2), (3, 1, 3)])
+def test_native_kernel_matches_blocked(masked, d, dv, threads):
+    """The C kernel against the torch blocked function on the same projections: points, per-query outputs u and the
+    gradient of proj, for head_dim 8 (its specialised copy) and others, value_dim 1 and 2, a P that is not a multiple
+    of the kernel's vector width, masked keys, and heads split between threads."""
+    torch.manual_seed(3)
+    gh, b, p = 10, 3, 37
+    proj = (torch.randn(gh, 2 * d + dv, b, p) * 2.0).requires_grad_()
+    w = bias = None
+    if masked:
+        key_mask = torch.arange(p)[None, :] < torch.tensor([37, 20, 5])[:, None]
+        pk = -(-p // hf.KEY_PAD) * hf.KEY_PAD
+        bias = torch.full((b, pk), float("-inf"))
+        bias[:, :p].masked_fill_(key_mask, 0.0)
+        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+    g = torch.randn(b, gh, dv)
+    out = {}
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("blocked", "native"):
+            proj.grad = None
+            if name == "blocked":
+                pts, u = hf._HeadFusionPoints.apply(proj, w, bias, d, 4, True)
+            else:
+                pts, u = _eq1_native.NativePoints.apply(proj, w, bias, d, True)
+            (pts * g).sum().backward()
+            out[name] = (pts.detach(), u, proj.grad.clone())
+    finally:
+        torch.set_num_threads(old_threads)
+    for label, a, b_ in zip(("points", "u", "grad"), out["blocked"], out["native"]):
+        assert torch.isfinite(b_).all(), label
+        torch.testing.assert_close(b_, a, **TOL, msg=lambda s, k=label: f"{k}: {s}")
 
 
 @pytest.mark.requires_cuda

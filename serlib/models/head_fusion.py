@@ -85,6 +85,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serlib.models import _eq1_native
+
 __all__ = [
     "ATTENTION_KINDS",
     "HeadFusionACNN",
@@ -246,11 +248,14 @@ def _received(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor
 _LOG2E = math.log2(math.e)
 KEY_PAD = 32  # key axis padded to a multiple of this (torch's last-axis max is much faster then)
 BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 2.2 MB, near cache-sized
-# How Eq. 1 runs: "blocked" (the custom autograd function below: no P x P map kept, cache-sized blocks, best on a CPU),
-# "dense" (every sample and head in a few batched ops through autograd, float32: launch-bound GPUs want few big
-# kernels and have the memory for the maps) or "auto" (dense on CUDA, blocked elsewhere). Same function either way
+# How Eq. 1 runs: "native" (the fused C kernel of head_fusion_eq1.c through serlib.models._eq1_native: one pass per
+# map, nothing of size P x P stored; built with gcc on first use and cached, float32 on the CPU only), "blocked" (the
+# custom autograd function below in torch ops: no P x P map kept, cache-sized blocks), "dense" (every sample and head
+# in a few batched ops through autograd, float32: launch-bound GPUs want few big kernels and have the memory for the
+# maps) or "auto" (dense on CUDA; native on the CPU when it builds, else blocked). Same function every way
 # (tests/test_head_fusion_parity.py: logits and gradients within 1e-5).
 EQ1_IMPL = "auto"
+EQ1_IMPLS = ("auto", "native", "blocked", "dense")
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -379,10 +384,18 @@ def _head_fusion_dense(proj: torch.Tensor, w: torch.Tensor | None, key_mask: tor
     return points, u
 
 
-def _use_dense(proj: torch.Tensor) -> bool:
-    if EQ1_IMPL not in ("auto", "dense", "blocked"):
-        raise ValueError(f"EQ1_IMPL must be 'auto', 'dense' or 'blocked', not {EQ1_IMPL!r}")
-    return EQ1_IMPL == "dense" or (EQ1_IMPL == "auto" and proj.is_cuda)
+def _eq1_impl(proj: torch.Tensor) -> str:
+    """The implementation ``EQ1_IMPL`` resolves to for ``proj``: "native", "blocked" or "dense"."""
+    if EQ1_IMPL not in EQ1_IMPLS:
+        raise ValueError(f"EQ1_IMPL must be one of {EQ1_IMPLS}, not {EQ1_IMPL!r}")
+    if EQ1_IMPL == "native" and not _eq1_native.usable(proj):
+        why = _eq1_native.unavailable_reason() or f"needs float32 on the CPU, got {proj.dtype} on {proj.device}"
+        raise RuntimeError(f"EQ1_IMPL='native' is unavailable: {why}; use 'auto' or 'blocked'")
+    if EQ1_IMPL != "auto":
+        return EQ1_IMPL
+    if proj.is_cuda:
+        return "dense"
+    return "native" if _eq1_native.usable(proj) else "blocked"
 
 
 class _CodeAttentionPoints(torch.autograd.Function):
@@ -609,9 +622,12 @@ class HeadFusionACNN(nn.Module):
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        if _use_dense(proj):
+        impl = _eq1_impl(proj)
+        if impl == "dense":
             pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
             pts = pts.to(proj.dtype)
+        elif impl == "native":
+            pts, u = _eq1_native.NativePoints.apply(proj, weights, bias, cfg.head_dim, maps)
         else:
             pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
         points = pts.reshape(b, g, nh, dv).mean(dim=2).reshape(b, g * dv)  # Eq. 2 + GAP -> n_size points

@@ -1,0 +1,209 @@
+/* Eq. 1 of Head Fusion (softmax over keys, GAP over queries) fused per map, for serlib/models/head_fusion.py.
+
+   Built on first use by serlib.models.head_fusion_native (gcc -O3 -march=native, no -ffast-math) and called through
+   ctypes on float32 tensors; the torch implementation (_HeadFusionPoints) computes the same function and is the
+   fallback. proj is contiguous (GH, CH, B, P), CH = 2d + dv: for map (g, b) channel t is the row
+   proj[((g * CH + t) * B + b) * P + 0 .. P-1] (q: t < d, k: d <= t < 2d, v: 2d <= t < CH).
+
+   Per map and query i (scores in log2 units, s_ij = qscale q_i . k_j + bias_j, qscale = log2(e) / sqrt(d)):
+     m_i = max_j s_ij, E_ij = 2^(s_ij - m_i), r_i = sum_j E_ij, A_ij = E_ij / r_i,
+   forward:  c_j = sum_i w_i A_ij (w_i = 1/P when w is NULL), rowmax m, rowsum r, optionally u_i = sum_j A_ij v_j;
+   backward: with z_j = v_j . dpoint, y_i = sum_j A_ij z_j and T_ij = w_i A_ij (z_j - y_i) / sqrt(d),
+     dq_i = sum_j T_ij k_j, dk_j = sum_i T_ij q_i (the maps are recomputed from the saved m and r, never stored).
+   Every row of a map stays in registers / L1; nothing of size P x P is written. Only the maps of heads g0 <= g < g1
+   are computed (the caller may split the heads between threads; the outputs of different heads do not overlap). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+#define V 16 /* rows are copied into buffers padded to pp, a multiple of V: every row loop runs over whole vectors */
+#define MAXD 64
+
+/* 2^x for x <= 0 (and -inf -> 0), lane-wise: x = n + f with n = round(x), |f| <= 1/2, 2^f by its degree-7 Taylor
+   polynomial (relative error < 1e-8, below float rounding), 2^n from the exponent bits; x < -126 gives 0. */
+static inline v16 ex2(v16 x) {
+    const v16 lo = (v16){0} - 127.0f;
+    vi16 small = x < lo;
+    x = (v16)(((vi16)lo & small) | ((vi16)x & ~small));
+    v16 n = (x + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23), exact without -ffast-math */
+    v16 f = x - n;
+    v16 p = 1.0f + f * (0.6931471805599453f + f * (0.2402265069591007f + f * (0.05550410866482158f
+            + f * (0.009618129107628477f + f * (0.0013333558146428443f + f * (0.00015403530393381608f
+            + f * 1.525273380405984e-05f))))));
+    vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23; /* n = -127 -> 0.0 */
+    return p * (v16)bits;
+}
+
+static inline v16 vmax(v16 a, v16 b) {
+    vi16 m = a > b;
+    return (v16)(((vi16)a & m) | ((vi16)b & ~m));
+}
+
+static inline float hsum(v16 a) {
+    float r = 0.0f;
+    for (int l = 0; l < V; l++) r += a[l];
+    return r;
+}
+
+static inline float hmax(v16 a) {
+    float r = a[0];
+    for (int l = 1; l < V; l++) r = a[l] > r ? a[l] : r;
+    return r;
+}
+
+/* s = bias + sum_t qs[t] k_t over the nv vectors of a padded row (padding keys have bias -inf); returns max_j s_j. */
+static inline __attribute__((always_inline)) float score_row(v16 *restrict s, const v16 *restrict kl,
+                                                             const v16 *restrict bl, const float *restrict qs,
+                                                             int d, int nv) {
+    v16 m = (v16){0} - __builtin_inff();
+    for (int j = 0; j < nv; j++) {
+        v16 acc = bl[j];
+        for (int t = 0; t < d; t++) acc += qs[t] * kl[t * nv + j];
+        s[j] = acc;
+        m = vmax(m, acc);
+    }
+    return hmax(m);
+}
+
+/* The keys of map (g, b) into kl (d rows of pp floats, zero padding) and the key bias into bl (0 or the given bias for
+   real keys, -inf for the padding). */
+static inline void load_keys(float *restrict kl, float *restrict bl, const float *restrict kb, long bp,
+                             const float *restrict bias, int d, int p, int pp) {
+    for (int t = 0; t < d; t++) {
+        memcpy(kl + (long)t * pp, kb + t * bp, sizeof(float) * (size_t)p);
+        for (int j = p; j < pp; j++) kl[(long)t * pp + j] = 0.0f;
+    }
+    for (int j = 0; j < p; j++) bl[j] = bias ? bias[j] : 0.0f;
+    for (int j = p; j < pp; j++) bl[j] = -__builtin_inff();
+}
+
+static float *scratch(int rows, int pp) { return (float *)aligned_alloc(64, sizeof(float) * (size_t)rows * pp); }
+
+static inline __attribute__((always_inline)) int forward_core(const float *restrict proj, const float *restrict bias,
+                                                              const float *restrict w, int gh, int ch, int b, int p,
+                                                              int g0, int g1, int d, float qscale,
+                                                              float *restrict c, float *restrict rowmax,
+                                                              float *restrict rowsum, float *restrict u) {
+    if (d > MAXD || d < 1) return 1;
+    int dv = ch - 2 * d, pp = (p + V - 1) / V * V, nv = pp / V;
+    long bp = (long)b * p;
+    float *buf = scratch(3 + d + dv, pp);
+    if (!buf) return 2;
+    v16 *s = (v16 *)buf, *bl = s + nv, *cl = s + 2 * nv, *kl = s + 3 * nv, *vl = s + (3 + d) * nv;
+    float qs[MAXD];
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            const float *base = proj + ((long)g * ch * b + bi) * p;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            long map = ((long)g * b + bi) * p;
+            load_keys((float *)kl, (float *)bl, base + (long)d * bp, bp, bias ? bias + (long)bi * p : NULL, d, p, pp);
+            if (u) {
+                for (int e = 0; e < dv; e++) {
+                    float *ve = (float *)(vl + e * nv);
+                    memcpy(ve, base + (long)(2 * d + e) * bp, sizeof(float) * (size_t)p);
+                    for (int j = p; j < pp; j++) ve[j] = 0.0f;
+                }
+            }
+            for (int j = 0; j < nv; j++) cl[j] = (v16){0};
+            for (int i = 0; i < p; i++) {
+                for (int t = 0; t < d; t++) qs[t] = base[t * bp + i] * qscale;
+                float m = score_row(s, kl, bl, qs, d, nv);
+                v16 rv = {0};
+                for (int j = 0; j < nv; j++) {
+                    v16 e = ex2(s[j] - m);
+                    s[j] = e;
+                    rv += e;
+                }
+                float r = hsum(rv);
+                float coef = (wb ? wb[i] : 1.0f / (float)p) / r;
+                for (int j = 0; j < nv; j++) cl[j] += coef * s[j];
+                rowmax[map + i] = m;
+                rowsum[map + i] = r;
+                if (u) {
+                    for (int e = 0; e < dv; e++) {
+                        v16 acc = {0};
+                        for (int j = 0; j < nv; j++) acc += s[j] * vl[e * nv + j];
+                        u[(((long)bi * gh + g) * p + i) * dv + e] = hsum(acc) / r; /* u (B, GH, P, dv) */
+                    }
+                }
+            }
+            memcpy(c + map, cl, sizeof(float) * (size_t)p);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int backward_core(const float *restrict proj, const float *restrict bias,
+                                                               const float *restrict w, int gh, int ch, int b, int p,
+                                                               int g0, int g1, int d, float qscale, float gscale,
+                                                               const float *restrict rowmax,
+                                                               const float *restrict rowsum, const float *restrict z,
+                                                               float *restrict grad) {
+    if (d > MAXD || d < 1) return 1;
+    int pp = (p + V - 1) / V * V, nv = pp / V;
+    long bp = (long)b * p;
+    float *buf = scratch(3 + 2 * d, pp);
+    if (!buf) return 2;
+    v16 *s = (v16 *)buf, *bl = s + nv, *zl = s + 2 * nv, *kl = s + 3 * nv, *dkl = s + (3 + d) * nv;
+    float qs[MAXD], qi[MAXD];
+    v16 acc[MAXD];
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            long off = ((long)g * ch * b + bi) * p;
+            const float *base = proj + off;
+            float *dqb = grad + off;
+            float *dkb = grad + off + (long)d * bp;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            long map = ((long)g * b + bi) * p;
+            load_keys((float *)kl, (float *)bl, base + (long)d * bp, bp, bias ? bias + (long)bi * p : NULL, d, p, pp);
+            memcpy(zl, z + map, sizeof(float) * (size_t)p);
+            for (int j = p; j < pp; j++) ((float *)zl)[j] = 0.0f;
+            for (int j = 0; j < d * nv; j++) dkl[j] = (v16){0};
+            for (int i = 0; i < p; i++) {
+                for (int t = 0; t < d; t++) {
+                    qi[t] = base[t * bp + i];
+                    qs[t] = qi[t] * qscale;
+                }
+                float m = rowmax[map + i], r = rowsum[map + i];
+                score_row(s, kl, bl, qs, d, nv);
+                v16 yv = {0};
+                for (int j = 0; j < nv; j++) {
+                    v16 e = ex2(s[j] - m);
+                    s[j] = e;
+                    yv += e * zl[j];
+                }
+                float y = hsum(yv) / r;
+                float coef = gscale * (wb ? wb[i] : 1.0f / (float)p) / r;
+                for (int t = 0; t < d; t++) acc[t] = (v16){0};
+                for (int j = 0; j < nv; j++) {
+                    v16 tj = coef * s[j] * (zl[j] - y); /* T_ij */
+                    for (int t = 0; t < d; t++) {
+                        acc[t] += tj * kl[t * nv + j];
+                        dkl[t * nv + j] += tj * qi[t];
+                    }
+                }
+                for (int t = 0; t < d; t++) dqb[t * bp + i] = hsum(acc[t]);
+            }
+            for (int t = 0; t < d; t++) memcpy(dkb + t * bp, dkl + t * nv, sizeof(float) * (size_t)p);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
+int hf_eq1_forward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
+                   int d, float qscale, float *c, float *rowmax, float *rowsum, float *u) {
+    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, c, rowmax, rowsum, u);
+    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, c, rowmax, rowsum, u);
+}
+
+int hf_eq1_backward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0,
+                    int g1, int d, float qscale, float gscale, const float *rowmax, const float *rowsum,
+                    const float *z, float *grad) {
+    if (d == 8) return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, gscale, rowmax, rowsum, z, grad);
+    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, gscale, rowmax, rowsum, z, grad);
+}
