@@ -41,16 +41,39 @@ static inline v16 vmax(v16 a, v16 b) {
     return (v16)(((vi16)a & m) | ((vi16)b & ~m));
 }
 
+/* Horizontal sum and max by a shuffle tree (4 shuffles instead of 15 scalar steps). */
+#define SH(a, ...) __builtin_shuffle(a, (vi16){__VA_ARGS__})
 static inline float hsum(v16 a) {
-    float r = 0.0f;
-    for (int l = 0; l < V; l++) r += a[l];
-    return r;
+    a += SH(a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    a += SH(a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    a += SH(a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    a += SH(a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return a[0];
 }
 
 static inline float hmax(v16 a) {
-    float r = a[0];
-    for (int l = 1; l < V; l++) r = a[l] > r ? a[l] : r;
-    return r;
+    a = vmax(a, SH(a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    a = vmax(a, SH(a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+    a = vmax(a, SH(a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+    a = vmax(a, SH(a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+    return a[0];
+}
+
+/* The lane sums of a[0..7] at once: out[t] = sum_l a[t][l] (a transposing add tree: 14 two-vector shuffles). */
+static inline void hsum8(const v16 *a, float *out) {
+    v16 b[4], c[2];
+    for (int k = 0; k < 4; k++)
+        b[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], (vi16){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+               + __builtin_shuffle(a[2 * k], a[2 * k + 1],
+                                   (vi16){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    for (int k = 0; k < 2; k++)
+        c[k] = __builtin_shuffle(b[2 * k], b[2 * k + 1], (vi16){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
+               + __builtin_shuffle(b[2 * k], b[2 * k + 1],
+                                   (vi16){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+    v16 e = __builtin_shuffle(c[0], c[1], (vi16){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29})
+            + __builtin_shuffle(c[0], c[1], (vi16){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+    e += SH(e, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    for (int t = 0; t < 8; t++) out[t] = e[2 * t];
 }
 
 /* s = bias + sum_t qs[t] k_t over the nv vectors of a padded row (padding keys have bias -inf); returns max_j s_j. */
@@ -145,11 +168,11 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
     if (d > MAXD || d < 1) return 1;
     int pp = (p + V - 1) / V * V, nv = pp / V;
     long bp = (long)b * p;
-    float *buf = scratch(3 + 2 * d, pp);
+    float *buf = scratch(4 + 2 * d, pp);
     if (!buf) return 2;
-    v16 *s = (v16 *)buf, *bl = s + nv, *zl = s + 2 * nv, *kl = s + 3 * nv, *dkl = s + (3 + d) * nv;
-    float qs[MAXD], qi[MAXD];
-    v16 acc[MAXD];
+    v16 *s = (v16 *)buf, *sb = s + nv, *bl = s + 2 * nv, *zl = s + 3 * nv, *kl = s + 4 * nv, *dkl = s + (4 + d) * nv;
+    float qa[MAXD], qb[MAXD], qsa[MAXD], qsb[MAXD];
+    v16 acc[MAXD], accb[MAXD];
     for (int g = g0; g < g1; g++) {
         for (int bi = 0; bi < b; bi++) {
             long off = ((long)g * ch * b + bi) * p;
@@ -162,30 +185,58 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
             memcpy(zl, z + map, sizeof(float) * (size_t)p);
             for (int j = p; j < pp; j++) ((float *)zl)[j] = 0.0f;
             for (int j = 0; j < d * nv; j++) dkl[j] = (v16){0};
-            for (int i = 0; i < p; i++) {
+            for (int i = 0; i < p; i += 2) { /* two queries at a time: they share the loads of k and dk */
+                int two = i + 1 < p;           /* the second row is a zero-weight dummy when p is odd */
                 for (int t = 0; t < d; t++) {
-                    qi[t] = base[t * bp + i];
-                    qs[t] = qi[t] * qscale;
+                    qa[t] = base[t * bp + i];
+                    qb[t] = two ? base[t * bp + i + 1] : 0.0f;
+                    qsa[t] = qa[t] * qscale;
+                    qsb[t] = qb[t] * qscale;
                 }
-                float m = rowmax[map + i], r = rowsum[map + i];
-                score_row(s, kl, bl, qs, d, nv);
-                v16 yv = {0};
+                float ma = rowmax[map + i], ra = rowsum[map + i];
+                float mb = two ? rowmax[map + i + 1] : 0.0f, rb = two ? rowsum[map + i + 1] : 1.0f;
+                v16 ya = {0}, yb = {0};
                 for (int j = 0; j < nv; j++) {
-                    v16 e = ex2(s[j] - m);
-                    s[j] = e;
-                    yv += e * zl[j];
-                }
-                float y = hsum(yv) / r;
-                float coef = gscale * (wb ? wb[i] : 1.0f / (float)p) / r;
-                for (int t = 0; t < d; t++) acc[t] = (v16){0};
-                for (int j = 0; j < nv; j++) {
-                    v16 tj = coef * s[j] * (zl[j] - y); /* T_ij */
+                    v16 a = bl[j], b2 = bl[j];
                     for (int t = 0; t < d; t++) {
-                        acc[t] += tj * kl[t * nv + j];
-                        dkl[t * nv + j] += tj * qi[t];
+                        v16 k = kl[t * nv + j];
+                        a += qsa[t] * k;
+                        b2 += qsb[t] * k;
+                    }
+                    a = ex2(a - ma);
+                    b2 = ex2(b2 - mb);
+                    s[j] = a;
+                    sb[j] = b2;
+                    ya += a * zl[j];
+                    yb += b2 * zl[j];
+                }
+                float yra = hsum(ya) / ra, yrb = hsum(yb) / rb;
+                float ca = gscale * (wb ? wb[i] : 1.0f / (float)p) / ra;
+                float cb = two ? gscale * (wb ? wb[i + 1] : 1.0f / (float)p) / rb : 0.0f;
+                for (int t = 0; t < d; t++) acc[t] = accb[t] = (v16){0};
+                for (int j = 0; j < nv; j++) {
+                    v16 ta = ca * s[j] * (zl[j] - yra), tb = cb * sb[j] * (zl[j] - yrb); /* T_ij */
+                    for (int t = 0; t < d; t++) {
+                        v16 k = kl[t * nv + j];
+                        acc[t] += ta * k;
+                        accb[t] += tb * k;
+                        dkl[t * nv + j] += ta * qa[t] + tb * qb[t];
                     }
                 }
-                for (int t = 0; t < d; t++) dqb[t * bp + i] = hsum(acc[t]);
+                float dqa[MAXD], dqb2[MAXD];
+                if (d == 8) {
+                    hsum8(acc, dqa);
+                    hsum8(accb, dqb2);
+                } else {
+                    for (int t = 0; t < d; t++) {
+                        dqa[t] = hsum(acc[t]);
+                        dqb2[t] = hsum(accb[t]);
+                    }
+                }
+                for (int t = 0; t < d; t++) {
+                    dqb[t * bp + i] = dqa[t];
+                    if (two) dqb[t * bp + i + 1] = dqb2[t];
+                }
             }
             for (int t = 0; t < d; t++) memcpy(dkb + t * bp, dkl + t * nv, sizeof(float) * (size_t)p);
         }
