@@ -65,8 +65,8 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(path))
     ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lib.hf_eq1_forward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32] + [ptr] * 4
-    lib.hf_eq1_backward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32, f32] + [ptr] * 4
+    lib.hf_eq1_forward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32] + [ptr] * 5
+    lib.hf_eq1_backward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32, f32] + [ptr] * 5
     lib.hf_eq1_forward.restype = lib.hf_eq1_backward.restype = i32
     return lib
 
@@ -128,9 +128,9 @@ class NativePoints(torch.autograd.Function):
         bias = None if bias is None else bias[:, :p].to(proj.dtype).contiguous()
         c, rowmax, rowsum = (proj.new_empty(gh, b, p) for _ in range(3))
         u = proj.new_empty((b, gh, p, dv) if want_u else (0,))
+        points = proj.new_empty(b, gh, dv)
         _run(lib.hf_eq1_forward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
-             (d, d**-0.5 * _LOG2E, _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None))
-        points = torch.einsum("gbp,gebp->bge", c, proj[:, 2 * d :])
+             (d, d**-0.5 * _LOG2E, _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None, _ptr(points)))
         ctx.d = d
         ctx.save_for_backward(proj, w, bias, c, rowmax, rowsum)
         ctx.mark_non_differentiable(u)
@@ -142,10 +142,8 @@ class NativePoints(torch.autograd.Function):
         proj, w, bias, c, rowmax, rowsum = ctx.saved_tensors
         d = ctx.d
         gh, ch, b, p = proj.shape
-        dp = dpoints.permute(1, 2, 0)  # (GH, dv, B)
-        grad = torch.empty_like(proj)
-        grad[:, 2 * d :] = c.unsqueeze(1) * dp.unsqueeze(-1)  # dv_j = c_j dpoint
-        z = (proj[:, 2 * d :] * dp.unsqueeze(-1)).sum(dim=1).contiguous()  # (GH, B, P): z_j = v_j . dpoint
+        dpoints = dpoints.to(proj.dtype).contiguous()  # (B, GH, dv)
+        grad = torch.empty_like(proj)  # every element written by the kernel
         _run(lib.hf_eq1_backward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
-             (d, d**-0.5 * _LOG2E, d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(z), _ptr(grad)))
+             (d, d**-0.5 * _LOG2E, d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad)))
         return grad, None, None, None, None

@@ -7,38 +7,44 @@
 
    Per map and query i (scores in log2 units, s_ij = qscale q_i . k_j + bias_j, qscale = log2(e) / sqrt(d)):
      m_i = max_j s_ij, E_ij = 2^(s_ij - m_i), r_i = sum_j E_ij, A_ij = E_ij / r_i,
-   forward:  c_j = sum_i w_i A_ij (w_i = 1/P when w is NULL), rowmax m, rowsum r, optionally u_i = sum_j A_ij v_j;
-   backward: with z_j = v_j . dpoint, y_i = sum_j A_ij z_j and T_ij = w_i A_ij (z_j - y_i) / sqrt(d),
-     dq_i = sum_j T_ij k_j, dk_j = sum_i T_ij q_i (the maps are recomputed from the saved m and r, never stored).
+   forward:  c_j = sum_i w_i A_ij (w_i = 1/P when w is NULL), points = sum_j c_j v_j (B, GH, dv), rowmax m, rowsum r,
+     optionally u_i = sum_j A_ij v_j (B, GH, P, dv);
+   backward: from dpoint (B, GH, dv), with z_j = v_j . dpoint, y_i = sum_j A_ij z_j, T_ij = w_i A_ij (z_j - y_i) /
+     sqrt(d): dv_j = c_j dpoint, dq_i = sum_j T_ij k_j, dk_j = sum_i T_ij q_i, written into grad (the layout of proj);
+     the maps are recomputed from the saved m and r, never stored.
    Every row of a map stays in registers / L1; nothing of size P x P is written. Only the maps of heads g0 <= g < g1
    are computed (the caller may split the heads between threads; the outputs of different heads do not overlap). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 #define V 16 /* rows are copied into buffers padded to pp, a multiple of V: every row loop runs over whole vectors */
 #define MAXD 64
 
-/* 2^x for x <= 0 (and -inf -> 0), lane-wise: x = n + f with n = round(x), |f| <= 1/2, 2^f by its degree-7 Taylor
-   polynomial (relative error < 1e-8, below float rounding), 2^n from the exponent bits; x < -126 gives 0. */
-static inline v16 ex2(v16 x) {
-    const v16 lo = (v16){0} - 127.0f;
-    vi16 small = x < lo;
-    x = (v16)(((vi16)lo & small) | ((vi16)x & ~small));
-    v16 n = (x + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23), exact without -ffast-math */
-    v16 f = x - n;
-    v16 p = 1.0f + f * (0.6931471805599453f + f * (0.2402265069591007f + f * (0.05550410866482158f
-            + f * (0.009618129107628477f + f * (0.0013333558146428443f + f * (0.00015403530393381608f
-            + f * 1.525273380405984e-05f))))));
-    vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23; /* n = -127 -> 0.0 */
-    return p * (v16)bits;
-}
-
 static inline v16 vmax(v16 a, v16 b) {
+#ifdef __AVX512F__
+    return (v16)_mm512_max_ps((__m512)a, (__m512)b);
+#else
     vi16 m = a > b;
     return (v16)(((vi16)a & m) | ((vi16)b & ~m));
+#endif
+}
+
+/* 2^x for x <= 0 (and -inf -> 0), lane-wise: x = n + f with n = round(x), |f| <= 1/2, 2^f by a degree-5 polynomial
+   fitted for relative error on [-1/2, 1/2] (at most 2e-7 in float32, a few ulp), 2^n from the exponent bits;
+   x < -126 gives 0. */
+static inline v16 ex2(v16 x) {
+    x = vmax(x, (v16){0} - 127.0f);
+    v16 n = (x + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23), exact without -ffast-math */
+    v16 f = x - n;
+    v16 p = 1.0f + f * (0.69314698f + f * (0.24022243f + f * (0.05550734f + f * (0.00967148f + f * 0.00132646f))));
+    vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23; /* n = -127 -> 0.0 */
+    return p * (v16)bits;
 }
 
 /* Horizontal sum and max by a shuffle tree (4 shuffles instead of 15 scalar steps). */
@@ -108,7 +114,8 @@ static inline __attribute__((always_inline)) int forward_core(const float *restr
                                                               const float *restrict w, int gh, int ch, int b, int p,
                                                               int g0, int g1, int d, float qscale,
                                                               float *restrict c, float *restrict rowmax,
-                                                              float *restrict rowsum, float *restrict u) {
+                                                              float *restrict rowsum, float *restrict u,
+                                                              float *restrict points) {
     if (d > MAXD || d < 1) return 1;
     int dv = ch - 2 * d, pp = (p + V - 1) / V * V, nv = pp / V;
     long bp = (long)b * p;
@@ -153,6 +160,12 @@ static inline __attribute__((always_inline)) int forward_core(const float *restr
                 }
             }
             memcpy(c + map, cl, sizeof(float) * (size_t)p);
+            for (int e = 0; e < dv; e++) { /* points = sum_j c_j v_j */
+                const float *v = base + (long)(2 * d + e) * bp;
+                float acc = 0.0f;
+                for (int j = 0; j < p; j++) acc += c[map + j] * v[j];
+                points[((long)bi * gh + g) * dv + e] = acc;
+            }
         }
     }
     free(buf);
@@ -163,10 +176,10 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
                                                                const float *restrict w, int gh, int ch, int b, int p,
                                                                int g0, int g1, int d, float qscale, float gscale,
                                                                const float *restrict rowmax,
-                                                               const float *restrict rowsum, const float *restrict z,
-                                                               float *restrict grad) {
+                                                               const float *restrict rowsum, const float *restrict c,
+                                                               const float *restrict dpoints, float *restrict grad) {
     if (d > MAXD || d < 1) return 1;
-    int pp = (p + V - 1) / V * V, nv = pp / V;
+    int dv = ch - 2 * d, pp = (p + V - 1) / V * V, nv = pp / V;
     long bp = (long)b * p;
     float *buf = scratch(4 + 2 * d, pp);
     if (!buf) return 2;
@@ -182,8 +195,17 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
             const float *wb = w ? w + (long)bi * p : NULL;
             long map = ((long)g * b + bi) * p;
             load_keys((float *)kl, (float *)bl, base + (long)d * bp, bp, bias ? bias + (long)bi * p : NULL, d, p, pp);
-            memcpy(zl, z + map, sizeof(float) * (size_t)p);
-            for (int j = p; j < pp; j++) ((float *)zl)[j] = 0.0f;
+            float *z = (float *)zl; /* z_j = v_j . dpoint, and the value gradient dv_j = c_j dpoint */
+            for (int j = 0; j < pp; j++) z[j] = 0.0f;
+            for (int e = 0; e < dv; e++) {
+                float dp = dpoints[((long)bi * gh + g) * dv + e];
+                const float *v = base + (long)(2 * d + e) * bp;
+                float *gv = grad + off + (long)(2 * d + e) * bp;
+                for (int j = 0; j < p; j++) {
+                    z[j] += v[j] * dp;
+                    gv[j] = c[map + j] * dp;
+                }
+            }
             for (int j = 0; j < d * nv; j++) dkl[j] = (v16){0};
             for (int i = 0; i < p; i += 2) { /* two queries at a time: they share the loads of k and dk */
                 int two = i + 1 < p;           /* the second row is a zero-weight dummy when p is odd */
@@ -247,14 +269,15 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
 
 /* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
 int hf_eq1_forward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
-                   int d, float qscale, float *c, float *rowmax, float *rowsum, float *u) {
-    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, c, rowmax, rowsum, u);
-    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, c, rowmax, rowsum, u);
+                   int d, float qscale, float *c, float *rowmax, float *rowsum, float *u, float *points) {
+    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, c, rowmax, rowsum, u, points);
+    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, c, rowmax, rowsum, u, points);
 }
 
 int hf_eq1_backward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0,
-                    int g1, int d, float qscale, float gscale, const float *rowmax, const float *rowsum,
-                    const float *z, float *grad) {
-    if (d == 8) return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, gscale, rowmax, rowsum, z, grad);
-    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, gscale, rowmax, rowsum, z, grad);
+                    int g1, int d, float qscale, float gscale, const float *rowmax, const float *rowsum, const float *c,
+                    const float *dpoints, float *grad) {
+    if (d == 8)
+        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
+    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
 }
