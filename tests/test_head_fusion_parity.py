@@ -22,14 +22,19 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 NATIVE_MISSING = _eq1_native.unavailable_reason()
 
 
-@pytest.fixture(params=["blocked", "dense", "native"])
+@pytest.fixture(params=["blocked", "dense", "native", "native_chunks"])
 def impl(request, monkeypatch):
     """Every implementation of Eq. 1 (the torch blocked function, the GPU's dense batched ops, the fused C kernel)
-    forced on the CPU; the C kernel's cases skip where it cannot be built (no C compiler)."""
-    if request.param == "native" and NATIVE_MISSING:
+    forced on the CPU; ``native_chunks``: the C kernel with the projection GEMM split into chunks of a few heads
+    (uneven sizes; the default chunk size gives one chunk at these batch sizes). The C kernel's cases skip where it
+    cannot be built (no C compiler)."""
+    name = request.param
+    if name.startswith("native") and NATIVE_MISSING:
         pytest.skip(f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
-    monkeypatch.setattr(hf, "EQ1_IMPL", request.param)
-    return request.param
+    if name == "native_chunks":
+        monkeypatch.setattr(hf, "PROJ_CHUNK_BYTES", 5 * 4 * 17 * 6 * 90)  # ~5 heads of 17 channels, batch <= 6, P 90
+    monkeypatch.setattr(hf, "EQ1_IMPL", name.split("_")[0])
+    return name
 
 
 def _pair(**kw) -> tuple[HeadFusionACNN, ReferenceACNN]:
@@ -131,6 +136,16 @@ def test_eq1_impl_is_checked(monkeypatch):
     new, _ = _pair(n_head=2, n_size=4)
     with pytest.raises(ValueError, match="EQ1_IMPL"):
         new(torch.randn(2, 26, 63))
+
+
+def test_projection_chunks_are_the_projection(monkeypatch):
+    """The native path's chunked projection GEMM concatenates to the one-GEMM projection (uneven chunk sizes)."""
+    new, _ = _pair(n_head=3, n_size=7)
+    feat = new.features(torch.randn(4, 26, 63))
+    monkeypatch.setattr(hf, "PROJ_CHUNK_BYTES", 4 * 17 * 4 * 90 * 4)  # 4 heads' worth: 21 heads -> 6 chunks
+    chunks = new._projection_chunks(feat)
+    assert len(chunks) == 6 and {c.shape[0] for c in chunks} == {3, 4}
+    torch.testing.assert_close(torch.cat(chunks), new._projections(feat), **TOL)
 
 
 def test_auto_picks_native_on_cpu_when_it_builds(monkeypatch):

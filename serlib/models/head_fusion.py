@@ -256,6 +256,7 @@ BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 
 # (tests/test_head_fusion_parity.py: logits and gradients within 1e-5).
 EQ1_IMPL = "auto"
 EQ1_IMPLS = ("auto", "native", "blocked", "dense")
+PROJ_CHUNK_BYTES = 16 * 2**20  # the native path's projection GEMM in chunks of whole heads at most this large
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -599,6 +600,23 @@ class HeadFusionACNN(nn.Module):
         y = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight.view(self.qkv.out_channels, c), x.t())
         return y.view(cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim, b, h * w)
 
+    def _projection_chunks(self, feat: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`_projections` as GEMMs over consecutive ranges of whole heads, each output at most
+        ``PROJ_CHUNK_BYTES``: [(GH_k, 2d + dv, B, P)], concatenated along heads they are ``_projections(feat)``.
+
+        Same values, cheaper memory: glibc serves allocations above 32 MiB by fresh mmaps, so a 50 MB projection
+        (batch 32) and its 50 MB gradient would be page-faulted in anew on every step; chunks stay in the heap."""
+        cfg = self.config
+        assert self.qkv is not None and cfg.attention == "head_fusion"
+        b, c, h, w = feat.shape
+        gh, ch = cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim
+        x = _points_last(feat).reshape(b * h * w, c).t()  # a view for channels-last maps
+        weight, bias = self.qkv.weight.view(gh, ch, c), self.qkv.bias.view(gh, ch)
+        n = min(gh, max(1, math.ceil(gh * ch * b * h * w * feat.element_size() / PROJ_CHUNK_BYTES)))
+        bounds = [gh * i // n for i in range(n + 1)]
+        return [torch.addmm(bias[h0:h1].reshape(-1, 1), weight[h0:h1].reshape(-1, c), x).view(h1 - h0, ch, b, h * w)
+                for h0, h1 in zip(bounds[:-1], bounds[1:])]
+
     def split_qkv(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Head-fusion projections of feat (B, C, H, W): q, k (B, n_size, n_head, P, d), v (B, n_size, n_head, P, dv)."""
         return self._split(self._projections(feat))
@@ -615,21 +633,30 @@ class HeadFusionACNN(nn.Module):
         cfg = self.config
         b, _, h, w = feat.shape
         g, nh, p, dv = cfg.n_size, cfg.n_head, h * w, cfg.value_dim
-        proj = self._projections(feat)  # (n_size * n_head, 2d + dv, B, P)
         weights = bias = None
         if key_mask is not None:
             bias = feat.new_full((b, -(-p // KEY_PAD) * KEY_PAD), float("-inf"))
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        impl = _eq1_impl(proj)
-        if impl == "dense":
-            pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
-            pts = pts.to(proj.dtype)
-        elif impl == "native":
-            pts, u = _eq1_native.NativePoints.apply(proj, weights, bias, cfg.head_dim, maps)
-        else:
-            pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
+        impl, proj = _eq1_impl(feat), None
+        if impl == "native":
+            chunks = self._projection_chunks(feat)
+            if chunks[0].dtype == torch.float32:  # (not under a lower-precision autocast)
+                res = [_eq1_native.NativePoints.apply(pc, weights, bias, cfg.head_dim, maps) for pc in chunks]
+                pts = torch.cat([r[0] for r in res], dim=1)
+                u = torch.cat([r[1] for r in res], dim=1) if maps else None
+                if maps:
+                    proj = torch.cat(chunks).detach()
+            else:
+                impl, proj = "blocked", torch.cat(chunks)
+        if impl != "native":
+            proj = self._projections(feat) if proj is None else proj  # (n_size * n_head, 2d + dv, B, P)
+            if impl == "dense":
+                pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
+                pts = pts.to(proj.dtype)
+            else:
+                pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
         points = pts.reshape(b, g, nh, dv).mean(dim=2).reshape(b, g * dv)  # Eq. 2 + GAP -> n_size points
         if not maps:
             return points
