@@ -112,12 +112,12 @@ static float *scratch(int rows, int pp) { return (float *)aligned_alloc(64, size
 
 static inline __attribute__((always_inline)) int forward_core(const float *restrict proj, const float *restrict bias,
                                                               const float *restrict w, int gh, int ch, int b, int p,
-                                                              int g0, int g1, int d, float qscale,
+                                                              int g0, int g1, int d, int nvc, float qscale,
                                                               float *restrict c, float *restrict rowmax,
                                                               float *restrict rowsum, float *restrict u,
                                                               float *restrict points) {
     if (d > MAXD || d < 1) return 1;
-    int dv = ch - 2 * d, pp = (p + V - 1) / V * V, nv = pp / V;
+    int nv = nvc > 0 ? nvc : (p + V - 1) / V, pp = nv * V, dv = ch - 2 * d;
     long bp = (long)b * p;
     float *buf = scratch(3 + d + dv, pp);
     if (!buf) return 2;
@@ -174,12 +174,12 @@ static inline __attribute__((always_inline)) int forward_core(const float *restr
 
 static inline __attribute__((always_inline)) int backward_core(const float *restrict proj, const float *restrict bias,
                                                                const float *restrict w, int gh, int ch, int b, int p,
-                                                               int g0, int g1, int d, float qscale, float gscale,
+                                                               int g0, int g1, int d, int nvc, float qscale, float gscale,
                                                                const float *restrict rowmax,
                                                                const float *restrict rowsum, const float *restrict c,
                                                                const float *restrict dpoints, float *restrict grad) {
     if (d > MAXD || d < 1) return 1;
-    int dv = ch - 2 * d, pp = (p + V - 1) / V * V, nv = pp / V;
+    int nv = nvc > 0 ? nvc : (p + V - 1) / V, pp = nv * V, dv = ch - 2 * d;
     long bp = (long)b * p;
     float *buf = scratch(4 + 2 * d, pp);
     if (!buf) return 2;
@@ -270,14 +270,20 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
 /* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
 int hf_eq1_forward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
                    int d, float qscale, float *c, float *rowmax, float *rowsum, float *u, float *points) {
-    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, c, rowmax, rowsum, u, points);
-    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, c, rowmax, rowsum, u, points);
+    if (d == 8 && (p + V - 1) / V == 6) /* P = 90: 2-s segments at the paper's settings */
+        return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, c, rowmax, rowsum, u, points);
+    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, c, rowmax, rowsum, u, points);
+    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, c, rowmax, rowsum, u, points);
 }
 
 int hf_eq1_backward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0,
                     int g1, int d, float qscale, float gscale, const float *rowmax, const float *rowsum, const float *c,
                     const float *dpoints, float *grad) {
+    if (d == 8 && (p + V - 1) / V == 6)
+        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, gscale, rowmax, rowsum, c, dpoints,
+                             grad);
     if (d == 8)
-        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
-    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
+        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, gscale, rowmax, rowsum, c, dpoints,
+                             grad);
+    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
 }
