@@ -73,6 +73,20 @@ with ``return_maps`` (default: when not training; the trainer asks for them only
 kernel keeps its cache-sized blocks: computing all 8192 maps of a batch in one batched op (265 MB per tensor, same
 points and gradients) is 2.9x slower on this CPU (memory traffic; ``results/benchmarks/head_fusion_eq1_kernel.json``).
 ``benchmarks/head_fusion_speed.py`` times the model against the authors' code (``results/benchmarks/head_fusion_speed.json``).
+
+On the CPU the same function runs by default as a fused C kernel (``head_fusion_eq1.c`` through
+:mod:`serlib.models._eq1_native`: compiled with the system's C compiler on first use, about a second, and cached under
+``$SERLIB_CACHE/native``; without a compiler, or with ``SERLIB_EQ1_NATIVE=0`` or ``EQ1_IMPL = "blocked"``, the torch
+function above runs). Per map and query it computes the row of scores, its max, ``exp2`` (a polynomial, relative
+error below 2e-7), the row sum and the key weights in one pass over a row held in registers and L1, and the backward
+recomputes each row the same way and accumulates dq and dk there: no P x P map is ever written, and the torch
+function's separate passes (GEMM, max, exp, sums, GEMMs with K = 8) become one. Heads are split between torch's
+threads. That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
+every allocation above 32 MiB afresh, so the 50 MB projection and its gradient were page-faulted in on every step).
+``results/benchmarks/head_fusion_speed_run3.json`` records the step against the authors' code with the kernel and with
+the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step
+is then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each
+8 per map entry) and the 80 -> 4352-channel projection GEMM forward and backward.
 """
 
 from __future__ import annotations
