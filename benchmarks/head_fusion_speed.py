@@ -265,6 +265,16 @@ class _BatchedEq1(torch.autograd.Function):
         return torch.bmm(t, k) / p, torch.bmm(t.transpose(1, 2), q) / p, c * dp.unsqueeze(-1)
 
 
+def _inductor_cache_empty() -> bool | None:
+    """Whether torch inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR) holds nothing yet (None: unknown)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    path = Path(cache_dir())
+    return not path.exists() or not any(path.iterdir())
+
+
 def _inductor_forward(proj: torch.Tensor, d: int) -> torch.Tensor:
     """Eq. 1's forward (the key weights c_j = mean_i A_ij) written for ``torch.compile``: scores as d broadcast
     multiply-adds over (GH, B, P, P), so that inductor can fuse scores, row max, exp2, row sum and the column sum
@@ -464,6 +474,7 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     rec: dict = {
         "benchmark": "head_fusion_speed", "issue": 18, "data": data, "git": git_revision(), "notes": notes,
         "eq1_impl": "native" if hf._eq1_native.library() is not None else "blocked",
+        "inductor_cache_empty_at_start": _inductor_cache_empty(),  # compile times are cold ones only then
         "device": "cpu", "cpu": cpu_name(), "machine": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg_before": list(os.getloadavg()), "environment": environment_info(),
         "segments": {"train": len(train), "test": len(test),

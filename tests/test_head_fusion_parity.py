@@ -162,6 +162,21 @@ def test_auto_picks_native_on_cpu_when_it_builds(monkeypatch):
     assert hf._eq1_impl(proj.double()) == "blocked"  # the C kernel is float32 only
 
 
+@pytest.mark.parametrize(("cc", "why"), [("/nonexistent/cc", "No such file"), ("false", "failed on")])
+def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path, cc, why):
+    """A missing or failing C compiler: no library, the reason kept, the model on the torch function, same logits."""
+    monkeypatch.setattr(_eq1_native, "_state", {})
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))  # no cached build to find
+    monkeypatch.setenv("CC", cc)
+    assert _eq1_native.library() is None and why in _eq1_native.unavailable_reason()
+    new, ref = _pair(n_head=2, n_size=3, n_classes=4)
+    x = torch.randn(2, 26, 63)
+    assert hf._eq1_impl(x) == "blocked"
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)[0], ref(x)[0], **TOL)
+    assert not list(tmp_path.rglob("*.so"))
+
+
 @pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("d", "dv", "threads"), [(8, 1, 1), (5, 2, 1), (8, 1, 2), (3, 1, 3)])
