@@ -168,6 +168,7 @@ def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path, cc, why):
     monkeypatch.setattr(_eq1_native, "_state", {})
     monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))  # no cached build to find
     monkeypatch.setenv("CC", cc)
+    monkeypatch.delenv("SERLIB_EQ1_NATIVE", raising=False)
     assert _eq1_native.library() is None and why in _eq1_native.unavailable_reason()
     new, ref = _pair(n_head=2, n_size=3, n_classes=4)
     x = torch.randn(2, 26, 63)
