@@ -265,6 +265,29 @@ class _BatchedEq1(torch.autograd.Function):
         return torch.bmm(t, k) / p, torch.bmm(t.transpose(1, 2), q) / p, c * dp.unsqueeze(-1)
 
 
+def native_build_seconds() -> float | None:
+    """Seconds to compile the Eq. 1 C kernel from scratch (into a temporary cache; paid once per machine and source,
+    later processes load the cached library), or None without a working C compiler."""
+    import tempfile
+
+    from serlib.models import _eq1_native
+
+    old = os.environ.get("SERLIB_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SERLIB_CACHE"] = tmp
+        try:
+            t0 = time.perf_counter()
+            _eq1_native._build()
+            return time.perf_counter() - t0
+        except (OSError, RuntimeError):
+            return None
+        finally:
+            if old is None:
+                os.environ.pop("SERLIB_CACHE", None)
+            else:
+                os.environ["SERLIB_CACHE"] = old
+
+
 def _inductor_cache_empty() -> bool | None:
     """Whether torch inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR) holds nothing yet (None: unknown)."""
     try:
@@ -475,6 +498,7 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
         "benchmark": "head_fusion_speed", "issue": 18, "data": data, "git": git_revision(), "notes": notes,
         "eq1_impl": "native" if hf._eq1_native.library() is not None else "blocked",
         "inductor_cache_empty_at_start": _inductor_cache_empty(),  # compile times are cold ones only then
+        "native_build_s": native_build_seconds(),
         "device": "cpu", "cpu": cpu_name(), "machine": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg_before": list(os.getloadavg()), "environment": environment_info(),
         "segments": {"train": len(train), "test": len(test),
