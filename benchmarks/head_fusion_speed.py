@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import serlib.models.head_fusion as hf
 from serlib.models.head_fusion import HeadFusionACNN, HeadFusionConfig
 from serlib.records import environment_info, git_revision
 from serlib.train import ArrayData, TrainConfig, Trainer
@@ -186,10 +187,14 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
     n_classes = int(y.max()) + 1
     authors, serlib_code, _ = make_sides(n_classes)
     torch.manual_seed(0)
+    faithful = HeadFusionACNN(HeadFusionConfig(n_classes=n_classes))
     models: dict[str, nn.Module] = {
-        "authors": authors, "serlib_code": serlib_code,
-        "serlib_faithful": HeadFusionACNN(HeadFusionConfig(n_classes=n_classes)),
+        "authors": authors, "serlib_code": serlib_code, "serlib_faithful": faithful,
     }
+    if hf.EQ1_IMPL == "auto" and hf._eq1_native.library() is not None:
+        import copy
+
+        models["serlib_faithful_blocked"] = copy.deepcopy(faithful)  # same model, Eq. 1 by the torch blocked op
     ref = load_reference_v0() if only is None else None
     if only is not None:
         models = {k: v for k, v in models.items() if k in only}
@@ -206,13 +211,17 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-6)
         m.train()
 
-        def step(m=m, opt=opt, authors=name == "authors", idx=None):
+        def step(m=m, opt=opt, authors=name == "authors", idx=None, impl="blocked" if "blocked" in name else "auto"):
             xb, yb = x[idx], y[idx]
-            out = m(xb.unsqueeze(1)) if authors else m(xb)[0]
-            loss = F.cross_entropy(out, yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            hf.EQ1_IMPL = impl
+            try:
+                out = m(xb.unsqueeze(1)) if authors else m(xb)[0]
+                loss = F.cross_entropy(out, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            finally:
+                hf.EQ1_IMPL = "auto"
 
         steps[name] = step
     g = torch.Generator().manual_seed(1)
@@ -256,9 +265,93 @@ class _BatchedEq1(torch.autograd.Function):
         return torch.bmm(t, k) / p, torch.bmm(t.transpose(1, 2), q) / p, c * dp.unsqueeze(-1)
 
 
+def native_build_seconds() -> float | None:
+    """Seconds to compile the Eq. 1 C kernel from scratch (into a temporary cache; paid once per machine and source,
+    later processes load the cached library), or None without a working C compiler."""
+    import tempfile
+
+    from serlib.models import _eq1_native
+
+    old = os.environ.get("SERLIB_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SERLIB_CACHE"] = tmp
+        try:
+            t0 = time.perf_counter()
+            _eq1_native._build()
+            return time.perf_counter() - t0
+        except (OSError, RuntimeError):
+            return None
+        finally:
+            if old is None:
+                os.environ.pop("SERLIB_CACHE", None)
+            else:
+                os.environ["SERLIB_CACHE"] = old
+
+
+def _inductor_cache_empty() -> bool | None:
+    """Whether torch inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR) holds nothing yet (None: unknown)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    path = Path(cache_dir())
+    return not path.exists() or not any(path.iterdir())
+
+
+def _inductor_forward(proj: torch.Tensor, d: int) -> torch.Tensor:
+    """Eq. 1's forward (the key weights c_j = mean_i A_ij) written for ``torch.compile``: scores as d broadcast
+    multiply-adds over (GH, B, P, P), so that inductor can fuse scores, row max, exp2, row sum and the column sum
+    into reductions without a P x P matmul (idea 1 of the issue-18 CPU goal; forward only)."""
+    q, k = proj[:, :d] * (d**-0.5 * 1.4426950408889634), proj[:, d : 2 * d]
+    s = q[:, 0, :, :, None] * k[:, 0, :, None, :]
+    for t in range(1, d):
+        s = s + q[:, t, :, :, None] * k[:, t, :, None, :]
+    e = torch.exp2(s - s.amax(dim=-1, keepdim=True))
+    return (e / e.sum(dim=-1, keepdim=True)).mean(dim=-2)  # (GH, B, P)
+
+
+def eq1_forward_times(reps: int = 3, batch: int = 32, compile_: bool = False) -> dict:
+    """Forward only (no autograd) of Eq. 1 for the paper's model on one batch: the torch blocked op, the C kernel
+    and, with ``compile_``, :func:`_inductor_forward` under ``torch.compile`` (its compile time recorded apart);
+    alternating, medians, and the largest difference of the key weights from the blocked op's."""
+    from serlib.models import _eq1_native
+    from serlib.models.head_fusion import BLOCK_HEADS, _HeadFusionPoints
+
+    gh, d, p = 256, 8, 90
+    torch.manual_seed(0)
+    proj = torch.randn(gh, 2 * d + 1, batch, p)
+    v = proj[:, 2 * d :]
+    sides = {"blocked": lambda: _HeadFusionPoints.apply(proj, None, None, d, BLOCK_HEADS, False)[0]}
+    if _eq1_native.library() is not None:
+        sides["native"] = lambda: _eq1_native.NativePoints.apply(proj, None, None, d, False)[0]
+    rec: dict = {}
+    if compile_:
+        # without raised thresholds inductor writes the (GH, B, P, P) partial scores to memory (measured: slower)
+        fn = torch.compile(_inductor_forward, dynamic=False, fullgraph=True,
+                           options={"realize_reads_threshold": 1000, "realize_opcount_threshold": 1000,
+                                    "realize_acc_reads_threshold": 1000})
+        t0 = time.perf_counter()
+        fn(proj, d)
+        rec["inductor_compile_s"] = time.perf_counter() - t0
+        sides["inductor"] = lambda: torch.einsum("gbp,gebp->bge", fn(proj, d), v)
+    with torch.no_grad():
+        ref = sides["blocked"]()
+        rec["max_abs_points_diff_vs_blocked"] = {k: (f() - ref).abs().max().item() for k, f in sides.items()}
+        times: dict[str, list] = {k: [] for k in sides}
+        for _ in range(reps):
+            for k, f in sides.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    rec.update({k + "_median_s": _median(v) for k, v in times.items()})
+    return rec
+
+
 def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
     """Forward + backward of Eq. 1 + GAP for the paper's model (256 heads, head_dim 8, P = 90) on one batch:
-    serlib's cache-blocked kernel vs one batched op over all maps, same projections, alternating, medians."""
+    serlib's cache-blocked kernel vs one batched op over all maps and, where it builds, the fused C kernel; same
+    projections, alternating, medians."""
+    from serlib.models import _eq1_native
     from serlib.models.head_fusion import BLOCK_HEADS, _HeadFusionPoints
 
     gh, d, p = 256, 8, 90
@@ -277,6 +370,11 @@ def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
         (pts.view(batch, gh, 1) * g).sum().backward()
         return pts.view(batch, gh, 1)
 
+    def native():
+        pts, _ = _eq1_native.NativePoints.apply(proj, None, None, d, False)
+        (pts * g).sum().backward()
+        return pts
+
     proj.grad = None
     ref = blocked()
     g1 = proj.grad.clone()
@@ -284,15 +382,24 @@ def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
     out = batched()
     rec = {"max_abs_points_diff": (ref - out).abs().max().item(), "max_abs_grad_diff":
            (g1 - proj.grad).abs().max().item()}
-    times: dict[str, list] = {"blocked": [], "batched_one_op": []}
+    sides = [("blocked", blocked), ("batched_one_op", batched)]
+    if _eq1_native.library() is not None:
+        proj.grad = None
+        out = native()
+        rec["native_max_abs_points_diff"] = (ref - out).abs().max().item()
+        rec["native_max_abs_grad_diff"] = (g1 - proj.grad).abs().max().item()
+        sides.append(("native", native))
+    times: dict[str, list] = {name: [] for name, _ in sides}
     for _ in range(reps):
-        for name, f in (("blocked", blocked), ("batched_one_op", batched)):
+        for name, f in sides:
             proj.grad = None
             t0 = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t0)
     rec.update({k + "_median_s": _median(v) for k, v in times.items()})
     rec["batched_over_blocked"] = rec["batched_one_op_median_s"] / rec["blocked_median_s"]
+    if "native_median_s" in rec:
+        rec["native_over_blocked"] = rec["native_median_s"] / rec["blocked_median_s"]
     return rec
 
 
@@ -385,10 +492,13 @@ def toy_data(n_train: int = 64, n_utt: int = 6, n_classes: int = 4, seed: int = 
 
 
 def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[int], out: Path | None,
-        data: str, compile_: bool = False) -> dict:
+        data: str, compile_: bool = False, notes: str = "") -> dict:
     torch.set_flush_denormal(True)
     rec: dict = {
-        "benchmark": "head_fusion_speed", "issue": 18, "data": data, "git": git_revision(),
+        "benchmark": "head_fusion_speed", "issue": 18, "data": data, "git": git_revision(), "notes": notes,
+        "eq1_impl": "native" if hf._eq1_native.library() is not None else "blocked",
+        "inductor_cache_empty_at_start": _inductor_cache_empty(),  # compile times are cold ones only then
+        "native_build_s": native_build_seconds(),
         "device": "cpu", "cpu": cpu_name(), "machine": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg_before": list(os.getloadavg()), "environment": environment_info(),
         "segments": {"train": len(train), "test": len(test),
@@ -411,7 +521,8 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     rec["step_by_threads"] = {}
     for th in threads:  # authors vs serlib_code per step at each thread count
         torch.set_num_threads(th)
-        rec["step_by_threads"][str(th)] = step_times(train.x, train.y, steps, only=("authors", "serlib_code"))
+        rec["step_by_threads"][str(th)] = step_times(train.x, train.y, steps,
+                                                     only=("authors", "serlib_code", "serlib_faithful"))
         print(f"threads {th}: step ratios {rec['step_by_threads'][str(th)]['ratios']}", flush=True)
     torch.set_num_threads(threads[0])
     print("steps (median s): " + ", ".join(f"{k} {v['median_s']:.3f}" for k, v in rec["step"].items()
@@ -419,6 +530,8 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     print("step ratios over authors: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["step"]["ratios"].items()))
     rec["eq1_kernel"] = eq1_kernel_times(batch=2 if data == "toy" else 32)
     print(f"Eq. 1 kernel, fwd + bwd of one batch: {rec['eq1_kernel']}", flush=True)
+    rec["eq1_forward"] = eq1_forward_times(batch=2 if data == "toy" else 32, compile_=compile_)
+    print(f"Eq. 1 forward only: {rec['eq1_forward']}", flush=True)
     rec["load_avg_after"] = list(os.getloadavg())
     main = rec["epochs"][0]
     rec["summary"] = {
@@ -448,6 +561,7 @@ def main(argv=None) -> dict:
                     "first, authors vs serlib_code steps at each")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(serlib_code) per step")
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "head_fusion_speed.json"))
+    ap.add_argument("--notes", default="", help="free text stored in the record (what was tried; no numbers)")
     ap.add_argument("--eq1-only", action="store_true", help="only the Eq. 1 kernel comparison (blocked vs one op)")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
@@ -469,7 +583,7 @@ def main(argv=None) -> dict:
     else:
         data, name = real_data(args.data_root), "ravdess_paper_fold0"
     return run(*data, reps=args.reps, steps=args.steps, threads=threads, out=Path(args.out) if args.out else None,
-               data=name, compile_=args.compile)
+               data=name, compile_=args.compile, notes=args.notes)
 
 
 if __name__ == "__main__":

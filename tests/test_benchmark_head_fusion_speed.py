@@ -39,3 +39,11 @@ def test_timing_helpers_record_both_sides(tmp_path):
     assert rec["device"] == "cpu" and (tmp_path / "r.json").is_file()
     k = rec["eq1_kernel"]  # the one-op alternative computes the same points and gradients as the blocked kernel
     assert k["max_abs_points_diff"] < 1e-5 and k["max_abs_grad_diff"] < 1e-5
+    fwd = rec["eq1_forward"]["max_abs_points_diff_vs_blocked"]
+    if rec["eq1_impl"] == "native":  # the C kernel built: timed beside the torch function, same points and gradients
+        assert k["native_max_abs_points_diff"] < 1e-5 and k["native_max_abs_grad_diff"] < 1e-5
+        assert fwd["native"] < 1e-5 and rec["eq1_forward"]["native_median_s"] > 0
+        assert rec["step"]["ratios"]["serlib_faithful_blocked_over_authors"] > 0
+        assert rec["native_build_s"] > 0
+    else:
+        assert set(fwd) == {"blocked"}

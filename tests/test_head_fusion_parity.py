@@ -12,17 +12,29 @@ from reference_head_fusion_v0 import HeadFusionACNN as ReferenceACNN
 from reference_head_fusion_v0 import HeadFusionConfig as ReferenceConfig
 
 import serlib.models.head_fusion as hf
+from serlib.models import _eq1_native
 from serlib.models.head_fusion import ATTENTION_KINDS, HeadFusionACNN, HeadFusionConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-@pytest.fixture(params=["blocked", "dense"])
+NATIVE_MISSING = _eq1_native.unavailable_reason()
+
+
+@pytest.fixture(params=["blocked", "dense", "native", "native_chunks"])
 def impl(request, monkeypatch):
-    """Both implementations of Eq. 1 (the CPU's blocked function, the GPU's dense batched ops) forced on the CPU."""
-    monkeypatch.setattr(hf, "EQ1_IMPL", request.param)
-    return request.param
+    """Every implementation of Eq. 1 (the torch blocked function, the GPU's dense batched ops, the fused C kernel)
+    forced on the CPU; ``native_chunks``: the C kernel with the projection GEMM split into chunks of a few heads
+    (uneven sizes; the default chunk size gives one chunk at these batch sizes). The C kernel's cases skip where it
+    cannot be built (no C compiler)."""
+    name = request.param
+    if name.startswith("native") and NATIVE_MISSING:
+        pytest.skip(f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+    if name == "native_chunks":
+        monkeypatch.setattr(hf, "PROJ_CHUNK_BYTES", 5 * 4 * 17 * 6 * 90)  # ~5 heads of 17 channels, batch <= 6, P 90
+    monkeypatch.setattr(hf, "EQ1_IMPL", name.split("_")[0])
+    return name
 
 
 def _pair(**kw) -> tuple[HeadFusionACNN, ReferenceACNN]:
@@ -124,6 +136,83 @@ def test_eq1_impl_is_checked(monkeypatch):
     new, _ = _pair(n_head=2, n_size=4)
     with pytest.raises(ValueError, match="EQ1_IMPL"):
         new(torch.randn(2, 26, 63))
+
+
+def test_projection_chunks_are_the_projection(monkeypatch):
+    """The native path's chunked projection GEMM concatenates to the one-GEMM projection (uneven chunk sizes)."""
+    new, _ = _pair(n_head=3, n_size=7)
+    feat = new.features(torch.randn(4, 26, 63))
+    monkeypatch.setattr(hf, "PROJ_CHUNK_BYTES", 4 * 17 * 4 * 90 * 4)  # 4 heads' worth: 21 heads -> 6 chunks
+    chunks = new._projection_chunks(feat)
+    assert len(chunks) == 6 and {c.shape[0] for c in chunks} == {3, 4}
+    torch.testing.assert_close(torch.cat(chunks), new._projections(feat), **TOL)
+
+
+def test_auto_picks_native_on_cpu_when_it_builds(monkeypatch):
+    proj = torch.zeros(2, 5, 1, 3)
+    assert hf._eq1_impl(proj) == ("blocked" if NATIVE_MISSING else "native")
+    monkeypatch.setattr(_eq1_native, "_state", {})  # forget the loaded library: the switch is read on first use
+    monkeypatch.setenv("SERLIB_EQ1_NATIVE", "0")
+    assert hf._eq1_impl(proj) == "blocked"
+    assert "SERLIB_EQ1_NATIVE=0" in _eq1_native.unavailable_reason()
+    monkeypatch.setattr(hf, "EQ1_IMPL", "native")
+    with pytest.raises(RuntimeError, match="unavailable: disabled by SERLIB_EQ1_NATIVE=0"):
+        hf._eq1_impl(proj)
+    monkeypatch.setattr(hf, "EQ1_IMPL", "auto")
+    assert hf._eq1_impl(proj.double()) == "blocked"  # the C kernel is float32 only
+
+
+@pytest.mark.parametrize(("cc", "why"), [("/nonexistent/cc", "No such file"), ("false", "failed on")])
+def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path, cc, why):
+    """A missing or failing C compiler: no library, the reason kept, the model on the torch function, same logits."""
+    monkeypatch.setattr(_eq1_native, "_state", {})
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path))  # no cached build to find
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.delenv("SERLIB_EQ1_NATIVE", raising=False)
+    assert _eq1_native.library() is None and why in _eq1_native.unavailable_reason()
+    new, ref = _pair(n_head=2, n_size=3, n_classes=4)
+    x = torch.randn(2, 26, 63)
+    assert hf._eq1_impl(x) == "blocked"
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)[0], ref(x)[0], **TOL)
+    assert not list(tmp_path.rglob("*.so"))
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("d", "dv", "threads"), [(8, 1, 1), (5, 2, 1), (8, 1, 2), (3, 1, 3)])
+def test_native_kernel_matches_blocked(masked, d, dv, threads):
+    """The C kernel against the torch blocked function on the same projections: points, per-query outputs u and the
+    gradient of proj, for head_dim 8 (its specialised copy) and others, value_dim 1 and 2, a P that is not a multiple
+    of the kernel's vector width, masked keys, and heads split between threads."""
+    torch.manual_seed(3)
+    gh, b, p = 10, 3, 37
+    proj = (torch.randn(gh, 2 * d + dv, b, p) * 2.0).requires_grad_()
+    w = bias = None
+    if masked:
+        key_mask = torch.arange(p)[None, :] < torch.tensor([37, 20, 5])[:, None]
+        pk = -(-p // hf.KEY_PAD) * hf.KEY_PAD
+        bias = torch.full((b, pk), float("-inf"))
+        bias[:, :p].masked_fill_(key_mask, 0.0)
+        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+    g = torch.randn(b, gh, dv)
+    out = {}
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("blocked", "native"):
+            proj.grad = None
+            if name == "blocked":
+                pts, u = hf._HeadFusionPoints.apply(proj, w, bias, d, 4, True)
+            else:
+                pts, u = _eq1_native.NativePoints.apply(proj, w, bias, d, True)
+            (pts * g).sum().backward()
+            out[name] = (pts.detach(), u, proj.grad.clone())
+    finally:
+        torch.set_num_threads(old_threads)
+    for label, a, b_ in zip(("points", "u", "grad"), out["blocked"], out["native"]):
+        assert torch.isfinite(b_).all(), label
+        torch.testing.assert_close(b_, a, **TOL, msg=lambda s, k=label: f"{k}: {s}")
 
 
 @pytest.mark.requires_cuda

@@ -73,6 +73,20 @@ with ``return_maps`` (default: when not training; the trainer asks for them only
 kernel keeps its cache-sized blocks: computing all 8192 maps of a batch in one batched op (265 MB per tensor, same
 points and gradients) is 2.9x slower on this CPU (memory traffic; ``results/benchmarks/head_fusion_eq1_kernel.json``).
 ``benchmarks/head_fusion_speed.py`` times the model against the authors' code (``results/benchmarks/head_fusion_speed.json``).
+
+On the CPU the same function runs by default as a fused C kernel (``head_fusion_eq1.c`` through
+:mod:`serlib.models._eq1_native`: compiled with the system's C compiler on first use, about a second, and cached under
+``$SERLIB_CACHE/native``; without a compiler, or with ``SERLIB_EQ1_NATIVE=0`` or ``EQ1_IMPL = "blocked"``, the torch
+function above runs). Per map and query it computes the row of scores, its max, ``exp2`` (a polynomial, relative
+error below 2e-7), the row sum and the key weights in one pass over a row held in registers and L1, and the backward
+recomputes each row the same way and accumulates dq and dk there: no P x P map is ever written, and the torch
+function's separate passes (GEMM, max, exp, sums, GEMMs with K = 8) become one. Heads are split between torch's
+threads. That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
+every allocation above 32 MiB afresh, so the 50 MB projection and its gradient were page-faulted in on every step).
+``results/benchmarks/head_fusion_speed_run3.json`` records the step against the authors' code with the kernel and with
+the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step
+is then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each
+8 per map entry) and the 80 -> 4352-channel projection GEMM forward and backward.
 """
 
 from __future__ import annotations
@@ -84,6 +98,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from serlib.models import _eq1_native
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -246,11 +262,15 @@ def _received(attn: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor
 _LOG2E = math.log2(math.e)
 KEY_PAD = 32  # key axis padded to a multiple of this (torch's last-axis max is much faster then)
 BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 2.2 MB, near cache-sized
-# How Eq. 1 runs: "blocked" (the custom autograd function below: no P x P map kept, cache-sized blocks, best on a CPU),
-# "dense" (every sample and head in a few batched ops through autograd, float32: launch-bound GPUs want few big
-# kernels and have the memory for the maps) or "auto" (dense on CUDA, blocked elsewhere). Same function either way
+# How Eq. 1 runs: "native" (the fused C kernel of head_fusion_eq1.c through serlib.models._eq1_native: one pass per
+# map, nothing of size P x P stored; built with gcc on first use and cached, float32 on the CPU only), "blocked" (the
+# custom autograd function below in torch ops: no P x P map kept, cache-sized blocks), "dense" (every sample and head
+# in a few batched ops through autograd, float32: launch-bound GPUs want few big kernels and have the memory for the
+# maps) or "auto" (dense on CUDA; native on the CPU when it builds, else blocked). Same function every way
 # (tests/test_head_fusion_parity.py: logits and gradients within 1e-5).
 EQ1_IMPL = "auto"
+EQ1_IMPLS = ("auto", "native", "blocked", "dense")
+PROJ_CHUNK_BYTES = 16 * 2**20  # the native path's projection GEMM in chunks of whole heads at most this large
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -379,10 +399,18 @@ def _head_fusion_dense(proj: torch.Tensor, w: torch.Tensor | None, key_mask: tor
     return points, u
 
 
-def _use_dense(proj: torch.Tensor) -> bool:
-    if EQ1_IMPL not in ("auto", "dense", "blocked"):
-        raise ValueError(f"EQ1_IMPL must be 'auto', 'dense' or 'blocked', not {EQ1_IMPL!r}")
-    return EQ1_IMPL == "dense" or (EQ1_IMPL == "auto" and proj.is_cuda)
+def _eq1_impl(proj: torch.Tensor) -> str:
+    """The implementation ``EQ1_IMPL`` resolves to for ``proj``: "native", "blocked" or "dense"."""
+    if EQ1_IMPL not in EQ1_IMPLS:
+        raise ValueError(f"EQ1_IMPL must be one of {EQ1_IMPLS}, not {EQ1_IMPL!r}")
+    if EQ1_IMPL == "native" and not _eq1_native.usable(proj):
+        why = _eq1_native.unavailable_reason() or f"needs float32 on the CPU, got {proj.dtype} on {proj.device}"
+        raise RuntimeError(f"EQ1_IMPL='native' is unavailable: {why}; use 'auto' or 'blocked'")
+    if EQ1_IMPL != "auto":
+        return EQ1_IMPL
+    if proj.is_cuda:
+        return "dense"
+    return "native" if _eq1_native.usable(proj) else "blocked"
 
 
 class _CodeAttentionPoints(torch.autograd.Function):
@@ -586,6 +614,23 @@ class HeadFusionACNN(nn.Module):
         y = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight.view(self.qkv.out_channels, c), x.t())
         return y.view(cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim, b, h * w)
 
+    def _projection_chunks(self, feat: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`_projections` as GEMMs over consecutive ranges of whole heads, each output at most
+        ``PROJ_CHUNK_BYTES``: [(GH_k, 2d + dv, B, P)], concatenated along heads they are ``_projections(feat)``.
+
+        Same values, cheaper memory: glibc serves allocations above 32 MiB by fresh mmaps, so a 50 MB projection
+        (batch 32) and its 50 MB gradient would be page-faulted in anew on every step; chunks stay in the heap."""
+        cfg = self.config
+        assert self.qkv is not None and cfg.attention == "head_fusion"
+        b, c, h, w = feat.shape
+        gh, ch = cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim
+        x = _points_last(feat).reshape(b * h * w, c).t()  # a view for channels-last maps
+        weight, bias = self.qkv.weight.view(gh, ch, c), self.qkv.bias.view(gh, ch)
+        n = min(gh, max(1, math.ceil(gh * ch * b * h * w * feat.element_size() / PROJ_CHUNK_BYTES)))
+        bounds = [gh * i // n for i in range(n + 1)]
+        return [torch.addmm(bias[h0:h1].reshape(-1, 1), weight[h0:h1].reshape(-1, c), x).view(h1 - h0, ch, b, h * w)
+                for h0, h1 in zip(bounds[:-1], bounds[1:])]
+
     def split_qkv(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Head-fusion projections of feat (B, C, H, W): q, k (B, n_size, n_head, P, d), v (B, n_size, n_head, P, dv)."""
         return self._split(self._projections(feat))
@@ -602,18 +647,30 @@ class HeadFusionACNN(nn.Module):
         cfg = self.config
         b, _, h, w = feat.shape
         g, nh, p, dv = cfg.n_size, cfg.n_head, h * w, cfg.value_dim
-        proj = self._projections(feat)  # (n_size * n_head, 2d + dv, B, P)
         weights = bias = None
         if key_mask is not None:
             bias = feat.new_full((b, -(-p // KEY_PAD) * KEY_PAD), float("-inf"))
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        if _use_dense(proj):
-            pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
-            pts = pts.to(proj.dtype)
-        else:
-            pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
+        impl, proj = _eq1_impl(feat), None
+        if impl == "native":
+            chunks = self._projection_chunks(feat)
+            if chunks[0].dtype == torch.float32:  # (not under a lower-precision autocast)
+                res = [_eq1_native.NativePoints.apply(pc, weights, bias, cfg.head_dim, maps) for pc in chunks]
+                pts = torch.cat([r[0] for r in res], dim=1)
+                u = torch.cat([r[1] for r in res], dim=1) if maps else None
+                if maps:
+                    proj = torch.cat(chunks).detach()
+            else:
+                impl, proj = "blocked", torch.cat(chunks)
+        if impl != "native":
+            proj = self._projections(feat) if proj is None else proj  # (n_size * n_head, 2d + dv, B, P)
+            if impl == "dense":
+                pts, u = _head_fusion_dense(proj, weights, key_mask, cfg.head_dim, maps)
+                pts = pts.to(proj.dtype)
+            else:
+                pts, u = _HeadFusionPoints.apply(proj, weights, bias, cfg.head_dim, BLOCK_HEADS, maps)
         points = pts.reshape(b, g, nh, dv).mean(dim=2).reshape(b, g * dv)  # Eq. 2 + GAP -> n_size points
         if not maps:
             return points

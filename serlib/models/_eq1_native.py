@@ -1,0 +1,149 @@
+"""The fused C kernel of Head Fusion's Eq. 1 (``head_fusion_eq1.c``): built on first use, cached, optional.
+
+:func:`library` compiles the C file once per machine and source (``gcc -O3 -march=native``, about a second) into
+``$SERLIB_CACHE/native/`` (:func:`serlib.cache.cache_dir`) and loads it with ctypes; every later process loads the
+cached library (the file name hashes the source, the compiler, the flags and the CPU's model and flags, so a changed
+source or another machine gets its own build). It returns None, and :func:`unavailable_reason` says why, when there
+is no C compiler, the build fails, or ``SERLIB_EQ1_NATIVE=0``;
+:mod:`serlib.models.head_fusion` then runs its torch implementation (same function). :func:`points` is the
+autograd op; heads are split between ``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("head_fusion_eq1.c")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
+         "-shared")
+_LOG2E = 1.4426950408889634
+_state: dict = {}
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the machine and, on Linux, the CPU model and flags."""
+    info = platform.machine() + platform.processor()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info += "".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        pass
+    return info
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (gcc or cc, or $CC) on PATH")
+    from serlib.cache import cache_dir
+
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join((compiler,) + FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "native"
+    path = out_dir / f"head_fusion_eq1-{key}.so"
+    if not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
+        try:
+            res = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{compiler} failed on {SOURCE}: {res.stderr.strip()[-2000:]}")
+            os.replace(tmp, path)  # atomic: a concurrent process sees no half-written library
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.hf_eq1_forward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32] + [ptr] * 5
+    lib.hf_eq1_backward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32, f32] + [ptr] * 5
+    lib.hf_eq1_forward.restype = lib.hf_eq1_backward.restype = i32
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, built on first call; None when unavailable (see :func:`unavailable_reason`)."""
+    if "lib" not in _state:
+        _state["lib"], _state["why"] = None, None
+        if os.environ.get("SERLIB_EQ1_NATIVE", "1") == "0":
+            _state["why"] = "disabled by SERLIB_EQ1_NATIVE=0"
+        else:
+            try:
+                _state["lib"] = _build()
+            except (OSError, RuntimeError) as err:
+                _state["why"] = str(err)
+    return _state["lib"]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` returns None (None when it is available)."""
+    library()
+    return _state["why"]
+
+
+def usable(proj: torch.Tensor) -> bool:
+    """Whether the kernel can run on ``proj`` (float32 on the CPU) and the library is available."""
+    return proj.device.type == "cpu" and proj.dtype == torch.float32 and library() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _run(fn, gh: int, args_before: tuple, args_after: tuple) -> None:
+    """fn(*args_before, g0, g1, *args_after) over all heads, split into torch.get_num_threads() ranges."""
+    n = max(1, min(torch.get_num_threads(), gh))
+    bounds = [gh * k // n for k in range(n + 1)]
+    if n == 1:
+        codes = [fn(*args_before, 0, gh, *args_after)]
+    else:
+        with ThreadPoolExecutor(n) as pool:
+            codes = list(pool.map(lambda k: fn(*args_before, bounds[k], bounds[k + 1], *args_after), range(n)))
+    if any(codes):
+        raise RuntimeError(f"head_fusion_eq1 kernel failed (codes {codes}; head_dim must be <= 64)")
+
+
+class NativePoints(torch.autograd.Function):
+    """:class:`serlib.models.head_fusion._HeadFusionPoints`' function and arguments (without ``block``), computed
+    by the C kernel: proj (GH, 2d + dv, B, P) float32, w (B, P) or None, bias (B, Pk >= P) or None ->
+    points (B, GH, dv), u (B, GH, P, dv) or empty."""
+
+    @staticmethod
+    def forward(ctx, proj, w, bias, d: int, want_u: bool = True):
+        lib = library()
+        proj = proj.contiguous()
+        gh, ch, b, p = proj.shape
+        dv = ch - 2 * d
+        w = None if w is None else w.to(proj.dtype).contiguous()
+        bias = None if bias is None else bias[:, :p].to(proj.dtype).contiguous()
+        c, rowmax, rowsum = (proj.new_empty(gh, b, p) for _ in range(3))
+        u = proj.new_empty((b, gh, p, dv) if want_u else (0,))
+        points = proj.new_empty(b, gh, dv)
+        _run(lib.hf_eq1_forward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
+             (d, d**-0.5 * _LOG2E, _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None, _ptr(points)))
+        ctx.d = d
+        ctx.save_for_backward(proj, w, bias, c, rowmax, rowsum)
+        ctx.mark_non_differentiable(u)
+        return points, u
+
+    @staticmethod
+    def backward(ctx, dpoints, du):
+        lib = library()
+        proj, w, bias, c, rowmax, rowsum = ctx.saved_tensors
+        d = ctx.d
+        gh, ch, b, p = proj.shape
+        dpoints = dpoints.to(proj.dtype).contiguous()  # (B, GH, dv)
+        grad = torch.empty_like(proj)  # every element written by the kernel
+        _run(lib.hf_eq1_backward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
+             (d, d**-0.5 * _LOG2E, d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad)))
+        return grad, None, None, None, None

@@ -1,0 +1,289 @@
+/* Eq. 1 of Head Fusion (softmax over keys, GAP over queries) fused per map, for serlib/models/head_fusion.py.
+
+   Built on first use by serlib.models.head_fusion_native (gcc -O3 -march=native, no -ffast-math) and called through
+   ctypes on float32 tensors; the torch implementation (_HeadFusionPoints) computes the same function and is the
+   fallback. proj is contiguous (GH, CH, B, P), CH = 2d + dv: for map (g, b) channel t is the row
+   proj[((g * CH + t) * B + b) * P + 0 .. P-1] (q: t < d, k: d <= t < 2d, v: 2d <= t < CH).
+
+   Per map and query i (scores in log2 units, s_ij = qscale q_i . k_j + bias_j, qscale = log2(e) / sqrt(d)):
+     m_i = max_j s_ij, E_ij = 2^(s_ij - m_i), r_i = sum_j E_ij, A_ij = E_ij / r_i,
+   forward:  c_j = sum_i w_i A_ij (w_i = 1/P when w is NULL), points = sum_j c_j v_j (B, GH, dv), rowmax m, rowsum r,
+     optionally u_i = sum_j A_ij v_j (B, GH, P, dv);
+   backward: from dpoint (B, GH, dv), with z_j = v_j . dpoint, y_i = sum_j A_ij z_j, T_ij = w_i A_ij (z_j - y_i) /
+     sqrt(d): dv_j = c_j dpoint, dq_i = sum_j T_ij k_j, dk_j = sum_i T_ij q_i, written into grad (the layout of proj);
+     the maps are recomputed from the saved m and r, never stored.
+   Every row of a map stays in registers / L1; nothing of size P x P is written. Only the maps of heads g0 <= g < g1
+   are computed (the caller may split the heads between threads; the outputs of different heads do not overlap). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+#define V 16 /* rows are copied into buffers padded to pp, a multiple of V: every row loop runs over whole vectors */
+#define MAXD 64
+
+static inline v16 vmax(v16 a, v16 b) {
+#ifdef __AVX512F__
+    return (v16)_mm512_max_ps((__m512)a, (__m512)b);
+#else
+    vi16 m = a > b;
+    return (v16)(((vi16)a & m) | ((vi16)b & ~m));
+#endif
+}
+
+/* 2^x for x <= 0 (and -inf -> 0), lane-wise: x = n + f with n = round(x), |f| <= 1/2, 2^f by a degree-5 polynomial
+   fitted for relative error on [-1/2, 1/2] (at most 2e-7 in float32, a few ulp), 2^n from the exponent bits;
+   x < -126 gives 0. */
+static inline v16 ex2(v16 x) {
+    x = vmax(x, (v16){0} - 127.0f);
+    v16 n = (x + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23), exact without -ffast-math */
+    v16 f = x - n;
+    v16 p = 1.0f + f * (0.69314698f + f * (0.24022243f + f * (0.05550734f + f * (0.00967148f + f * 0.00132646f))));
+    vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23; /* n = -127 -> 0.0 */
+    return p * (v16)bits;
+}
+
+/* Horizontal sum and max by a shuffle tree (4 shuffles instead of 15 scalar steps). */
+#define SH(a, ...) __builtin_shuffle(a, (vi16){__VA_ARGS__})
+static inline float hsum(v16 a) {
+    a += SH(a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    a += SH(a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    a += SH(a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    a += SH(a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return a[0];
+}
+
+static inline float hmax(v16 a) {
+    a = vmax(a, SH(a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    a = vmax(a, SH(a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+    a = vmax(a, SH(a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+    a = vmax(a, SH(a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+    return a[0];
+}
+
+/* The lane sums of a[0..7] at once: out[t] = sum_l a[t][l] (a transposing add tree: 14 two-vector shuffles). */
+static inline void hsum8(const v16 *a, float *out) {
+    v16 b[4], c[2];
+    for (int k = 0; k < 4; k++)
+        b[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], (vi16){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+               + __builtin_shuffle(a[2 * k], a[2 * k + 1],
+                                   (vi16){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+    for (int k = 0; k < 2; k++)
+        c[k] = __builtin_shuffle(b[2 * k], b[2 * k + 1], (vi16){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27})
+               + __builtin_shuffle(b[2 * k], b[2 * k + 1],
+                                   (vi16){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+    v16 e = __builtin_shuffle(c[0], c[1], (vi16){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29})
+            + __builtin_shuffle(c[0], c[1], (vi16){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+    e += SH(e, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    for (int t = 0; t < 8; t++) out[t] = e[2 * t];
+}
+
+/* s = bias + sum_t qs[t] k_t over the nv vectors of a padded row (padding keys have bias -inf); returns max_j s_j. */
+static inline __attribute__((always_inline)) float score_row(v16 *restrict s, const v16 *restrict kl,
+                                                             const v16 *restrict bl, const float *restrict qs,
+                                                             int d, int nv) {
+    v16 m = (v16){0} - __builtin_inff();
+    for (int j = 0; j < nv; j++) {
+        v16 acc = bl[j];
+        for (int t = 0; t < d; t++) acc += qs[t] * kl[t * nv + j];
+        s[j] = acc;
+        m = vmax(m, acc);
+    }
+    return hmax(m);
+}
+
+/* The keys of map (g, b) into kl (d rows of pp floats, zero padding) and the key bias into bl (0 or the given bias for
+   real keys, -inf for the padding). */
+static inline void load_keys(float *restrict kl, float *restrict bl, const float *restrict kb, long bp,
+                             const float *restrict bias, int d, int p, int pp) {
+    for (int t = 0; t < d; t++) {
+        memcpy(kl + (long)t * pp, kb + t * bp, sizeof(float) * (size_t)p);
+        for (int j = p; j < pp; j++) kl[(long)t * pp + j] = 0.0f;
+    }
+    for (int j = 0; j < p; j++) bl[j] = bias ? bias[j] : 0.0f;
+    for (int j = p; j < pp; j++) bl[j] = -__builtin_inff();
+}
+
+static float *scratch(int rows, int pp) { return (float *)aligned_alloc(64, sizeof(float) * (size_t)rows * pp); }
+
+static inline __attribute__((always_inline)) int forward_core(const float *restrict proj, const float *restrict bias,
+                                                              const float *restrict w, int gh, int ch, int b, int p,
+                                                              int g0, int g1, int d, int nvc, float qscale,
+                                                              float *restrict c, float *restrict rowmax,
+                                                              float *restrict rowsum, float *restrict u,
+                                                              float *restrict points) {
+    if (d > MAXD || d < 1) return 1;
+    int nv = nvc > 0 ? nvc : (p + V - 1) / V, pp = nv * V, dv = ch - 2 * d;
+    long bp = (long)b * p;
+    float *buf = scratch(3 + d + dv, pp);
+    if (!buf) return 2;
+    v16 *s = (v16 *)buf, *bl = s + nv, *cl = s + 2 * nv, *kl = s + 3 * nv, *vl = s + (3 + d) * nv;
+    float qs[MAXD];
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            const float *base = proj + ((long)g * ch * b + bi) * p;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            long map = ((long)g * b + bi) * p;
+            load_keys((float *)kl, (float *)bl, base + (long)d * bp, bp, bias ? bias + (long)bi * p : NULL, d, p, pp);
+            if (u) {
+                for (int e = 0; e < dv; e++) {
+                    float *ve = (float *)(vl + e * nv);
+                    memcpy(ve, base + (long)(2 * d + e) * bp, sizeof(float) * (size_t)p);
+                    for (int j = p; j < pp; j++) ve[j] = 0.0f;
+                }
+            }
+            for (int j = 0; j < nv; j++) cl[j] = (v16){0};
+            for (int i = 0; i < p; i++) {
+                for (int t = 0; t < d; t++) qs[t] = base[t * bp + i] * qscale;
+                float m = score_row(s, kl, bl, qs, d, nv);
+                v16 rv = {0};
+                for (int j = 0; j < nv; j++) {
+                    v16 e = ex2(s[j] - m);
+                    s[j] = e;
+                    rv += e;
+                }
+                float r = hsum(rv);
+                float coef = (wb ? wb[i] : 1.0f / (float)p) / r;
+                for (int j = 0; j < nv; j++) cl[j] += coef * s[j];
+                rowmax[map + i] = m;
+                rowsum[map + i] = r;
+                if (u) {
+                    for (int e = 0; e < dv; e++) {
+                        v16 acc = {0};
+                        for (int j = 0; j < nv; j++) acc += s[j] * vl[e * nv + j];
+                        u[(((long)bi * gh + g) * p + i) * dv + e] = hsum(acc) / r; /* u (B, GH, P, dv) */
+                    }
+                }
+            }
+            memcpy(c + map, cl, sizeof(float) * (size_t)p);
+            for (int e = 0; e < dv; e++) { /* points = sum_j c_j v_j */
+                const float *v = base + (long)(2 * d + e) * bp;
+                float acc = 0.0f;
+                for (int j = 0; j < p; j++) acc += c[map + j] * v[j];
+                points[((long)bi * gh + g) * dv + e] = acc;
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int backward_core(const float *restrict proj, const float *restrict bias,
+                                                               const float *restrict w, int gh, int ch, int b, int p,
+                                                               int g0, int g1, int d, int nvc, float qscale, float gscale,
+                                                               const float *restrict rowmax,
+                                                               const float *restrict rowsum, const float *restrict c,
+                                                               const float *restrict dpoints, float *restrict grad) {
+    if (d > MAXD || d < 1) return 1;
+    int nv = nvc > 0 ? nvc : (p + V - 1) / V, pp = nv * V, dv = ch - 2 * d;
+    long bp = (long)b * p;
+    float *buf = scratch(4 + 2 * d, pp);
+    if (!buf) return 2;
+    v16 *s = (v16 *)buf, *sb = s + nv, *bl = s + 2 * nv, *zl = s + 3 * nv, *kl = s + 4 * nv, *dkl = s + (4 + d) * nv;
+    float qa[MAXD], qb[MAXD], qsa[MAXD], qsb[MAXD];
+    v16 acc[MAXD], accb[MAXD];
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            long off = ((long)g * ch * b + bi) * p;
+            const float *base = proj + off;
+            float *dqb = grad + off;
+            float *dkb = grad + off + (long)d * bp;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            long map = ((long)g * b + bi) * p;
+            load_keys((float *)kl, (float *)bl, base + (long)d * bp, bp, bias ? bias + (long)bi * p : NULL, d, p, pp);
+            float *z = (float *)zl; /* z_j = v_j . dpoint, and the value gradient dv_j = c_j dpoint */
+            for (int j = 0; j < pp; j++) z[j] = 0.0f;
+            for (int e = 0; e < dv; e++) {
+                float dp = dpoints[((long)bi * gh + g) * dv + e];
+                const float *v = base + (long)(2 * d + e) * bp;
+                float *gv = grad + off + (long)(2 * d + e) * bp;
+                for (int j = 0; j < p; j++) {
+                    z[j] += v[j] * dp;
+                    gv[j] = c[map + j] * dp;
+                }
+            }
+            for (int j = 0; j < d * nv; j++) dkl[j] = (v16){0};
+            for (int i = 0; i < p; i += 2) { /* two queries at a time: they share the loads of k and dk */
+                int two = i + 1 < p;           /* the second row is a zero-weight dummy when p is odd */
+                for (int t = 0; t < d; t++) {
+                    qa[t] = base[t * bp + i];
+                    qb[t] = two ? base[t * bp + i + 1] : 0.0f;
+                    qsa[t] = qa[t] * qscale;
+                    qsb[t] = qb[t] * qscale;
+                }
+                float ma = rowmax[map + i], ra = rowsum[map + i];
+                float mb = two ? rowmax[map + i + 1] : 0.0f, rb = two ? rowsum[map + i + 1] : 1.0f;
+                v16 ya = {0}, yb = {0};
+                for (int j = 0; j < nv; j++) {
+                    v16 a = bl[j], b2 = bl[j];
+                    for (int t = 0; t < d; t++) {
+                        v16 k = kl[t * nv + j];
+                        a += qsa[t] * k;
+                        b2 += qsb[t] * k;
+                    }
+                    a = ex2(a - ma);
+                    b2 = ex2(b2 - mb);
+                    s[j] = a;
+                    sb[j] = b2;
+                    ya += a * zl[j];
+                    yb += b2 * zl[j];
+                }
+                float yra = hsum(ya) / ra, yrb = hsum(yb) / rb;
+                float ca = gscale * (wb ? wb[i] : 1.0f / (float)p) / ra;
+                float cb = two ? gscale * (wb ? wb[i + 1] : 1.0f / (float)p) / rb : 0.0f;
+                for (int t = 0; t < d; t++) acc[t] = accb[t] = (v16){0};
+                for (int j = 0; j < nv; j++) {
+                    v16 ta = ca * s[j] * (zl[j] - yra), tb = cb * sb[j] * (zl[j] - yrb); /* T_ij */
+                    for (int t = 0; t < d; t++) {
+                        v16 k = kl[t * nv + j];
+                        acc[t] += ta * k;
+                        accb[t] += tb * k;
+                        dkl[t * nv + j] += ta * qa[t] + tb * qb[t];
+                    }
+                }
+                float dqa[MAXD], dqb2[MAXD];
+                if (d == 8) {
+                    hsum8(acc, dqa);
+                    hsum8(accb, dqb2);
+                } else {
+                    for (int t = 0; t < d; t++) {
+                        dqa[t] = hsum(acc[t]);
+                        dqb2[t] = hsum(accb[t]);
+                    }
+                }
+                for (int t = 0; t < d; t++) {
+                    dqb[t * bp + i] = dqa[t];
+                    if (two) dqb[t * bp + i + 1] = dqb2[t];
+                }
+            }
+            for (int t = 0; t < d; t++) memcpy(dkb + t * bp, dkl + t * nv, sizeof(float) * (size_t)p);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
+int hf_eq1_forward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
+                   int d, float qscale, float *c, float *rowmax, float *rowsum, float *u, float *points) {
+    if (d == 8 && (p + V - 1) / V == 6) /* P = 90: 2-s segments at the paper's settings */
+        return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, c, rowmax, rowsum, u, points);
+    if (d == 8) return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, c, rowmax, rowsum, u, points);
+    return forward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, c, rowmax, rowsum, u, points);
+}
+
+int hf_eq1_backward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0,
+                    int g1, int d, float qscale, float gscale, const float *rowmax, const float *rowsum, const float *c,
+                    const float *dpoints, float *grad) {
+    if (d == 8 && (p + V - 1) / V == 6)
+        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, gscale, rowmax, rowsum, c, dpoints,
+                             grad);
+    if (d == 8)
+        return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, gscale, rowmax, rowsum, c, dpoints,
+                             grad);
+    return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
+}
