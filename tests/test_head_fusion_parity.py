@@ -138,6 +138,14 @@ def test_eq1_impl_is_checked(monkeypatch):
         new(torch.randn(2, 26, 63))
 
 
+def test_heads_wider_than_the_kernel_run_the_torch_function():
+    """head_dim above the C kernel's limit: the model still trains (torch function), same logits as the reference."""
+    new, ref = _pair(n_head=1, n_size=2, n_classes=4, attn_hidden=_eq1_native.MAX_HEAD_DIM + 1)
+    x = torch.randn(2, 26, 63)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)[0], ref(x)[0], **TOL)
+
+
 def test_projection_chunks_are_the_projection(monkeypatch):
     """The native path's chunked projection GEMM concatenates to the one-GEMM projection (uneven chunk sizes)."""
     new, _ = _pair(n_head=3, n_size=7)
@@ -150,16 +158,18 @@ def test_projection_chunks_are_the_projection(monkeypatch):
 
 def test_auto_picks_native_on_cpu_when_it_builds(monkeypatch):
     proj = torch.zeros(2, 5, 1, 3)
-    assert hf._eq1_impl(proj) == ("blocked" if NATIVE_MISSING else "native")
+    assert hf._eq1_impl(proj, 2) == ("blocked" if NATIVE_MISSING else "native")
+    wide = _eq1_native.MAX_HEAD_DIM + 1
+    assert hf._eq1_impl(proj, wide) == "blocked"  # wider heads than the kernel takes: the torch function
     monkeypatch.setattr(_eq1_native, "_state", {})  # forget the loaded library: the switch is read on first use
     monkeypatch.setenv("SERLIB_EQ1_NATIVE", "0")
-    assert hf._eq1_impl(proj) == "blocked"
+    assert hf._eq1_impl(proj, 2) == "blocked"
     assert "SERLIB_EQ1_NATIVE=0" in _eq1_native.unavailable_reason()
     monkeypatch.setattr(hf, "EQ1_IMPL", "native")
     with pytest.raises(RuntimeError, match="unavailable: disabled by SERLIB_EQ1_NATIVE=0"):
-        hf._eq1_impl(proj)
+        hf._eq1_impl(proj, 2)
     monkeypatch.setattr(hf, "EQ1_IMPL", "auto")
-    assert hf._eq1_impl(proj.double()) == "blocked"  # the C kernel is float32 only
+    assert hf._eq1_impl(proj.double(), 2) == "blocked"  # the C kernel is float32 only
 
 
 @pytest.mark.parametrize(("cc", "why"), [("/nonexistent/cc", "No such file"), ("false", "failed on")])
@@ -172,7 +182,7 @@ def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path, cc, why):
     assert _eq1_native.library() is None and why in _eq1_native.unavailable_reason()
     new, ref = _pair(n_head=2, n_size=3, n_classes=4)
     x = torch.randn(2, 26, 63)
-    assert hf._eq1_impl(x) == "blocked"
+    assert hf._eq1_impl(x, 8) == "blocked"
     with torch.no_grad():
         torch.testing.assert_close(new(x)[0], ref(x)[0], **TOL)
     assert not list(tmp_path.rglob("*.so"))

@@ -27,6 +27,7 @@ SOURCE = Path(__file__).with_name("head_fusion_eq1.c")
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
          "-shared")
 _LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 64  # MAXD of head_fusion_eq1.c: wider heads run the torch function
 _state: dict = {}
 
 
@@ -91,9 +92,11 @@ def unavailable_reason() -> str | None:
     return _state["why"]
 
 
-def usable(proj: torch.Tensor) -> bool:
-    """Whether the kernel can run on ``proj`` (float32 on the CPU) and the library is available."""
-    return proj.device.type == "cpu" and proj.dtype == torch.float32 and library() is not None
+def usable(proj: torch.Tensor, head_dim: int = 1) -> bool:
+    """Whether the kernel can run on ``proj`` (float32 on the CPU, ``head_dim`` <= :data:`MAX_HEAD_DIM`) and the
+    library is available."""
+    return (proj.device.type == "cpu" and proj.dtype == torch.float32 and 1 <= head_dim <= MAX_HEAD_DIM
+            and library() is not None)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

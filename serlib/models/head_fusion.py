@@ -399,18 +399,20 @@ def _head_fusion_dense(proj: torch.Tensor, w: torch.Tensor | None, key_mask: tor
     return points, u
 
 
-def _eq1_impl(proj: torch.Tensor) -> str:
-    """The implementation ``EQ1_IMPL`` resolves to for ``proj``: "native", "blocked" or "dense"."""
+def _eq1_impl(proj: torch.Tensor, head_dim: int) -> str:
+    """The implementation ``EQ1_IMPL`` resolves to for ``proj`` and ``head_dim``: "native", "blocked" or "dense"."""
     if EQ1_IMPL not in EQ1_IMPLS:
         raise ValueError(f"EQ1_IMPL must be one of {EQ1_IMPLS}, not {EQ1_IMPL!r}")
-    if EQ1_IMPL == "native" and not _eq1_native.usable(proj):
-        why = _eq1_native.unavailable_reason() or f"needs float32 on the CPU, got {proj.dtype} on {proj.device}"
+    if EQ1_IMPL == "native" and not _eq1_native.usable(proj, head_dim):
+        why = _eq1_native.unavailable_reason() or (f"needs float32 on the CPU and head_dim <= "
+                                                   f"{_eq1_native.MAX_HEAD_DIM}, got {proj.dtype} on {proj.device}, "
+                                                   f"head_dim {head_dim}")
         raise RuntimeError(f"EQ1_IMPL='native' is unavailable: {why}; use 'auto' or 'blocked'")
     if EQ1_IMPL != "auto":
         return EQ1_IMPL
     if proj.is_cuda:
         return "dense"
-    return "native" if _eq1_native.usable(proj) else "blocked"
+    return "native" if _eq1_native.usable(proj, head_dim) else "blocked"
 
 
 class _CodeAttentionPoints(torch.autograd.Function):
@@ -653,7 +655,7 @@ class HeadFusionACNN(nn.Module):
             bias[:, :p].masked_fill_(key_mask, 0.0)
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
-        impl, proj = _eq1_impl(feat), None
+        impl, proj = _eq1_impl(feat, cfg.head_dim), None
         if impl == "native":
             chunks = self._projection_chunks(feat)
             if chunks[0].dtype == torch.float32:  # (not under a lower-precision autocast)
