@@ -277,7 +277,7 @@ def _segments(corpus: Corpus, exp, step_s: float, rows_allowed, device=None, par
 
 def noisy_segments_view(exp, corpus: Corpus, split, *, device=None):
     """The ``noisy_segments`` view. ``exp.view_kwargs``: ``source`` (noise source), ``train`` (list of noise specs,
-    one noisy copy of the training part each), ``clean_unit`` (keep the clean training part, default true),
+    one noisy copy of the training part each; ``None``: a clean copy), ``clean_unit`` (keep the clean training part, default true),
     ``val`` / ``test`` (a spec or None: clean), ``tests`` ({name: spec or None}, further test conditions)."""
     from serlib.experiment import Views, _normalizer, build_views
     from serlib.train import ArrayData
@@ -298,6 +298,10 @@ def noisy_segments_view(exp, corpus: Corpus, split, *, device=None):
 
     units, unit_info = ([clean.train] if vk.get("clean_unit", True) else []), []
     for spec in vk.get("train") or []:
+        if spec is None:  # a clean copy of the training part (design bc: as many steps as a noisy unit, no noise)
+            units.append(clean.train)
+            unit_info.append({"condition": None, "clean_copy": True})
+            continue
         d, info = noisy_part(spec, clean.train, exp.train_step_s)
         units.append(d)
         unit_info.append(info)

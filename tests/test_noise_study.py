@@ -48,7 +48,7 @@ def study_run(tmp_path_factory):
 
 def _hashes(record: dict) -> set[str]:
     noise = record["counts"]["noise"]
-    hs = {u["condition"] for u in noise.get("train", [])}
+    hs = {u["condition"] for u in noise.get("train", []) if u["condition"] is not None}  # None: a clean copy
     hs |= {noise[k]["condition"] for k in ("val", "test") if k in noise}
     hs |= {m["condition"] for m in (record["metrics"].get("conditions") or {}).values() if m.get("condition")}
     return hs
@@ -77,6 +77,15 @@ def test_quick_study_runs_every_design_end_to_end(study_run):
         assert not table.fn(recs).empty, table.name
     fig8 = ns.fig8_table(recs)
     assert set(fig8["category"]) == set(CATEGORIES) | {"clean"}
+    # design bc: k clean copies train on (k + 1) x the clean segments, and answer b's noisy tests beside b
+    bc = next(r for r in records if r["identity"]["arm"] == "bc_u1")
+    assert bc["counts"]["segments"]["train"] == 2 * a["counts"]["segments"]["train"]
+    units = ns.units_table(recs)
+    ctl = units[units["test"] == "noisy, control"]
+    assert set(ctl["category"]) == set(ns.GRIDS["quick"]["b_categories"]) and set(ctl["units"]) == {1}
+    claims = ns.claims_table(recs)
+    assert claims["claim"].str.contains("b vs bc").any()
+    assert ns.paired_table(recs)["comparison"].eq("1 noisy units vs 1 clean copies").any()
     # a second run finds every record and trains nothing
     again = base.run("noise", corpus="synthetic", profile="quick", protocols=["speaker_independent"],
                      results_dir=out)
@@ -88,7 +97,10 @@ def test_records_reference_their_stored_conditions(study_run):
     for r in records:
         assert r["config"]["view"] == "noisy_segments" and r["config"]["view_kwargs"]["source"] == SYN
         hashes = _hashes(r)
-        if r["identity"]["arm"] != "a":
+        if r["identity"]["arm"].startswith("bc_"):  # b's control: clean copies only, b's noisy tests
+            assert all(u == {"condition": None, "clean_copy": True} for u in r["counts"]["noise"]["train"])
+            assert "test" not in r["counts"]["noise"] and r["metrics"]["conditions"]
+        elif r["identity"]["arm"] != "a":
             assert r["counts"]["noise"]["train"] and "test" in r["counts"]["noise"]
         assert hashes
         for h in hashes:
@@ -191,6 +203,11 @@ def test_design_arms_and_bad_input():
     # b's noisy test is design a's condition of the same category at UNIT_AF, offset 0: a's run is b's k = 0
     for c in CATEGORIES:
         assert arms[f"b_{c}_u1"]["test"] == arms["a"]["tests"][f"{c}|af{ns.UNIT_AF:g}|off0"]
+    # b's control: k clean copies (no noise in training), tested on b's noisy conditions
+    for k in ns.UNITS:
+        assert arms[f"bc_u{k}"]["train"] == [None] * k
+        assert arms[f"bc_u{k}"]["tests"] == {f"{c}|af{ns.UNIT_AF:g}|off0": arms[f"b_{c}_u{k}"]["test"]
+                                             for c in CATEGORIES}
     with pytest.raises(ValueError, match="unknown noise designs"):
         ns.experiments("synthetic", designs=("z",))
     bank = load_bank(SYN)

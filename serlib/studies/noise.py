@@ -12,6 +12,9 @@ results folder's ``splits/noise_conditions/<hash>.json`` and referenced from the
 * **b** (Figs. 4(b), 9(a,b)): 1 clean unit (the training part) + k noisy units (k = 1..4 noisy copies of the
   training part, each with its own draw of clips) of one category at AF ``UNIT_AF``; tested on that category's noise
   (the same condition as design a's ``<cat>|af<UNIT_AF>|off0``, so a's run is b's k = 0) and clean.
+* **bc** (ours, b's control): 1 clean unit + k clean copies of it, so as many training steps as b's k noisy units
+  without their noise; tested clean and on b's noisy conditions. b's lift over k = 0 mixes two effects (noise seen
+  in training and k + 1 times the steps); b minus bc at the same k is the noise's share.
 * **c** (Figs. 4(c), 9(c,d)): as b with ``UNITS_CD`` noisy units, but the category's types split 80/20
   (:func:`serlib.noise.split_noise_types`) between training and test noise: test noise types never seen in training.
 * **d** (Figs. 4(d), 10): ``UNITS_CD`` noisy units of one category; tested on every category (and clean).
@@ -35,7 +38,7 @@ from serlib.noise import CATEGORIES, split_noise_types
 from serlib.noise_data import default_source, parse_condition_name
 from serlib.studies.base import Profile, Study, Table
 
-DESIGNS = ("a", "b", "c", "d", "e")
+DESIGNS = ("a", "b", "bc", "c", "d", "e")
 AFS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
 OFFSETS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
 UNITS: tuple[int, ...] = (1, 2, 3, 4)
@@ -99,6 +102,11 @@ def design_arms(source: dict, profile: str = "full", designs: Sequence[str] = DE
             for k in g["units"]:
                 out[f"b_{c}_u{k}"] = {"train": _units(by_cat[c], k, UNIT_AF), "test": spec(by_cat[c], UNIT_AF),
                                       "val": spec(by_cat[c], UNIT_AF, seed=VAL_SEED), "tests": {"clean": None}}
+    if "bc" in designs:  # b's control: k clean copies (b's training steps without its noise), b's noisy tests
+        for k in g["units"]:
+            out[f"bc_u{k}"] = {"train": [None] * k,
+                               "tests": {f"{c}|af{UNIT_AF:g}|off0": spec(by_cat[c], UNIT_AF)
+                                         for c in g["b_categories"]}}
     if "c" in designs:
         for c in g["c_categories"]:
             tr, te = split_noise_types({t: c for t in by_cat[c]}, train_frac=0.8, seed=0)
@@ -196,7 +204,8 @@ def fig8_table(records) -> pd.DataFrame:
 
 
 def units_table(records) -> pd.DataFrame:
-    """Design b (Fig. 9(a,b)) with design a's run as 0 noisy units: noisy-test and clean-test UA per category x k."""
+    """Design b (Fig. 9(a,b)) with design a's run as 0 noisy units: noisy-test and clean-test UA per category x k;
+    design bc (k clean copies instead of k noisy units) as the ``noisy, control`` / ``clean, control`` rows."""
     df = condition_rows(records)
     if df.empty:
         return df
@@ -211,6 +220,13 @@ def units_table(records) -> pd.DataFrame:
         elif r["design"] == "a" and r["condition"] == "test":
             for cat in CATEGORIES:
                 rows.append({**r.to_dict(), "category": cat, "units": 0, "test": "clean"})
+        elif r["design"] == "bc":
+            k = int(r["arm"].split("_u")[1])
+            if r["condition"] == "test":
+                for cat in CATEGORIES:
+                    rows.append({**r.to_dict(), "category": cat, "units": k, "test": "clean, control"})
+            elif r["category"] in CATEGORIES and r["af"] == UNIT_AF:
+                rows.append({**r.to_dict(), "units": k, "test": "noisy, control"})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -311,7 +327,24 @@ def paired_table(records) -> pd.DataFrame:
         groups.setdefault(f"{corpus} {proto} {model} b {cat}", {}).setdefault(f"{k} noisy units", {})[(seed, fold)] = \
             part["ua"].mean()
     rows += _paired(groups, [("1 noisy units", "0 noisy units")])
+    groups = {}
+    ctl = _control_runs(df)
+    for (corpus, proto, model, cat, k, seed, fold), part in pd.concat([u[u["units"] > 0], ctl]).groupby(
+            ["corpus", "protocol", "model", "category", "units", "seed", "fold"]):
+        for design, p in part.groupby("design"):
+            name = f"{k} noisy units" if design == "b" else f"{k} clean copies"
+            groups.setdefault(f"{corpus} {proto} {model} b vs bc {cat}", {}).setdefault(name, {})[(seed, fold)] = \
+                p["ua"].mean()
+    units = sorted(set(ctl["units"])) if len(ctl) else []
+    rows += _paired(groups, [(f"{k} noisy units", f"{k} clean copies") for k in units])
     return pd.DataFrame(rows)
+
+
+def _control_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Design bc's noisy-test rows at UNIT_AF (one row per run and category), with ``units`` = k."""
+    c = df[(df["design"] == "bc") & df["category"].isin(CATEGORIES) & (df["af"] == UNIT_AF)].copy()
+    c["units"] = c["arm"].str.split("_u").str[1].astype(int)
+    return c
 
 
 def units_table_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -373,6 +406,15 @@ def _claims(records) -> pd.DataFrame:
                                                          else "; one step only, nothing to compare"),
                      "agrees": bool(step == 1 and lifts.max() > 0) if len(lifts) > 1 else None,
                      "n runs": int(noisy["n runs"].max())})
+    ctl = u[u["test"] == "noisy, control"] if len(u) else u
+    if len(noisy) and len(ctl):
+        both = noisy.merge(ctl, on=["category", "units"], suffixes=("", " control"))
+        diff = both.groupby("units").apply(lambda g: (g["UA mean (%)"] - g["UA mean (%) control"]).mean(),
+                                           include_groups=False)
+        rows.append({"claim": "noisy units help beyond their extra training steps (b vs bc, ours)",
+                     "ours": "; ".join(f"k={k}: {v:+.1f} pp" for k, v in diff.items()) +
+                             " (noisy-test UA, k noisy units minus k clean copies, mean over categories)",
+                     "agrees": None, "n runs": int(ctl["n runs"].max())})
     t8 = all_types_table(records)
     if len(t8):
         snr = t8.groupby("af")["SNR Eq. 3 (dB)"].mean()
