@@ -277,8 +277,8 @@ def _segments(corpus: Corpus, exp, step_s: float, rows_allowed, device=None, par
 
 def noisy_segments_view(exp, corpus: Corpus, split, *, device=None):
     """The ``noisy_segments`` view. ``exp.view_kwargs``: ``source`` (noise source), ``train`` (list of noise specs,
-    one noisy copy of the training part each; ``None``: a clean copy), ``clean_unit`` (keep the clean training part, default true),
-    ``val`` / ``test`` (a spec or None: clean), ``tests`` ({name: spec or None}, further test conditions)."""
+    one noisy copy of the training part each; ``None``: a clean copy), ``clean_unit`` (keep the clean training part,
+    default true), ``val`` / ``test`` (a spec or None: clean), ``tests`` ({name: spec or None}, further test conditions)."""
     from serlib.experiment import Views, _normalizer, build_views
     from serlib.train import ArrayData
 

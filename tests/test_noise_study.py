@@ -379,3 +379,15 @@ def test_levels_explain_the_eq3_snr_of_a_mixture(synthetic):
     speech = t.loc[0, "level median (dB)"]
     assert np.allclose(noisy["Eq. 3 SNR at AF 0.1 (dB)"], speech - noisy["level median (dB)"] + 20)
     assert (t.loc[1, "level median (dB)"] >= t.loc[0, "level median (dB)"] - 1e-9)  # active frames are not quieter
+
+
+def test_status_rows_never_pool_two_experiments(study_run):
+    """README's status: the paper's attention and the authors' code under design a are two rows, each its own runs."""
+    _, records = study_run
+    a = [r for r in records if r["identity"]["arm"] == "a"]
+    twin = json.loads(json.dumps({k: v for k, v in a[0].items() if k != "_path"}))
+    twin["kind"], twin["metrics"]["ua"] = twin["kind"].replace("noise_si_a", "noise_si_a_code"), 0.0
+    rows = ns.STUDY.status(a + [twin])
+    assert len(rows) == 2 and {r["paper"] for r in rows} == {f"{ns.STUDY.title} ({r['kind']})" for r in a + [twin]}
+    assert any(r["our UA (%)"].startswith("0.0 (1 runs)") for r in rows)
+    assert ns.STUDY.status(a)[0]["paper"] == ns.STUDY.title  # one experiment: the title alone

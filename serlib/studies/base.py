@@ -93,19 +93,22 @@ class Study:
     paper_claim: str = ""  # the paper's headline figure, quoted (never measured here)
 
     def status(self, records: list[dict]) -> list[dict]:
-        """README's status rows: the main arm's validation-selected test UA per (corpus, protocol, profile)."""
+        """README's status rows: the main arm's validation-selected test UA per (corpus, protocol, profile) and
+        experiment; experiments never pool (the row names the experiment when one cell holds several)."""
         from serlib.report import identity, is_ok
 
         groups: dict[tuple, list[float]] = {}
         for r in records:
             if is_ok(r) and identity(r)["arm"] == self.main_arm:
-                key = (r["corpus"]["name"], r["split"]["protocol"], identity(r)["profile"])
+                key = (r["corpus"]["name"], r["split"]["protocol"], identity(r)["profile"], r["kind"])
                 groups.setdefault(key, []).append(100 * float(r["metrics"]["ua"]))
+        shared = pd.Series([k[:3] for k in groups]).value_counts() if groups else pd.Series(dtype=int)
         rows = []
-        for (corpus, protocol, profile), v in sorted(groups.items()):
+        for (corpus, protocol, profile, kind), v in sorted(groups.items()):
             s = pd.Series(v)
             sd = f" ± {s.std(ddof=1):.1f}" if len(s) > 1 else ""
-            rows.append({"paper": self.title, "corpus": corpus, "protocol": protocol, "profile": profile,
+            title = f"{self.title} ({kind})" if shared[(corpus, protocol, profile)] > 1 else self.title
+            rows.append({"paper": title, "corpus": corpus, "protocol": protocol, "profile": profile,
                          "our UA (%)": f"{s.mean():.1f}{sd} ({len(s)} runs)", "paper's (quoted)": self.paper_claim})
         return rows
 

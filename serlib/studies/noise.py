@@ -130,7 +130,8 @@ def experiments(corpus: str = "ravdess", data_root: str | None = None, *, profil
                 source: dict | None = None, models: Sequence[str] = ("head_fusion",)) -> list[Experiment]:
     """Head Fusion (the paper's model and training) under each design's noise, per protocol (see the docstring).
     ``models``: the attention of the Head Fusion trained (:data:`MODELS`): ``head_fusion`` (the paper's Eq. 1) and/or
-    ``head_fusion_code`` (the authors' public code, about 5x cheaper on a CPU; experiment names end in ``_code``)."""
+    ``head_fusion_code`` (the authors' public code: about 4x cheaper per epoch on this project's CPU,
+    ``results/benchmarks/head_fusion_cpu_50_epochs.json``; experiment names end in ``_code``)."""
     from serlib.studies import head_fusion as hf
 
     bad = set(designs) - set(DESIGNS)
