@@ -11,6 +11,7 @@ learning rates and weight decays survive); NaN and infinities are written as ``n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -325,13 +326,24 @@ def record_path(results_dir: str | Path, kind: str, name_parts: dict) -> Path:
     return Path(results_dir) / _slug(kind) / _slug(corpus) / _slug(protocol) / f"{stem}.json"
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``: a reader never
-    sees a half-written file, and a failure leaves no temporary file behind."""
+    sees a half-written file, and a failure leaves no temporary file behind. The file gets the permissions a plain
+    ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``, so a results folder
+    shared with others stays readable by them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

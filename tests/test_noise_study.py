@@ -352,7 +352,18 @@ def test_the_authors_code_variant_is_its_own_experiment_and_its_own_table_rows(s
     assert (both.loc[both["model"] == "head_fusion_code", "UA mean (%)"] == 0.0).all()
     claims = ns.claims_table(records + twins)
     assert set(claims["model"]) == {"head_fusion", "head_fusion_code"}
-    assert claims.columns[0] == "model"
+    assert list(claims.columns[:3]) == ["corpus", "protocol", "model"]
+    # another protocol's runs get their own claim rows and leave these unchanged
+    other = []
+    for r in twins:
+        t = json.loads(json.dumps(r))
+        t["split"]["protocol"] = "random_80_20"
+        other.append(t)
+    three = ns.claims_table(records + twins + other)
+    assert set(three["protocol"]) == {"speaker_independent", "random_80_20"}
+    cols = ["model", "claim", "ours", "n runs"]
+    si = three[three["protocol"] == "speaker_independent"].reset_index(drop=True)
+    assert si[cols].equals(claims[cols])
 
 
 def test_levels_explain_the_eq3_snr_of_a_mixture(synthetic):
@@ -391,3 +402,8 @@ def test_status_rows_never_pool_two_experiments(study_run):
     assert len(rows) == 2 and {r["paper"] for r in rows} == {f"{ns.STUDY.title} ({r['kind']})" for r in a + [twin]}
     assert any(r["our UA (%)"].startswith("0.0 (1 runs)") for r in rows)
     assert ns.STUDY.status(a)[0]["paper"] == ns.STUDY.title  # one experiment: the title alone
+    # once a cell holds two experiments, a third on another protocol is named too (no unnamed row beside them)
+    third = json.loads(json.dumps(twin))
+    third["kind"], third["split"]["protocol"] = "noise_paper_a_code", "random_80_20"
+    rows = ns.STUDY.status(a + [twin, third])
+    assert len(rows) == 3 and all(r["paper"].startswith(f"{ns.STUDY.title} (noise_") for r in rows)

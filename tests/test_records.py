@@ -110,6 +110,26 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["r.json"] and out.read_text() == before
 
 
+def test_atomic_write_gives_a_plain_files_permissions(tmp_path):
+    """Not mkstemp's owner-only 0o600: what open() would give under the umask (a shared results folder stays
+    readable)."""
+    import os
+    import stat
+
+    from serlib import records
+
+    old = os.umask(0o022)
+    records._umask.cache_clear()
+    try:
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+        out = write_record(a_record(), tmp_path / "r.json")
+        assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+        records._umask.cache_clear()
+
+
 def test_record_path_is_deterministic_and_readable(tmp_path):
     cfg = {"model": "x", "lr": 1e-3}
     p = record_path(

@@ -94,7 +94,7 @@ class Study:
 
     def status(self, records: list[dict]) -> list[dict]:
         """README's status rows: the main arm's validation-selected test UA per (corpus, protocol, profile) and
-        experiment; experiments never pool (the row names the experiment when one cell holds several)."""
+        experiment; experiments never pool (when a cell holds several, every row of the study names its experiment)."""
         from serlib.report import identity, is_ok
 
         groups: dict[tuple, list[float]] = {}
@@ -103,11 +103,13 @@ class Study:
                 key = (r["corpus"]["name"], r["split"]["protocol"], identity(r)["profile"], r["kind"])
                 groups.setdefault(key, []).append(100 * float(r["metrics"]["ua"]))
         shared = pd.Series([k[:3] for k in groups]).value_counts() if groups else pd.Series(dtype=int)
+        # a study whose cells hold several experiments names the experiment on every row, not only on those cells
+        named = bool(len(shared)) and int(shared.max()) > 1
         rows = []
         for (corpus, protocol, profile, kind), v in sorted(groups.items()):
             s = pd.Series(v)
             sd = f" ± {s.std(ddof=1):.1f}" if len(s) > 1 else ""
-            title = f"{self.title} ({kind})" if shared[(corpus, protocol, profile)] > 1 else self.title
+            title = f"{self.title} ({kind})" if named else self.title
             rows.append({"paper": title, "corpus": corpus, "protocol": protocol, "profile": profile,
                          "our UA (%)": f"{s.mean():.1f}{sd} ({len(s)} runs)", "paper's (quoted)": self.paper_claim})
         return rows

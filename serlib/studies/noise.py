@@ -366,16 +366,17 @@ def model_of(record: dict) -> str:
 def claims_table(records) -> pd.DataFrame:
     """The paper's claims beside our measured answer, computed from the records (empty answers where the design
     has no runs): category order (a), offsets (a), the first noisy unit's lift (b), mean SNR of all types (e); one
-    block per Head Fusion attention trained (``model``)."""
-    by_model: dict[str, list] = {}
+    block per corpus, protocol and Head Fusion attention trained (``model``): never pooled across them."""
+    groups: dict[tuple, list] = {}
     for r in records:
-        by_model.setdefault(model_of(r), []).append(r)
-    parts = [_claims(recs).assign(model=m) for m, recs in sorted(by_model.items())]
+        groups.setdefault((r["corpus"]["name"], r["split"]["protocol"], model_of(r)), []).append(r)
+    parts = [_claims(recs).assign(corpus=c, protocol=p, model=m) for (c, p, m), recs in sorted(groups.items())]
     parts = [p for p in parts if len(p)]
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out[["model"] + [c for c in out.columns if c != "model"]]
+    first = ["corpus", "protocol", "model"]
+    return out[first + [c for c in out.columns if c not in first]]
 
 
 def _claims(records) -> pd.DataFrame:
