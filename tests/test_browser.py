@@ -48,13 +48,24 @@ def _free_port() -> int:
 
 
 def _wait(what: str, fn, timeout: float, every: float = 0.5):
+    """Poll ``fn`` until it returns something truthy; a DOM node replaced under us (JupyterLab re-renders output areas
+    while a handler streams into them) counts as "not yet", not as a failure."""
+    try:
+        from selenium.common.exceptions import StaleElementReferenceException as stale
+    except ImportError:  # only the server fixture uses _wait before Selenium is known to be there
+        stale = ()
     t0 = time.monotonic()
+    last = None
     while time.monotonic() - t0 < timeout:
-        value = fn()
+        try:
+            value = fn()
+        except stale as exc:
+            value, last = None, exc
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f" (last try: {type(last).__name__})" if last else ""))
 
 
 @pytest.fixture
@@ -129,8 +140,12 @@ return w.content.widgets.filter(c => c.model.type === 'code').map(c => ({
 
 
 def _output_text(driver, slider) -> str:
-    panel = slider.find_element("xpath", "ancestor::div[contains(@class, 'widget-vbox')][1]")
-    return "\n".join(e.text for e in panel.find_elements("css selector", ".jp-OutputArea-output"))
+    """The text of every output area inside the slider's widget box, read in one script call (atomic against
+    re-renders; reading element by element raced with JupyterLab replacing the nodes, a flaky CI failure)."""
+    return driver.execute_script("""
+        const box = arguments[0].closest('.widget-vbox');
+        return box ? Array.from(box.querySelectorAll('.jp-OutputArea-output')).map(e => e.innerText).join('\\n') : '';
+        """, slider) or ""
 
 
 @pytest.mark.slow
