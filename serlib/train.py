@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from serlib.augment import mixup, mixup_loss, spec_augment
+
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("val", "last", "best_test")
@@ -263,6 +265,15 @@ class TrainConfig:
     eval_batch_size: int | None = None
     drop_last: bool = False
     compile: str | None = None
+    # training-time augmentation of each batch (serlib.augment); off at these defaults. SpecAugment: masks per
+    # example and the widest mask, on the input's freq / time axes (default (B, F, T)); mixup: Beta(alpha, alpha)
+    specaug_freq_masks: int = 0
+    specaug_freq_width: int = 0
+    specaug_time_masks: int = 0
+    specaug_time_width: int = 0
+    specaug_freq_axis: int = -2
+    specaug_time_axis: int = -1
+    mixup_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -278,6 +289,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError("early_stopping_patience must be >= 1 or None")
+        for name in ("specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_width"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether any training-time batch augmentation is on."""
+        return self.mixup_alpha > 0 or (self.specaug_freq_masks > 0 and self.specaug_freq_width > 0) or (
+            self.specaug_time_masks > 0 and self.specaug_time_width > 0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -452,6 +474,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self._shuffle = torch.Generator()
+        self._augment = torch.Generator()  # SpecAugment / mixup draws, checkpointed with the shuffle stream
         self._reset_selection()
 
     # --------------------------------------------------------------------------------------- building
@@ -576,10 +599,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for b in range(n_batches):
             x, y, lengths = data.batch(perm[b * c.batch_size : (b + 1) * c.batch_size])
+            mix = None
+            if c.augments:
+                x, lengths, mix = self._augment_batch(x, y, lengths)
             with self._autocast():
                 logits, aux = _split_output(self._forward(x, lengths))
                 kw = {"aux": aux} if self._loss_takes_aux else {}
-                loss = self.loss_fn(logits.float(), y, **kw)
+                if mix is None:
+                    loss = self.loss_fn(logits.float(), y, **kw)
+                else:
+                    loss = mixup_loss(self.loss_fn, logits.float(), y, mix[0], mix[1], **kw)
             group_start = (b // c.grad_accum) * c.grad_accum
             group_len = min(c.grad_accum, n_batches - group_start)
             scaled = loss / group_len
@@ -592,6 +621,20 @@ class Trainer:
             total += loss.detach().float() * y.shape[0]
             seen += y.shape[0]
         return float((total / max(seen, 1)).item())
+
+    def _augment_batch(self, x: Tensor, y: Tensor, lengths: Tensor | None):
+        """SpecAugment, then mixup (:mod:`serlib.augment`), as the config asks: ``(x, lengths, mix)`` with ``mix``
+        None or ``(y_partner, lam)``."""
+        c = self.config
+        x = spec_augment(x, generator=self._augment, freq_masks=c.specaug_freq_masks,
+                         freq_width=c.specaug_freq_width, time_masks=c.specaug_time_masks,
+                         time_width=c.specaug_time_width, freq_axis=c.specaug_freq_axis,
+                         time_axis=c.specaug_time_axis, lengths=lengths)
+        if c.mixup_alpha > 0:
+            x, _, y_partner, lam, lengths = mixup(x, y, alpha=c.mixup_alpha, generator=self._augment,
+                                                  lengths=lengths)
+            return x, lengths, (y_partner, lam)
+        return x, lengths, None
 
     def _selection_score(self, entry: dict) -> float | None:
         sel = self.config.select
@@ -631,6 +674,7 @@ class Trainer:
         with _runtime_flags(c, self.device):
             set_seed(c.seed)
             self._shuffle.manual_seed(c.seed)
+            self._augment.manual_seed(c.seed + 0x5EED)
             self.epoch, self.history = 0, []
             self._reset_selection()
             if resume:
@@ -771,6 +815,7 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "shuffle": self._shuffle.get_state(),
+                "augment": self._augment.get_state(),
             },
         }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -794,7 +839,9 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: checkpoint format {ckpt.get('format')} != {CHECKPOINT_FORMAT}")
         old, new = ckpt["config"], self.config.to_dict()
-        changed = {k: (old.get(k), new[k]) for k in new if k not in RESUME_IGNORED and old.get(k) != new[k]}
+        defaults = TrainConfig().to_dict()  # a field added after the checkpoint was written reads as its default
+        changed = {k: (old.get(k, defaults[k]), new[k]) for k in new
+                   if k not in RESUME_IGNORED and old.get(k, defaults[k]) != new[k]}
         if changed:
             raise CheckpointMismatchError(path, changed)
         self.model.load_state_dict(ckpt["model"])
@@ -813,6 +860,8 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self._shuffle.set_state(rng["shuffle"])
+        if "augment" in rng:
+            self._augment.set_state(rng["augment"])
         return True
 
 

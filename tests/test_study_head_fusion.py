@@ -233,3 +233,61 @@ def test_fold_table_weights_every_fold_once():
     assert last["UA mean (%)"] == pytest.approx(60.0)  # (50 + 70) / 2, not the pooled 55
     assert last["UA std (%)"] == pytest.approx(math.sqrt(200.0)) and last["n runs"] == 4
     assert hf.fold_table([]).empty
+
+
+# ----------------------------------------------------------------------------------------------------- levers
+def test_lever_experiments_apply_their_overrides_on_the_speaker_independent_experiment():
+    exps = hf.reproduction_experiments("ravdess", protocols=("speaker_independent",),
+                                       levers=("specaug", "authors_attention+mixup", "long"))
+    base, spec, mix, long = exps
+    assert base.arm == "" and [e.arm for e in exps[1:]] == ["lever-specaug", "lever-authors_attention+mixup",
+                                                            "lever-long"]
+    assert spec.name == "head_fusion_speaker_independent__lever-specaug"
+    assert spec.model_kwargs == base.model_kwargs and spec.train == {**base.train, **hf.SPECAUG}
+    assert mix.model_kwargs["attention"] == "head_fusion_code" and mix.train["mixup_alpha"] == 0.2
+    assert long.train["epochs"] == 100 and long.train["step_size"] == 20 and base.train["epochs"] == 50
+    assert all(e.protocol == "speaker_independent" and e.train["select"] == "val" for e in exps)
+    assert hf.lever_base("lever-authors_attention+mixup") == "lever-authors_attention"
+    assert hf.lever_base("lever-specaug") == ""
+    with pytest.raises(ValueError, match="unknown levers"):
+        hf.reproduction_experiments("ravdess", protocols=("speaker_independent",), levers=("dropout",))
+    with pytest.raises(ValueError, match="speaker_independent"):
+        hf.reproduction_experiments("ravdess", protocols=("paper",), levers=("specaug",))
+    assert len(hf.reproduction_experiments("ravdess")) == 2  # no levers unless asked
+
+
+def test_levers_table_pairs_each_lever_with_what_it_modifies():
+    def rec(arm, fold, seed, ua):
+        return {"kind": f"hf__{arm}" if arm else "hf", "identity": {"arm": arm}, "status": "ok",
+                "corpus": {"name": "ravdess"}, "split": {"protocol": "speaker_independent", "fold": fold},
+                "seed": seed, "metrics": {"ua": ua, "wa": ua}}
+
+    recs = [rec("", f, 0, 0.40 + 0.01 * f) for f in range(3)] + [rec("", 0, 1, 0.30)]
+    recs += [rec("lever-authors_attention", f, 0, 0.45 + 0.01 * f) for f in range(3)]
+    recs += [rec("lever-authors_attention+mixup", f, 0, 0.43 + 0.01 * f) for f in range(2)]
+    recs += [rec("lever-specaug", 0, 5, 0.9)]  # no run of the base with seed 5: nothing to pair
+    t = hf.levers_table(recs).set_index("lever")
+    a = t.loc["authors_attention"]
+    assert a["against"] == "paper's recipe" and a["n pairs"] == 3 and a["diff (pp)"] == pytest.approx(5.0)
+    assert a["lever better in"] == "3/3" and a["lever UA (%)"] == pytest.approx(46.0) and a["folds"] == 3
+    m = t.loc["authors_attention+mixup"]
+    assert m["against"] == "authors_attention" and m["n pairs"] == 2 and m["diff (pp)"] == pytest.approx(-2.0)
+    s = t.loc["specaug"]
+    assert s["n pairs"] == 0 and math.isnan(s["diff (pp)"]) and s["lever UA (%)"] == pytest.approx(90.0)
+    assert hf.levers_table(recs[:4]).empty
+    # the reproduction table keeps the levers out (they have their own)
+    assert set(hf.reproduction_table(recs)["experiment"]) == {"hf"}
+
+
+def test_a_lever_runs_end_to_end_on_the_synthetic_corpus(tmp_path):
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention+specaug",))
+    assert [e.arm for e in exps] == ["", "lever-authors_attention+specaug"]
+    recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert all(r["status"] == "ok" for r in recs)
+    lever = recs[1]
+    assert lever["config"]["train"]["specaug_time_masks"] == 2
+    assert lever["config"]["model_kwargs"]["attention"] == "head_fusion_code"
+    t = hf.levers_table(recs)
+    assert list(t["lever"]) == ["authors_attention+specaug"] and t.loc[0, "against"] == "authors_attention"
+    assert t.loc[0, "n pairs"] == 0  # its base lever was not run

@@ -73,6 +73,8 @@ def recipe(record: dict) -> str:
     mk = ", ".join(f"{k}={v}" for k, v in sorted((c.get("model_kwargs") or {}).items()))
     tr = c.get("train_resolved") or c.get("train") or {}
     train = ", ".join(f"{k}={tr[k]}" for k in ("epochs", "batch_size", "lr", "select") if k in tr)
+    train += "".join(f", {k}={v}" for k, v in sorted(tr.items()) if k.startswith(("specaug_", "mixup_")) and v
+                     and not k.endswith("_axis"))
     aug = c.get("augment_features") or []
     return (f"{c.get('model')}({mk}); features {c.get('features')}, view {c.get('view')}"
             + (f", augment {aug}" if aug else "") + f"; train {train}")

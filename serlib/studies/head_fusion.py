@@ -22,6 +22,10 @@ Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing r
   ``counts.short_policy``; none on RAVDESS).
 * :func:`sweep_experiments` (Fig. 5 / 6: n_head x n_size) and :func:`ablation_experiments` (Tables 5 / 6: attention
   kind, number of middle convs).
+* :func:`lever_experiments` (``reproduce head_fusion --levers ...``): what the paper's text allows beyond its own
+  recipe, tried under the speaker-independent protocol with validation selection (:data:`LEVERS`: the authors'
+  attention variant, SpecAugment-style masking, mixup, a doubled schedule, and each on top of the authors' variant);
+  :func:`levers_table` pairs every lever with the experiment it modifies, fold by fold and seed by seed.
 
 :func:`run_study` runs experiments x seeds x folds through :func:`serlib.sweep.run_sweep` (one task per run,
 records at :func:`serlib.experiment.experiment_record_path`, finished runs skipped). :func:`table` summarises records,
@@ -79,6 +83,21 @@ SELECTIONS = ("best_test", "val")
 # the paper's IEMOCAP: improvised utterances only, 4 classes as the authors' code maps them (exc -> happy, hap dropped);
 # other corpora are taken whole
 PAPER_CORPUS_KWARGS: dict[str, dict] = {"iemocap": {"improvised_only": True, "label_set": "head_fusion"}}
+# issue 16: levers under the speaker-independent protocol, each (model overrides, train overrides). SpecAugment on the
+# 26 x 63 MFCC segment (B, F, T): two bands of up to 4 coefficients and two spans of up to 8 frames (0.26 s);
+# mixup with alpha 0.2 (Zhang et al.'s ImageNet value); "long": 100 epochs with the lr step every 20 (the schedule
+# stretched, not only extended)
+SPECAUG: dict = {"specaug_freq_masks": 2, "specaug_freq_width": 4, "specaug_time_masks": 2, "specaug_time_width": 8,
+                 "specaug_freq_axis": -2, "specaug_time_axis": -1}
+LEVERS: dict[str, tuple[dict, dict]] = {
+    "authors_attention": ({"attention": "head_fusion_code"}, {}),
+    "specaug": ({}, SPECAUG),
+    "mixup": ({}, {"mixup_alpha": 0.2}),
+    "long": ({}, {"epochs": 100, "step_size": 20}),
+}
+# the choices: each lever alone, and each other lever on top of the authors' attention (the cheap base on a CPU)
+LEVER_CHOICES: tuple[str, ...] = tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
+                                                       if k != "authors_attention")
 SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
 SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -138,20 +157,50 @@ def ablation_experiments(base: Experiment, *, attentions: Sequence[str] = ("head
     return out
 
 
+def lever_base(spec: str) -> str:
+    """The lever arm ``spec`` modifies (``"authors_attention+mixup"`` -> ``"lever-authors_attention"``), or ``""``
+    (the speaker-independent experiment itself)."""
+    parts = spec.removeprefix("lever-").split("+")
+    return f"lever-{'+'.join(parts[:-1])}" if len(parts) > 1 else ""
+
+
+def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experiment]:
+    """One experiment per lever spec (:data:`LEVER_CHOICES`; ``"a+b"`` applies a then b), named
+    ``<base>__lever-<spec>`` with arm ``lever-<spec>``."""
+    bad = [s for s in levers if s not in LEVER_CHOICES]
+    if bad:
+        raise ValueError(f"unknown levers {bad}; known: {list(LEVER_CHOICES)}")
+    out = []
+    for spec in levers:
+        model, train = dict(base.model_kwargs), dict(base.train)
+        for part in spec.split("+"):
+            model.update(LEVERS[part][0])
+            train.update(LEVERS[part][1])
+        out.append(base.replace(name=f"{base.name}__lever-{spec}", arm=f"lever-{spec}", model_kwargs=model,
+                                train=train))
+    return out
+
+
 PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
 
 
 def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = None, *, profile: str = "full",
-                             protocols: Sequence[str] = PROTOCOLS, track_test: bool = True) -> list[Experiment]:
+                             protocols: Sequence[str] = PROTOCOLS, track_test: bool = True,
+                             levers: Sequence[str] = ()) -> list[Experiment]:
     """What ``python -m serlib reproduce head_fusion`` runs: the paper protocol (validation-selected, with the
     per-epoch test curve for the authors' best-test figure when ``track_test``) and the speaker-independent
-    protocol. The paper's configuration runs on a CPU as it is, so ``profile="cpu"`` is ``"full"``."""
+    protocol, plus the ``levers`` asked for (:func:`lever_experiments`, speaker-independent only). The paper's
+    configuration runs on a CPU as it is, so ``profile="cpu"`` is ``"full"``."""
     exps = []
     if "paper" in protocols:
         exps.append(paper_experiment(corpus, data_root, profile=profile, selection="val",
                                      train={"track_test": True} if track_test else {}))
     if "speaker_independent" in protocols:
-        exps.append(speaker_independent_experiment(corpus, data_root, profile=profile))
+        si = speaker_independent_experiment(corpus, data_root, profile=profile)
+        exps.append(si)
+        exps += lever_experiments(si, levers)
+    elif levers:
+        raise ValueError("levers run under the speaker_independent protocol; add it to --protocols")
     return exps
 
 
@@ -194,6 +243,8 @@ def reproduction_table(records) -> pd.DataFrame:
                ("last epoch", lambda m: m.get("last_epoch")))
     groups: dict[tuple, list[dict]] = {}
     for r in records:
+        if report.identity(r)["arm"].startswith("lever-"):
+            continue  # levers_table
         key = (r["kind"], r["corpus"]["name"], r["split"]["protocol"])
         groups.setdefault(key, []).append(r)
     rows = []
@@ -209,6 +260,38 @@ def reproduction_table(records) -> pd.DataFrame:
                          "UA mean (%)": ua.mean(), "UA std (%)": ua.std(ddof=1) if len(ua) > 1 else float("nan"),
                          "WA mean (%)": wa.mean(), "n runs": len(vals),
                          "runs": ",".join(sorted(f"s{r['seed']}/f{r['split'].get('fold')}" for r in recs))})
+    return pd.DataFrame(rows)
+
+
+def levers_table(records) -> pd.DataFrame:
+    """Each lever tried (speaker-independent, validation-selected) against the experiment it modifies
+    (:func:`lever_base`), per corpus: the lever's mean test UA over all its runs and the folds it has, and the
+    paired difference (lever - base, points) with its tests over the runs both have, matched by (seed, fold)
+    (:func:`serlib.report.paired_tests`). Positive difference: the lever helped."""
+    si = [r for r in records if report.is_ok(r) and r["split"]["protocol"] == "speaker_independent"]
+    levers = sorted({report.identity(r)["arm"] for r in si if report.identity(r)["arm"].startswith("lever-")})
+    if not levers:
+        return pd.DataFrame()
+    arm_of = lambda r: report.identity(r)["arm"] or "base"  # noqa: E731
+    comparisons = [(a, lever_base(a) or "base") for a in levers]
+    tests = report.paired_tests(si, comparisons, arm_of=arm_of, group_of=lambda r: (r["corpus"]["name"],),
+                                group_names=("corpus",))
+    rows = []
+    for corpus in sorted({r["corpus"]["name"] for r in si}):
+        for a, b in comparisons:
+            mine = [r for r in si if arm_of(r) == a and r["corpus"]["name"] == corpus]
+            if not mine:
+                continue
+            hit = tests[(tests["corpus"] == corpus) & (tests["comparison"] == f"{a} vs {b}")] if len(tests) else tests
+            t = hit.iloc[0] if len(hit) else {}
+            ua = 100 * pd.Series([r["metrics"]["ua"] for r in mine], dtype=float)
+            rows.append({"corpus": corpus, "lever": a.removeprefix("lever-"),
+                         "against": b.removeprefix("lever-") if b != "base" else "paper's recipe",
+                         "lever UA (%)": ua.mean(), "folds": len({r["split"]["fold"] for r in mine}),
+                         "runs": len(mine), "n pairs": int(t.get("n pairs", 0)),
+                         "diff (pp)": t.get("mean diff (pp)", float("nan")),
+                         "p (paired t)": t.get("p (paired t)", float("nan")),
+                         "lever better in": t.get("a better in", "")})
     return pd.DataFrame(rows)
 
 
@@ -323,20 +406,28 @@ STUDY = Study(
     experiments=reproduction_experiments,
     tables=(Table("reproduction", "Paper protocol and speaker-independent, per selection", reproduction_table),
             Table("speaker_independent_folds", "Speaker-independent, per fold over its seeds (last row: the mean "
-                  "of the fold means, std over folds)", speaker_independent_folds)),
+                  "of the fold means, std over folds)", speaker_independent_folds),
+            Table("levers", "Levers beyond the paper's recipe (speaker-independent, validation selection), each "
+                  "paired with the experiment it modifies", levers_table)),
     prefixes=("head_fusion",),
     paper_reference=paper_reference,
     notebook="01_head_fusion.ipynb",
     options={"track_test": ((True, False), True, "evaluate the test split every epoch (for the authors' "
-                                                  "best-test-epoch figure)")},
+                                                  "best-test-epoch figure)"),
+             "levers": (LEVER_CHOICES, (), "speaker-independent runs with levers beyond the paper's recipe "
+                                          "(a+b: b on top of a)")},
     paper_claim="77.4 UA (RAVDESS, random 80/20, best test epoch)",
 )
 
 __all__ = [
+    "LEVERS",
+    "LEVER_CHOICES",
     "PAPER_MODEL",
     "PAPER_SEEDS",
     "PAPER_TRAIN",
     "ablation_experiments",
+    "lever_experiments",
+    "levers_table",
     "load_study_records",
     "make_state",
     "make_widget",
