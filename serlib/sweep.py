@@ -217,8 +217,38 @@ def thread_settings() -> dict[str, Any]:
     return out
 
 
-def _init_worker(n_threads: int, n_jobs: int = 1) -> None:
-    """Process-pool initializer: cap BLAS/OpenMP and torch threads so n_jobs workers share the CPUs."""
+def _die_with_parent(parent_pid: int, *, poll_s: float = 2.0) -> None:
+    """End this worker when the process that started it goes away, however it went (killed with SIGTERM or SIGKILL,
+    a crash): a worker left behind would go on training, compete for the CPUs with the next launch and write into
+    the same checkpoint folders. Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; elsewhere, or in addition, a daemon
+    thread that polls the parent pid. Checkpoints are written atomically, so the next launch resumes the run."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="serlib-parent-watch", daemon=True).start()
+
+
+def _init_worker(n_threads: int, n_jobs: int = 1, parent_pid: int | None = None) -> None:
+    """Process-pool initializer: cap BLAS/OpenMP and torch threads so n_jobs workers share the CPUs, and end with
+    the parent (:func:`_die_with_parent`)."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     configure_threads(n_jobs, threads=n_threads, worker=True)
 
 
@@ -273,7 +303,7 @@ class ProcessBackend:
             max_workers=n_jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads_per_job, n_jobs),
+            initargs=(self.threads_per_job, n_jobs, os.getpid()),
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
@@ -407,9 +437,13 @@ def _demo_task(task: SweepTask) -> dict[str, Any]:
 
     config keys: ``x`` (number; the result is ``2 * x + seed``), ``fail`` (raise ValueError), ``die`` (exit the
     process at once), ``calls_dir`` (one marker file per call, to count calls across processes), ``sleep`` (seconds),
-    ``report_threads`` (record ``torch.get_num_threads()``).
+    ``report_threads`` (record ``torch.get_num_threads()``), ``pid_dir`` (a file named by the worker's pid, made
+    before any sleep).
     """
     cfg = task.config
+    if cfg.get("pid_dir"):
+        Path(cfg["pid_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(cfg["pid_dir"]) / str(os.getpid())).touch()
     if cfg.get("calls_dir"):
         Path(cfg["calls_dir"]).mkdir(parents=True, exist_ok=True)
         (Path(cfg["calls_dir"]) / f"{task.task_id}.{uuid.uuid4().hex}").touch()

@@ -214,3 +214,48 @@ def test_dead_worker_gives_error_records_and_resume_reruns_them(tmp_path):
     # the other task was lost with the pool or finished; a rerun completes it either way (error records are retried)
     again = run_sweep(_demo_task, tasks[1:], out_dir=tmp_path, backend="serial", progress=False)
     assert again[0]["status"] == "ok" and again[0]["value"] == 2
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_workers_end_when_the_launching_process_is_killed(tmp_path, how):
+    """Killing `serlib reproduce` (not its process group) used to leave its spawn workers training on, competing for
+    the CPUs with the next launch and writing into the same checkpoint folders."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    script = (
+        "from serlib.sweep import SweepTask, _demo_task, run_sweep\n"
+        f"tasks = [SweepTask('demo', {{'x': i, 'sleep': 120, 'pid_dir': {str(pids)!r}}}) for i in range(2)]\n"
+        f"run_sweep(_demo_task, tasks, out_dir={str(tmp_path / 'out')!r}, n_jobs=2, backend='process', "
+        "progress=False)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    try:
+        t0 = time.monotonic()
+        while (not pids.exists() or len(list(pids.iterdir())) < 2) and time.monotonic() - t0 < 120:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2
+        parent.send_signal(getattr(signal, how))
+        parent.wait(30)
+
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+            except FileNotFoundError:
+                return False
+
+        t0 = time.monotonic()
+        while any(alive(p) for p in workers) and time.monotonic() - t0 < 20:
+            time.sleep(0.2)
+        assert not any(alive(p) for p in workers), f"workers {workers} outlived their parent ({how})"
+    finally:
+        parent.kill()
+        for pid in [int(p.name) for p in pids.iterdir()] if pids.exists() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
