@@ -822,6 +822,9 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
         warnings.warn(f"{exp.name} {split.name} seed {seed}: run FAILED ({reason})", stacklevel=2)
     if views.stored:
         record["stored"] = dict(views.stored)
+    if result is not None:
+        record["predictions"] = test_predictions(utt_logits, corpus.table["utt_id"].to_numpy()[gid],
+                                                 [labels[i] for i in y_true], exp.aggregate)
     if tcfg.checkpoint_dir:  # what ``serlib predict`` needs beside the weights: the run and its statistics
         save_serving(tcfg.checkpoint_dir, record, views.normalizer)
     if results_dir is not None:
@@ -856,6 +859,22 @@ def save_serving(checkpoint_dir: str | Path, record: dict, normalizer: dict) -> 
 RUN_INDEPENDENT = ("seeds", "folds", "study", "profile", "arm")
 # Fields added after records were committed: at these values they leave the record path (the config hash) as it was.
 PATH_NEUTRAL_DEFAULTS = {"nonfinite": "skip", "silent": "skip", "view_kwargs": {}, "short_policy": "auto"}
+
+
+def test_predictions(utt_logits, utt_ids, true_labels, how: str = "mean_prob", digits: int = 4) -> dict:
+    """A run's per-utterance test outputs for its record (what seed / model ensembles and per-utterance analyses
+    need without the checkpoint): ``utt_id`` (G,), ``label`` (G,) the true labels and ``prob`` (G, C) rounded to
+    ``digits``; ``prob`` is the
+    softmax of the aggregated logits (for ``"mean_prob"`` the mean of the segments' probabilities), or the vote
+    fractions for ``"vote"``. Class order: the record's ``corpus.labels``."""
+    z = np.asarray(utt_logits, dtype=np.float64)
+    if how == "vote":
+        p = z
+    else:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+    return {"utt_id": [str(u) for u in utt_ids], "label": [str(t) for t in true_labels],
+            "prob": np.round(p, digits).tolist()}
 
 
 def identity_of(exp: Experiment) -> dict:

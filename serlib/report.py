@@ -185,6 +185,10 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",
                 f"({int((tests['n folds'] < 2).sum())} pairs sharing fewer than 2 folds: no test, not listed)", ""]
+    ens = compare.ensemble_table(compared)
+    if not ens.empty:
+        out += ["**Seed ensembles** (the mean of the runs' per-utterance test probabilities, recorded by runs since "
+                "this table exists; folds with at least two such runs):", "", markdown(ens), ""]
     from serlib.robustness import robustness_markdown
 
     out += robustness_markdown(results_dir)

@@ -47,3 +47,52 @@ def test_best_speaker_independent_needs_every_fold_and_states_its_recipe():
     assert best["goal >= 59"] == False  # noqa: E712 (numpy bool)
     assert best["recipe"] == "moma(hidden=8); features mfcc, view utterances; train epochs=3, lr=0.01"
     assert compare.best_speaker_independent(recs[:2]).empty
+
+
+def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b")):
+    from serlib.evaluate import classification_metrics
+
+    pred = [labels[max(range(len(p)), key=p.__getitem__)] for p in probs]
+    ua = classification_metrics(list(truth), pred, labels=list(labels))["ua"]
+    return {"kind": kind, "status": "ok", "seed": seed, "corpus": {"name": "ravdess", "labels": list(labels)},
+            "split": {"protocol": "speaker_independent", "fold": fold}, "metrics": {"ua": ua, "wa": ua},
+            "predictions": {"utt_id": ["u1", "u2", "u3"], "label": list(truth), "prob": probs}}
+
+
+def test_ensemble_table_averages_probabilities_not_votes():
+    from serlib.studies.compare import ensemble_table
+
+    # seed 0 gets u2 right only barely wrong on u3; seed 1 the other way round; the mean gets both
+    r0 = _pred_rec("m", 0, 0, [[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]])
+    r1 = _pred_rec("m", 0, 1, [[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
+    solo = _pred_rec("m", 1, 0, [[0.9, 0.1], [0.2, 0.8], [0.2, 0.8]])  # one run on fold 1: no ensemble there
+    t = ensemble_table([r0, r1, solo])
+    assert list(t["fold"]) == [0, "mean of folds"]
+    row = t.iloc[0]
+    assert row["runs"] == 2 and row["ensemble UA (%)"] == pytest.approx(100.0)
+    assert row["single-run UA mean (%)"] == pytest.approx(75.0)  # each single run: recall a 1, b 1/2
+    bad = _pred_rec("m", 0, 2, [[0.9, 0.1]] * 3)
+    bad["predictions"]["utt_id"] = ["u1", "u2", "u9"]
+    with pytest.raises(ValueError, match="different utterances"):
+        ensemble_table([r0, r1, bad])
+    assert ensemble_table([solo]).empty
+
+
+def test_run_records_carry_their_test_predictions(tmp_path):
+    from serlib.evaluate import classification_metrics
+    from serlib.studies import head_fusion as hf
+
+    exp = hf.paper_experiment("synthetic", profile="quick", selection="val", train={"epochs": 1},
+                              model_kwargs={"n_head": 1, "n_size": 4})
+    rec = hf.run_study([exp], results_dir=tmp_path, backend="serial")[0]
+    p = rec["predictions"]
+    labels = rec["corpus"]["labels"]
+    assert len(p["utt_id"]) == len(p["label"]) == len(p["prob"]) == rec["metrics"]["n"]
+    assert all(abs(sum(row) - 1) < 1e-3 and len(row) == len(labels) for row in p["prob"])
+    pred = [labels[max(range(len(r)), key=r.__getitem__)] for r in p["prob"]]
+    assert classification_metrics(p["label"], pred, labels=labels)["ua"] == pytest.approx(rec["metrics"]["ua"])
+    from serlib.experiment import load_experiment_corpus
+
+    table = load_experiment_corpus("synthetic").table.set_index("utt_id")
+    assert len(set(p["utt_id"])) == len(p["utt_id"])
+    assert list(table.loc[p["utt_id"], "label"]) == p["label"]  # the true label of each utterance, in order

@@ -121,6 +121,47 @@ def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
 
 
+def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independent",
+                   group=lambda r: r["kind"]) -> pd.DataFrame:
+    """Seed (or model) ensembles from the per-utterance test probabilities runs record (``record["predictions"]``).
+
+    Per group (default: the experiment) and fold of ``protocol``: the runs that carry predictions, the UA of the
+    ensemble (the mean of their probabilities per utterance, then argmax) and the mean UA of the single runs, in %;
+    a last row per group averages the folds. Only folds with at least two such runs get a row; runs of one fold must
+    have tested the same utterances (else ``ValueError`` naming the group and fold). Empty when nothing qualifies."""
+    from serlib.evaluate import classification_metrics
+
+    cells: dict[tuple, list[dict]] = {}
+    for r in records:
+        if isinstance(r, dict) and r.get("status", "ok") == "ok" and r.get("predictions") and \
+                r["split"].get("protocol") == protocol:
+            cells.setdefault((group(r), r["corpus"]["name"], int(r["split"]["fold"])), []).append(r)
+    rows = []
+    for (name, corpus, fold), runs in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        if len(runs) < 2:
+            continue
+        first = runs[0]["predictions"]
+        if any(r["predictions"]["utt_id"] != first["utt_id"] for r in runs):
+            raise ValueError(f"{name} fold {fold}: runs tested different utterances; not an ensemble")
+        labels = list(runs[0]["corpus"]["labels"])
+        prob = np.mean([np.asarray(r["predictions"]["prob"], dtype=float) for r in runs], axis=0)
+        m = classification_metrics(first["label"], [labels[i] for i in prob.argmax(axis=1)], labels=labels)
+        rows.append({"experiment": name, "corpus": corpus, "fold": fold, "runs": len(runs),
+                     "ensemble UA (%)": 100 * m["ua"],
+                     "single-run UA mean (%)": float(np.mean([100 * r["metrics"]["ua"] for r in runs]))})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    out = []
+    for (name, corpus), part in df.groupby(["experiment", "corpus"], sort=False):
+        out.append(part)
+        out.append(pd.DataFrame([{"experiment": name, "corpus": corpus, "fold": "mean of folds",
+                                  "runs": int(part["runs"].sum()),
+                                  "ensemble UA (%)": part["ensemble UA (%)"].mean(),
+                                  "single-run UA mean (%)": part["single-run UA mean (%)"].mean()}]))
+    return pd.concat(out, ignore_index=True).astype({"fold": object})
+
+
 def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     """One experiment's runs per fold of ``protocol``: validation-selected test UA / WA (%) mean, std (ddof 1)
     and the seeds run; and a last row, the mean over folds of the fold means (every fold weighted once, however
