@@ -56,6 +56,7 @@ from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
 from serlib.records import (
+    git_revision,
     make_record,
     read_record,
     record_path,
@@ -752,7 +753,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     * ``False``: start afresh.
 
     A non-finite training loss gives a record with ``status: "failed"`` and the reason (written like any other),
-    never metrics that look like a result."""
+    never metrics that look like a result. The record's ``git`` is the revision when the run started."""
+    revision = git_revision()
     t0 = time.perf_counter()
     views = build_views(exp, corpus, split, device=device)
     t_feat = time.perf_counter() - t0
@@ -817,7 +819,7 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
                 "labels": list(labels), **source},
         split=split.to_dict(), metrics=metrics, history=history, counts=counts, timings=timings,
         selection=selection, extra=extra, status=status, reason=reason, skips=views.skips, flags=views.flags,
-        identity=identity_of(exp))
+        identity=identity_of(exp), git=revision)
     if status != "ok":
         warnings.warn(f"{exp.name} {split.name} seed {seed}: run FAILED ({reason})", stacklevel=2)
     if views.stored:

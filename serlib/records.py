@@ -179,9 +179,12 @@ def make_record(
     reason: str | None = None,
     skips: list | None = None,
     flags: list | None = None,
+    git: str | None = None,
 ) -> dict:
     """One run's record (JSON-ready dict).
 
+    git: the revision the run's code came from, read when the run started (:func:`git_revision` now when None; a
+    run of an hour should not take the revision of whatever was committed while it trained).
     corpus: ``name`` (required), ``fingerprint``, ``manifest_hash``, ``n_utts``, ``synthetic``, ...
     split: e.g. ``protocol``, ``fold``, speakers / sessions of each part.
     selection: how the reported epoch was chosen (``"val"``, ``"last"`` or ``"best_test"``).
@@ -205,7 +208,7 @@ def make_record(
         **({"reason": str(reason)} if reason is not None else {}),
         "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_revision(),
+        "git": git if git is not None else git_revision(),
         "environment": environment_info(),
         "seed": int(seed),
         "config": config,

@@ -293,3 +293,17 @@ def test_git_revision_of_a_carried_copy(tmp_path, monkeypatch):
     assert git_revision() == "a" * 40 + "+carried"  # also inside a checkout: a carried .git may be stale
     monkeypatch.setenv("SERLIB_GIT_REVISION", "not a sha")
     assert git_revision(tmp_path) == "unknown"
+
+
+def test_a_run_records_the_revision_it_started_with(tmp_path, monkeypatch):
+    """A run of an hour took the revision of whatever was committed when it ended."""
+    from serlib import experiment, records
+    from serlib.studies import head_fusion as hf
+
+    calls = iter(["a" * 40, "b" * 40, "c" * 40, "d" * 40])
+    monkeypatch.setattr(experiment, "git_revision", lambda: next(calls))
+    monkeypatch.setattr(records, "git_revision", lambda: "z" * 40)  # what make_record would read at the end
+    exp = hf.paper_experiment("synthetic", profile="quick", selection="val", train={"epochs": 1},
+                              model_kwargs={"n_head": 1, "n_size": 4})
+    rec = hf.run_study([exp], results_dir=tmp_path, backend="serial")[0]
+    assert rec["git"] == "a" * 40
