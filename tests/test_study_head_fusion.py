@@ -291,3 +291,19 @@ def test_a_lever_runs_end_to_end_on_the_synthetic_corpus(tmp_path):
     t = hf.levers_table(recs)
     assert list(t["lever"]) == ["authors_attention+specaug"] and t.loc[0, "against"] == "authors_attention"
     assert t.loc[0, "n pairs"] == 0  # its base lever was not run
+
+
+def test_levers_summary_says_whether_each_lever_helped():
+    def rec(arm, fold, ua):
+        return {"kind": "hf", "identity": {"arm": arm}, "status": "ok", "corpus": {"name": "ravdess"},
+                "split": {"protocol": "speaker_independent", "fold": fold}, "seed": 0,
+                "metrics": {"ua": ua, "wa": ua}}
+
+    recs = [rec("", f, 0.40 + 0.02 * f) for f in range(4)]
+    recs += [rec("lever-mixup", f, ua) for f, ua in enumerate((0.37, 0.40, 0.41, 0.44))]  # -3, -2, -3, -2
+    recs += [rec("lever-long", 0, 0.5)]
+    text = hf.levers_summary(recs)
+    assert "**mixup** (ravdess): 40.5 UA over 4 runs on 4 folds" in text
+    assert "-2.5 points" in text and "better in 0/4): it hurt." in text
+    assert "**long**" in text and "no test" in text
+    assert "No lever" in hf.levers_summary(recs[:4])

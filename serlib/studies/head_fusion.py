@@ -295,6 +295,26 @@ def levers_table(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def levers_summary(records) -> str:
+    """:func:`levers_table` in words, one line per lever (Markdown), or a line saying no lever was run."""
+    t = levers_table(records)
+    if t.empty:
+        return "No lever has been run yet (`reproduce head_fusion --protocols speaker_independent --levers ...`)."
+    lines = []
+    for _, r in t.iterrows():
+        line = (f"- **{r['lever']}** ({r['corpus']}): {r['lever UA (%)']:.1f} UA over {r['runs']} runs on "
+                f"{r['folds']} folds")
+        if r["n pairs"] >= 2:
+            verdict = "helped" if r["diff (pp)"] > 0 else "hurt"
+            line += (f"; against {r['against']} over {r['n pairs']} matched runs {r['diff (pp)']:+.1f} points "
+                     f"(paired t p = {r['p (paired t)']:.3f}, better in {r['lever better in']}): it {verdict}"
+                     + ("" if r["p (paired t)"] < 0.05 else ", not significantly"))
+        else:
+            line += f"; fewer than 2 runs matched with {r['against']}: no test"
+        lines.append(line + ".")
+    return "\n".join(lines)
+
+
 def paper_reference() -> pd.DataFrame:
     """Published / previously measured Head Fusion numbers, QUOTED from /work/shared/docs/PAPERS.md (not measured by
     this code). Percentages."""
@@ -427,6 +447,7 @@ __all__ = [
     "PAPER_TRAIN",
     "ablation_experiments",
     "lever_experiments",
+    "levers_summary",
     "levers_table",
     "load_study_records",
     "make_state",
