@@ -626,6 +626,10 @@ class Trainer:
         """SpecAugment, then mixup (:mod:`serlib.augment`), as the config asks: ``(x, lengths, mix)`` with ``mix``
         None or ``(y_partner, lam)``."""
         c = self.config
+        if not isinstance(x, Tensor):
+            raise TypeError(f"SpecAugment / mixup (TrainConfig specaug_* / mixup_alpha) take one (B, F, T) feature "
+                            f"tensor per batch; this model's batches are {type(x).__name__} (e.g. CA-SER's MFCC + "
+                            f"wav2vec 2.0 inputs): set them to 0 for it")
         x = spec_augment(x, generator=self._augment, freq_masks=c.specaug_freq_masks,
                          freq_width=c.specaug_freq_width, time_masks=c.specaug_time_masks,
                          time_width=c.specaug_time_width, freq_axis=c.specaug_freq_axis,

@@ -64,3 +64,10 @@ def test_dict_data_subset_to_and_checks():
         ArrayData(x={"a": torch.zeros(3, 2), "b": torch.zeros(4, 2)}, y=torch.zeros(3))
     with pytest.raises(ValueError, match="carries its lengths"):
         ArrayData(x={"a": torch.zeros(3, 2)}, y=torch.zeros(3), lengths=torch.ones(3))
+
+
+def test_augmentation_of_dict_batches_is_a_clear_error():
+    trainer = Trainer(TwoInputs(), TrainConfig(epochs=1, batch_size=8, mixup_alpha=0.2, select="last",
+                                               progress=False), score_fn=accuracy_score)
+    with pytest.raises(TypeError, match="one \\(B, F, T\\) feature tensor per batch.*dict"):
+        trainer.fit(_data(), None, None)
