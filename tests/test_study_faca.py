@@ -221,3 +221,23 @@ def test_real_waveforms_line_up_with_the_test_view(quick_run):
     waves, _ = corpus_waveforms(corpus)
     for i in (0, len(data) - 1):  # centred 10-ms frames cover the waveform: T = 1 + n_samples // 160
         assert int(data.lengths[i]) == 1 + len(waves[int(data.groups[i])]) // 160
+
+
+def test_training_curves_table_finds_where_the_validation_loss_turns():
+    def hist(losses, uas):
+        return [{"epoch": i + 1, "train_loss": 1.0 / (i + 1), "val": {"loss": loss, "ua": ua, "score": ua}}
+                for i, (loss, ua) in enumerate(zip(losses, uas))]
+
+    rec = {"kind": "faca_paper_faca", "status": "ok", "identity": {"arm": "faca", "profile": "full"}, "seed": 0,
+           "split": {"protocol": "kfold5_3_1_1", "fold": 0}, "metrics": {"ua": 0.55, "wa": 0.56},
+           "extra": {"best_epoch": 4}, "history": hist([1.5, 1.2, 1.1, 1.3, 1.6], [0.3, 0.4, 0.5, 0.6, 0.55])}
+    cpu = {**rec, "identity": {"arm": "faca", "profile": "cpu"}}
+    t = faca.training_curves_table([rec, cpu])
+    assert len(t) == 1  # the full profile only, by default
+    row = t.iloc[0]
+    assert row["model"] == "MHSA-FACA" and row["epochs"] == 5 and row["selected epoch"] == 4
+    assert row["lowest val loss epoch"] == 3 and row["val loss lowest"] == 1.1 and row["val loss last"] == 1.6
+    assert row["val UA at selected (%)"] == pytest.approx(60.0) and row["test UA (%)"] == pytest.approx(55.0)
+    assert row["train loss last"] == pytest.approx(0.2)
+    assert len(faca.training_curves_table([rec, cpu], profiles=None)) == 2
+    assert faca.training_curves_table([cpu]).empty

@@ -186,6 +186,36 @@ def summary_markdown(records, alpha: float = 0.05) -> str:
     return "\n".join(lines)
 
 
+def training_curves_table(records, profiles: Sequence[str] | None = ("full",)) -> pd.DataFrame:
+    """Where each run's validation loss turns (issue 16: does the paper's schedule overfit?), from the records'
+    per-epoch history: per run (variant, profile, protocol, fold, seed) the epochs run, the selected epoch (best
+    validation UA) and its validation / test UA, the epoch of the lowest validation loss, the validation loss there
+    and at the last epoch, and the last training loss. ``profiles``: only runs of these profiles (None: all)."""
+    rows = []
+    for r in records:
+        if not report.is_ok(r) or not r.get("history"):
+            continue
+        ident = report.identity(r)
+        if profiles is not None and ident["profile"] not in profiles:
+            continue
+        hist = [h for h in r["history"] if "val" in h and "loss" in h["val"]]
+        if not hist:
+            continue
+        low = min(hist, key=lambda h: h["val"]["loss"])
+        best = (r.get("extra") or {}).get("best_epoch")
+        sel = next((h for h in hist if h["epoch"] == best), None)
+        rows.append({"model": VARIANT_NAMES.get(ident["arm"], ident["arm"]), "profile": ident["profile"],
+                     "protocol": r["split"]["protocol"], "fold": r["split"].get("fold"), "seed": r["seed"],
+                     "epochs": len(r["history"]), "selected epoch": best,
+                     "val UA at selected (%)": 100 * sel["val"]["ua"] if sel else float("nan"),
+                     "test UA (%)": 100 * r["metrics"]["ua"], "lowest val loss epoch": low["epoch"],
+                     "val loss lowest": low["val"]["loss"], "val loss last": hist[-1]["val"]["loss"],
+                     "train loss last": r["history"][-1]["train_loss"]})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["profile", "protocol", "model", "fold", "seed"], ignore_index=True)
+
+
 def paper_reference() -> pd.DataFrame:
     """The paper's numbers, QUOTED from PAPERS.md (Tables 1-3 of Kim et al. 2022; not measured by serlib). %."""
     src = "quoted from the paper via PAPERS.md (not measured by serlib)"
@@ -387,6 +417,7 @@ __all__ = [
     "segment_peak_frames",
     "segment_starts",
     "speaker_independent_experiment",
+    "training_curves_table",
     "eval_view",
     "variant_experiments",
     "variants_table",
@@ -416,7 +447,9 @@ STUDY = Study(
     title="MHSA-FACA (focus and calibration attention)",
     paper="Kim, An, Kim 2022, Speech emotion recognition with focus-attention and calibration-attention (Interspeech)",
     experiments=reproduction_experiments,
-    tables=(Table("variants", "BMHSA / MHSA-FA / MHSA-FACA (Tables 2-3)", variants_table),),
+    tables=(Table("variants", "BMHSA / MHSA-FA / MHSA-FACA (Tables 2-3)", variants_table),
+            Table("training_curves", "The paper's full training (100 epochs, batch 128): where the validation loss "
+                  "turns", training_curves_table)),
     tests=(Table("ablation_tests", "Paired tests over matched (seed, fold) runs", ablation_tests, digits=3),),
     prefixes=("faca_",),
     paper_reference=paper_reference,
