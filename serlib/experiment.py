@@ -56,7 +56,7 @@ from serlib.data.splits import Split, make_splits
 from serlib.evaluate import aggregate, classification_metrics
 from serlib.models.registry import build_model
 from serlib.records import (
-    git_revision,
+    code_revision,
     make_record,
     read_record,
     record_path,
@@ -66,6 +66,8 @@ from serlib.records import (
     write_record,
 )
 from serlib.sweep import thread_settings
+
+code_revision()  # read now: the revision of the code this process imported (run records name it)
 from serlib.train import (
     CHECKPOINT_NAME,
     RESUME_IGNORED,
@@ -753,8 +755,9 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     * ``False``: start afresh.
 
     A non-finite training loss gives a record with ``status: "failed"`` and the reason (written like any other),
-    never metrics that look like a result. The record's ``git`` is the revision when the run started."""
-    revision = git_revision()
+    never metrics that look like a result. The record's ``git`` is the revision of the code this process imported
+    (:func:`serlib.records.code_revision`), not whatever is committed when the run ends."""
+    revision = code_revision()
     t0 = time.perf_counter()
     views = build_views(exp, corpus, split, device=device)
     t_feat = time.perf_counter() - t0

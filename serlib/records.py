@@ -78,6 +78,13 @@ def git_revision(repo: str | Path | None = None) -> str:
     return sha + ("+dirty" if status else "")
 
 
+@functools.cache
+def code_revision() -> str:
+    """The revision of the code this process runs: :func:`git_revision` read once, when :mod:`serlib.experiment` is
+    imported (a process keeps running the code it imported, whatever is committed while it works)."""
+    return git_revision()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
