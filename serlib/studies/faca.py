@@ -170,6 +170,8 @@ def summary_markdown(records, alpha: float = 0.05) -> str:
         else:
             line += " The paper has no figure for this corpus and protocol."
         lines.append(line)
+        if tests.empty:
+            continue
         t = tests[(tests["corpus"] == corpus) & (tests["protocol"] == protocol) & (tests["profile"] == profile)]
         for comp in ("MHSA-FA - BMHSA", "MHSA-FACA - MHSA-FA"):
             row = t[t["comparison"] == comp]
