@@ -66,8 +66,6 @@ from serlib.records import (
     write_record,
 )
 from serlib.sweep import thread_settings
-
-code_revision()  # read now: the revision of the code this process imported (run records name it)
 from serlib.train import (
     CHECKPOINT_NAME,
     RESUME_IGNORED,
@@ -77,6 +75,8 @@ from serlib.train import (
     TrainConfig,
     Trainer,
 )
+
+code_revision()  # read now: the revision of the code this process imported (run records name it)
 
 FEATURE_FORMAT = 2  # bump when the cached layout changes (2: nonfinite / silent / padded rows)
 NONFINITE_POLICIES = ("skip", "fail")
