@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from serlib import cache as feature_cache
 from serlib import features as F
@@ -873,11 +874,7 @@ def test_predictions(utt_logits, utt_ids, true_labels, how: str = "mean_prob", d
     softmax of the aggregated logits (for ``"mean_prob"`` the mean of the segments' probabilities), or the vote
     fractions for ``"vote"``. Class order: the record's ``corpus.labels``."""
     z = np.asarray(utt_logits, dtype=np.float64)
-    if how == "vote":
-        p = z
-    else:
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
+    p = z if how == "vote" else softmax(z, axis=1)
     return {"utt_id": [str(u) for u in utt_ids], "label": [str(t) for t in true_labels],
             "prob": np.round(p, digits).tolist()}
 
