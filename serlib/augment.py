@@ -11,11 +11,19 @@ features mean beyond which axis is frequency and which is time.
   valid frames.
 * :func:`mixup`: Zhang et al. 2018, "mixup": one ``lam ~ Beta(alpha, alpha)`` per batch, ``x' = lam x + (1 - lam)
   x[perm]``; the loss is ``lam L(y) + (1 - lam) L(y[perm])`` (:func:`mixup_loss`), so any loss works, focal included.
+* :func:`speed_perturb`: Ko et al. 2015, "Audio augmentation for speech recognition" (Kaldi's speed perturbation):
+  a waveform played ``factor`` times faster, tempo and pitch together, by polyphase resampling
+  (``scipy.signal.resample_poly``). Deterministic, so its features are computed once per factor and cached
+  (:mod:`serlib.speed_perturb` adds the perturbed copies of the training part as a view).
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import numpy as np
 import torch
+from scipy.signal import resample_poly
 from torch import Tensor
 
 
@@ -95,3 +103,28 @@ def mixup(x: Tensor, y: Tensor, *, alpha: float, generator: torch.Generator,
 def mixup_loss(loss_fn, logits: Tensor, y: Tensor, y_partner: Tensor, lam: float, **kw) -> Tensor:
     """``lam loss_fn(logits, y) + (1 - lam) loss_fn(logits, y_partner)`` (keyword arguments passed to both)."""
     return lam * loss_fn(logits, y, **kw) + (1.0 - lam) * loss_fn(logits, y_partner, **kw)
+
+
+SPEED_RANGE = (0.5, 2.0)  # factors outside this are almost certainly a typo (0.9 written as 9, or 1.1 as 11)
+
+
+def speed_fraction(factor: float) -> Fraction:
+    """``factor`` as the small fraction p / q the resampler uses (denominator at most 100: 0.9 -> 9/10). Raises
+    ValueError outside :data:`SPEED_RANGE`."""
+    f = float(factor)
+    if not (SPEED_RANGE[0] <= f <= SPEED_RANGE[1]):
+        raise ValueError(f"speed factor {factor!r} outside {SPEED_RANGE}: use e.g. 0.9 and 1.1 (10 % slower / faster)")
+    return Fraction(f).limit_denominator(100)
+
+
+def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
+    """The waveform played ``factor`` times faster (tempo and pitch scale together, as in Kaldi's
+    ``speed`` perturbation): wave (n,) float at any rate -> (ceil(n * q / p),) float32 at the same rate, where
+    p / q = :func:`speed_fraction` (factor). A tone at f Hz comes out at ``factor * f`` Hz; factor 1 returns a copy."""
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"speed_perturb needs a mono (n,) waveform, got shape {x.shape}")
+    frac = speed_fraction(factor)
+    if frac == 1:
+        return x.copy()
+    return resample_poly(x, up=frac.denominator, down=frac.numerator).astype(np.float32)

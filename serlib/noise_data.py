@@ -338,7 +338,8 @@ def noisy_segments_view(exp, corpus: Corpus, split, *, device=None):
                 clean_test.groups.tolist()))], bank), bank)))
     counts = {**clean.counts, "noise": noise,
               "segments": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}}
-    return Views(train, val, test, counts, extra_tests=tests, stored=stored)
+    return Views(train, val, test, counts, list(clean.skips), list(clean.flags), extra_tests=tests, stored=stored,
+                 normalizer={"x": (mean, std)} if exp.normalize else {})
 
 
 def register() -> None:

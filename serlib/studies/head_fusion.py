@@ -24,7 +24,8 @@ Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing r
   kind, number of middle convs).
 * :func:`lever_experiments` (``reproduce head_fusion --levers ...``): what the paper's text allows beyond its own
   recipe, tried under the speaker-independent protocol with validation selection (:data:`LEVERS`: the authors'
-  attention variant, SpecAugment-style masking, mixup, a doubled schedule, and each on top of the authors' variant);
+  attention variant, SpecAugment-style masking, mixup, a doubled schedule, speed perturbation, and each on top of
+  the authors' variant);
   :func:`levers_table` pairs every lever with the experiment it modifies, fold by fold and seed by seed.
 
 :func:`run_study` runs experiments x seeds x folds through :func:`serlib.sweep.run_sweep` (one task per run,
@@ -42,6 +43,7 @@ import pandas as pd
 import torch
 
 from serlib import report
+from serlib import speed_perturb as _speed_perturb  # noqa: F401  (registers the "speed_segments" view of a lever)
 from serlib.experiment import (
     Experiment,
     build_views,
@@ -94,7 +96,11 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "specaug": ({}, SPECAUG),
     "mixup": ({}, {"mixup_alpha": 0.2}),
     "long": ({}, {"epochs": 100, "step_size": 20}),
+    "speed": ({}, {}),
 }
+# levers that change the experiment's view, not the model or the trainer: "speed", Kaldi's speed perturbation (the
+# training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the training steps)
+LEVER_VIEWS: dict[str, dict] = {"speed": {"view": "speed_segments", "view_kwargs": {"factors": [0.9, 1.1]}}}
 # the choices: each lever alone, and each other lever on top of the authors' attention (the cheap base on a CPU)
 LEVER_CHOICES: tuple[str, ...] = tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                        if k != "authors_attention")
@@ -172,12 +178,13 @@ def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experimen
         raise ValueError(f"unknown levers {bad}; known: {list(LEVER_CHOICES)}")
     out = []
     for spec in levers:
-        model, train = dict(base.model_kwargs), dict(base.train)
+        model, train, view = dict(base.model_kwargs), dict(base.train), {}
         for part in spec.split("+"):
             model.update(LEVERS[part][0])
             train.update(LEVERS[part][1])
+            view.update(LEVER_VIEWS.get(part, {}))
         out.append(base.replace(name=f"{base.name}__lever-{spec}", arm=f"lever-{spec}", model_kwargs=model,
-                                train=train))
+                                train=train, **view))
     return out
 
 

@@ -1,0 +1,121 @@
+"""Speed perturbation as a training view (issue 16): the training part plus one perturbed copy per factor.
+
+``speed_segments`` is the ``segments`` view (:func:`serlib.experiment.build_views`) whose training part also holds
+the segments of every training utterance played ``factor`` times faster, for each factor of
+``view_kwargs["factors"]`` (default :data:`DEFAULT_FACTORS`, Ko et al. 2015's 0.9 and 1.1;
+:func:`serlib.augment.speed_perturb`). Validation and test parts are the clean ones, unchanged. The normalising
+statistics come from the whole training part, copies included.
+
+A perturbed copy is a :class:`SpeedCorpus`: the corpus with the factor in its fingerprint, so its features are
+cached once per corpus content and factor, computed for every utterance and shared by every fold and seed. A copy
+that gives no window or non-finite features is counted and listed in the record's skips (stage ``speed``), or
+stops the run under ``nonfinite="fail"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from serlib.augment import speed_fraction, speed_perturb
+from serlib.data.corpus import Corpus
+
+__all__ = ["DEFAULT_FACTORS", "SpeedCorpus", "speed_segments_view"]
+
+DEFAULT_FACTORS: tuple[float, ...] = (0.9, 1.1)
+
+
+class SpeedCorpus(Corpus):
+    """``base`` with every utterance played ``factor`` times faster (same rows, labels and speakers)."""
+
+    def __init__(self, base: Corpus, factor: float):
+        speed_fraction(factor)  # checks the range
+        super().__init__(base.name, base.root, base.table, base.labels, list(base.skipped), base.synthetic)
+        self.base, self.factor = base, float(factor)
+
+    def fingerprint(self) -> str:
+        blob = "|".join([self.base.fingerprint(), "speed", repr(speed_fraction(self.factor))])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def waveforms(self, sr: int):
+        """``(waves, failed)`` as :func:`serlib.experiment.corpus_waveforms` gives them, perturbed."""
+        from serlib.experiment import corpus_waveforms
+
+        waves, failed = corpus_waveforms(self.base, sr)
+        return [None if w is None else speed_perturb(w, self.factor) for w in waves], failed
+
+
+def view_factors(view_kwargs: dict) -> tuple[float, ...]:
+    """The factors a ``speed_segments`` experiment asks for: distinct, each in range, none equal to 1."""
+    factors = tuple(float(f) for f in view_kwargs.get("factors", DEFAULT_FACTORS))
+    for f in factors:
+        if speed_fraction(f) == 1:
+            raise ValueError("speed factor 1 is the clean training part itself; list only the perturbed factors")
+    if not factors or len(set(factors)) != len(factors):
+        raise ValueError(f"speed_segments needs distinct factors, got {list(factors)}")
+    return factors
+
+
+def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
+    """The ``speed_segments`` view (see the module docstring). ``exp.view_kwargs``: ``factors`` (list of floats)."""
+    from serlib.experiment import (
+        NonFiniteFeaturesError,
+        Views,
+        _normalizer,
+        build_views,
+        segment_features,
+        segment_short,
+    )
+    from serlib.features import PRESETS
+    from serlib.train import ArrayData
+
+    factors = view_factors(exp.view_kwargs)
+    clean = build_views(exp.replace(view="segments", view_kwargs={}, normalize=False), corpus, split, device=device)
+    rows = np.unique(clean.train.groups.numpy())
+    y_all = torch.as_tensor(np.array(corpus.y))
+    units, skips, per_factor = [clean.train], list(clean.skips), {}
+    for f in factors:
+        store = segment_features(SpeedCorpus(corpus, f), PRESETS[exp.features], win_s=exp.win_s,
+                                 step_s=exp.train_step_s, short=segment_short(exp, "train"), device=device)
+        bad = {"no window after the speed change": set(store["too_short"].tolist()) & set(rows.tolist()),
+               "non-finite features after the speed change": set(store["nonfinite"].tolist()) & set(rows.tolist())}
+        if bad["non-finite features after the speed change"] and exp.nonfinite == "fail":
+            paths = [str(corpus.abspath(i)) for i in sorted(bad["non-finite features after the speed change"])]
+            raise NonFiniteFeaturesError(f"{exp.name}: speed {f:g} gives non-finite features for {paths[:5]} "
+                                         f"({len(paths)} files); fix or remove them, or set nonfinite='skip'")
+        dropped = set().union(*bad.values())
+        for reason, idx in bad.items():
+            skips += [{"path": str(corpus.table.at[i, "path"]), "reason": f"{reason} ({f:g}x; copy only)",
+                       "stage": "speed"} for i in sorted(idx)]
+        keep_rows = np.setdiff1d(rows, np.asarray(sorted(dropped), np.int64))
+        sel = np.isin(store["groups"], keep_rows)
+        g = torch.as_tensor(store["groups"][sel])
+        units.append(ArrayData(x=torch.as_tensor(store["x"][sel]), y=y_all[g], lengths=None, groups=g))
+        per_factor[f"{f:g}"] = {"utterances": int(len(keep_rows)), "segments": int(sel.sum()),
+                                "skipped": int(len(dropped))}
+    train = ArrayData(x=torch.cat([u.x for u in units]), y=torch.cat([u.y for u in units]), lengths=None,
+                      groups=torch.cat([u.groups for u in units]))
+    val, test = clean.val, clean.test
+    normalizer = {}
+    if exp.normalize:
+        mean, std = _normalizer(train.x, None)
+        for part in (train, val, test):
+            if part is not None:
+                part.x = (part.x - mean) / std
+        normalizer = {"x": (mean, std)}
+    counts = {**clean.counts, "speed": {"factors": list(factors), "clean_segments": len(clean.train),
+                                        "copies": per_factor},
+              "segments": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}}
+    return Views(train, val, test, counts, skips, list(clean.flags), normalizer=normalizer)
+
+
+def register() -> None:
+    from serlib.experiment import VIEWS, register_view
+
+    if "speed_segments" not in VIEWS:
+        register_view("speed_segments", speed_segments_view)
+
+
+register()

@@ -1,0 +1,134 @@
+"""Issue 16, speed perturbation: the waveform function (tempo and pitch scale by the factor), the perturbed corpus
+(its own cache key), the ``speed_segments`` view (clean val / test, perturbed training copies of training utterances
+only, counted), bad input (non-finite copies fail or are listed), and the Head Fusion ``speed`` lever end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from serlib import speed_perturb as sp
+from serlib.augment import speed_fraction, speed_perturb
+from serlib.data.splits import make_splits
+from serlib.experiment import NonFiniteFeaturesError, build_views, corpus_waveforms, load_experiment_corpus
+from serlib.studies import head_fusion as hf
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SR = 16_000
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / SR)[np.argmax(spec)])
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1, 1.25])
+def test_speed_perturb_scales_pitch_and_duration_by_the_factor(factor):
+    t = np.arange(2 * SR) / SR
+    tone = np.sin(2 * np.pi * 440.0 * t).astype(np.float32)
+    out = speed_perturb(tone, factor)
+    frac = speed_fraction(factor)
+    assert out.dtype == np.float32 and len(out) == -(-len(tone) * frac.denominator // frac.numerator)
+    assert abs(len(out) / len(tone) - 1 / factor) < 1e-3
+    assert abs(_peak_hz(out[SR // 4: -SR // 4]) - 440.0 * factor) < 3.0  # 0.5 Hz bins; the tone moved
+    assert np.array_equal(speed_perturb(tone, factor), out)  # deterministic
+
+
+def test_speed_perturb_checks_its_input():
+    x = np.ones(100, np.float32)
+    y = speed_perturb(x, 1.0)
+    assert np.array_equal(y, x) and y is not x
+    for bad in (0.0, 9, 11, -1.1):
+        with pytest.raises(ValueError, match="outside"):
+            speed_perturb(x, bad)
+    with pytest.raises(ValueError, match="mono"):
+        speed_perturb(np.ones((2, 100), np.float32), 1.1)
+    assert speed_fraction(0.9) == sp.speed_fraction(0.9) and speed_fraction(0.9).denominator == 10
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_experiment_corpus("synthetic")
+
+
+def test_speed_corpus_has_its_own_fingerprint_and_perturbed_audio(synthetic):
+    slow, fast = sp.SpeedCorpus(synthetic, 0.9), sp.SpeedCorpus(synthetic, 1.1)
+    prints = {synthetic.fingerprint(), slow.fingerprint(), fast.fingerprint(), sp.SpeedCorpus(synthetic, 1.1
+                                                                                              ).fingerprint()}
+    assert len(prints) == 3 and slow.content_hash() != synthetic.content_hash()
+    waves, _ = corpus_waveforms(synthetic, SR)
+    slow_waves, _ = corpus_waveforms(slow, SR)
+    assert len(slow_waves) == len(waves) and len(slow_waves[0]) == len(speed_perturb(waves[0], 0.9))
+    with pytest.raises(ValueError, match="outside"):
+        sp.SpeedCorpus(synthetic, 3.0)
+
+
+def _exp(**kw):
+    exp = hf.speaker_independent_experiment("synthetic", profile="quick")
+    return exp.replace(**{"view": "speed_segments", "view_kwargs": {"factors": [0.9, 1.1]}, **kw})
+
+
+def test_view_adds_perturbed_copies_of_training_utterances_only(synthetic):
+    split = make_splits("speaker_independent", synthetic, seed=0)[0]
+    exp = _exp(normalize=False)
+    clean = build_views(exp.replace(view="segments", view_kwargs={}), synthetic, split)
+    v = build_views(exp, synthetic, split)
+    n = len(clean.train)
+    copies = v.counts["speed"]["copies"]
+    assert v.counts["speed"]["clean_segments"] == n and set(copies) == {"0.9", "1.1"}
+    assert len(v.train) == n + copies["0.9"]["segments"] + copies["1.1"]["segments"]
+    assert copies["0.9"]["segments"] > n > copies["1.1"]["segments"] > 0  # slower: longer: more windows
+    assert torch.equal(v.train.x[:n], clean.train.x)
+    assert set(v.train.groups.tolist()) == set(clean.train.groups.tolist())  # no val / test utterance leaks in
+    assert torch.equal(v.test.x, clean.test.x) and torch.equal(v.val.x, clean.val.x)  # clean, unchanged
+    assert v.counts["segments"]["train"] == len(v.train) and not v.skips
+    normed = build_views(_exp(), synthetic, split)  # statistics from the whole training part, copies included
+    mean = v.train.x.mean(dim=(0, 2), keepdim=True)
+    std = v.train.x.std(dim=(0, 2), keepdim=True)
+    assert torch.allclose(normed.test.x, (clean.test.x - mean) / std, atol=1e-5)
+    assert torch.allclose(normed.normalizer["x"][0], mean)
+    for bad in ([], [1.0], [0.9, 0.9]):
+        with pytest.raises(ValueError):
+            build_views(_exp(view_kwargs={"factors": bad}), synthetic, split)
+
+
+def test_non_finite_copies_fail_the_run_or_are_listed(synthetic, monkeypatch, tmp_path):
+    monkeypatch.setenv("SERLIB_CACHE", str(tmp_path / "cache"))  # the poisoned copies stay out of the real cache
+    split = make_splits("speaker_independent", synthetic, seed=0)[0]
+    first = int(split.indices(synthetic)[0][0])
+    real = sp.speed_perturb
+
+    def poisoned(wave, factor):
+        out = real(wave, factor)
+        if len(wave) == len(corpus_waveforms(synthetic, SR)[0][first]) and np.array_equal(
+                wave, corpus_waveforms(synthetic, SR)[0][first]):
+            out[10] = np.nan
+        return out
+
+    monkeypatch.setattr(sp, "speed_perturb", poisoned)
+    exp = _exp(view_kwargs={"factors": [0.8]})
+    with pytest.raises(NonFiniteFeaturesError, match=str(synthetic.table.at[first, "path"]).split("/")[-1]):
+        build_views(exp.replace(nonfinite="fail"), synthetic, split)
+    v = build_views(exp, synthetic, split)
+    assert [s["stage"] for s in v.skips] == ["speed"] and "non-finite" in v.skips[0]["reason"]
+    assert v.skips[0]["path"] == str(synthetic.table.at[first, "path"])
+    assert v.counts["speed"]["copies"]["0.8"]["skipped"] == 1
+    assert first in v.train.groups.tolist()  # its clean segments stay; only the copy is dropped
+    assert torch.isfinite(v.train.x).all()
+
+
+def test_speed_lever_runs_end_to_end_and_is_paired_with_its_base(tmp_path):
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention", "authors_attention+speed"))
+    base, aa, speed = exps
+    assert speed.view == "speed_segments" and speed.view_kwargs == {"factors": [0.9, 1.1]}
+    assert speed.model_kwargs["attention"] == "head_fusion_code" and aa.view == "segments" == base.view
+    recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert all(r["status"] == "ok" for r in recs)
+    assert recs[2]["counts"]["speed"]["factors"] == [0.9, 1.1]
+    assert recs[2]["counts"]["segments"]["train"] > recs[1]["counts"]["segments"]["train"]
+    assert recs[2]["counts"]["segments"]["test"] == recs[1]["counts"]["segments"]["test"]
+    t = hf.levers_table(recs).set_index("lever")
+    assert t.loc["authors_attention+speed", "against"] == "authors_attention"
+    assert t.loc["authors_attention+speed", "n pairs"] == 1
