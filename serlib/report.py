@@ -227,7 +227,7 @@ def main_job_table(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-BENCH_KEYS = ("ratio", "speedup", "max_abs", "parity", "_per_")
+BENCH_KEYS = ("ratio", "speedup", "max_abs", "parity", "_per_", "floor_over", "fraction_of_peak")
 
 
 def benchmarks_table(results_dir: str | Path = "results") -> pd.DataFrame:
