@@ -257,6 +257,60 @@ def benchmarks_table(results_dir: str | Path = "results") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# issue 18's goals, each read from the benchmark record that measures it: (goal, record, dotted key, "<=" / ">=",
+# target). A record's numbers are its own run's (ratios measured side by side; see each benchmark's docstring).
+SPEED_GOALS: tuple[tuple[str, str, str, str, float], ...] = (
+    ("CPU, like for like: training epoch, serlib's head_fusion_code vs the authors' code (speed-up)",
+     "head_fusion_speed_run3.json", "epochs.0.train_speedup_serlib_over_authors", ">=", 1.5),
+    ("CPU, like for like: evaluation pass (speed-up)", "head_fusion_speed_run3.json",
+     "epochs.0.eval_speedup_serlib_over_authors", ">=", 1.5),
+    ("CPU: faithful Eq. 1 training step / the authors' step", "head_fusion_speed_run3.json",
+     "step.ratios.serlib_faithful_over_authors", "<=", 2.0),
+    ("CPU: 50-epoch seed, authors' attention variant (s)", "head_fusion_cpu_50_epochs.json",
+     "sides.head_fusion_code.seconds_per_run", "<=", 240.0),
+    ("CPU: 50-epoch seed, faithful Eq. 1 (s)", "head_fusion_cpu_50_epochs.json", "sides.head_fusion.seconds_per_run",
+     "<=", 480.0),
+    ("GPU: one training + test epoch, best serlib side (mixed precision, compiled) (s)", "head_fusion_gpu.json",
+     "summary.best_serlib_epoch_s",
+     "<=", 0.5),
+    ("GPU: 50-epoch seed of the committed paper-protocol run (faithful Eq. 1, mixed precision fp16) (s)",
+     "head_fusion_gpu_50_epochs.json",
+     "gpu.fit_seconds_per_run", "<=", 60.0),
+)
+
+
+def _dotted(rec, key: str):
+    for part in key.split("."):
+        rec = rec[int(part)] if isinstance(rec, list) else rec[part]
+    return rec
+
+
+def speed_goals_table(results_dir: str | Path = "results") -> pd.DataFrame:
+    """Issue 18's goals (:data:`SPEED_GOALS`) against the records that measure them: goal, measured, target, met,
+    device, torch threads, revision and record. A goal whose record is absent is left out."""
+    import json
+
+    rows = []
+    for goal, name, key, op, target in SPEED_GOALS:
+        path = Path(results_dir, "benchmarks", name)
+        if not path.is_file():
+            continue
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        value = float(_dotted(rec, key))
+        env = rec.get("environment") or {}
+        threads, node = rec.get("torch_threads", env.get("torch_threads")), rec
+        for part in key.split(".")[:-1]:  # the innermost "threads" on the key's path (a per-setting timing)
+            node = node[int(part)] if isinstance(node, list) else node[part]
+            threads = node.get("threads", threads) if isinstance(node, dict) else threads
+        git = str(rec.get("tree_revision") or rec.get("git") or "")[:7]
+        rows.append({"goal": goal, "measured": value, "target": f"{op} {target:g}",
+                     "met": "yes" if (value <= target if op == "<=" else value >= target) else "no",
+                     "device": env.get("cuda_name") or rec.get("device") or env.get("device") or "cpu",
+                     "torch threads": "" if threads is None else str(int(threads)), "git": git,
+                     "record": f"results/benchmarks/{name}"})
+    return pd.DataFrame(rows)
+
+
 def status_markdown(results_dir: str | Path = "results") -> str:
     """README's status table: per study, its headline rows (the study's ``status`` function) from the records."""
     from serlib.studies.base import all_studies
@@ -268,7 +322,12 @@ def status_markdown(results_dir: str | Path = "results") -> str:
         recs = [r for r in everything if study.owns(r)]
         rows += study.status(recs) or [{"paper": study.title, "corpus": "-", "protocol": "-", "profile": "-",
                                         "our UA (%)": "no records yet", "paper's (quoted)": study.paper_claim}]
-    return markdown(pd.DataFrame(rows))
+    out = markdown(pd.DataFrame(rows))
+    speed = speed_goals_table(results_dir)
+    if not speed.empty:
+        out += ("\n\nSpeed goals (issue 18), each from the benchmark record that measured it (CPU rows: this project's "
+                "shared 2-core machine; ratios are measured side by side in one run):\n\n" + markdown(speed, digits=2))
+    return out
 
 
 def write_results(results_dir: str | Path = "results", *, doc: str | Path = RESULTS_DOC,
