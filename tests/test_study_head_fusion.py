@@ -307,3 +307,23 @@ def test_levers_summary_says_whether_each_lever_helped():
     assert "-2.5 points" in text and "better in 0/4): it hurt." in text
     assert "**long**" in text and "no test" in text
     assert "No lever" in hf.levers_summary(recs[:4])
+
+
+def test_noise_lever_adds_one_noisy_copy_and_keeps_val_and_test_clean(tmp_path):
+    from serlib.noise_data import synthetic_types
+
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention", "authors_attention+noise"))
+    _, aa, noisy = exps
+    assert noisy.view == "noisy_segments" and noisy.model_kwargs["attention"] == "head_fusion_code"
+    (unit,) = noisy.view_kwargs["train"]
+    assert unit["af"] == hf.NOISE_LEVER_AF and unit["types"] == sorted(synthetic_types())
+    assert noisy.view_kwargs["source"] == {"kind": "synthetic"} and "test" not in noisy.view_kwargs
+    recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert all(r["status"] == "ok" for r in recs)
+    n, c = recs[2]["counts"], recs[1]["counts"]
+    assert n["segments"]["train"] == 2 * c["segments"]["train"]  # the clean part + one noisy copy
+    assert n["segments"]["test"] == c["segments"]["test"] and "test" not in n["noise"]
+    assert len(n["noise"]["train"]) == 1 and n["noise"]["train"][0]["snr_eq3_db"] is not None
+    t = hf.levers_table(recs).set_index("lever")
+    assert t.loc["authors_attention+noise", "against"] == "authors_attention"

@@ -24,8 +24,8 @@ Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing r
   kind, number of middle convs).
 * :func:`lever_experiments` (``reproduce head_fusion --levers ...``): what the paper's text allows beyond its own
   recipe, tried under the speaker-independent protocol with validation selection (:data:`LEVERS`: the authors'
-  attention variant, SpecAugment-style masking, mixup, a doubled schedule, speed perturbation, and each on top of
-  the authors' variant);
+  attention variant, SpecAugment-style masking, mixup, a doubled schedule, speed perturbation, noise from the noise
+  study, and each on top of the authors' variant);
   :func:`levers_table` pairs every lever with the experiment it modifies, fold by fold and seed by seed.
 
 :func:`run_study` runs experiments x seeds x folds through :func:`serlib.sweep.run_sweep` (one task per run,
@@ -97,10 +97,14 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "mixup": ({}, {"mixup_alpha": 0.2}),
     "long": ({}, {"epochs": 100, "step_size": 20}),
     "speed": ({}, {}),
+    "noise": ({}, {}),
 }
-# levers that change the experiment's view, not the model or the trainer: "speed", Kaldi's speed perturbation (the
-# training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the training steps)
-LEVER_VIEWS: dict[str, dict] = {"speed": {"view": "speed_segments", "view_kwargs": {"factors": [0.9, 1.1]}}}
+# levers that change the experiment's view, not the model or the trainer (:func:`lever_view`): "speed", Kaldi's speed
+# perturbation (the training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the
+# training steps); "noise", the noise study's mixing as augmentation (the training part plus one copy mixed with noise
+# of every type at the paper's mildest amplitude factor, NOISE_LEVER_AF; twice the steps; validation and test clean)
+SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
+NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, and each other lever on top of the authors' attention (the cheap base on a CPU)
 LEVER_CHOICES: tuple[str, ...] = tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                        if k != "authors_attention")
@@ -170,6 +174,22 @@ def lever_base(spec: str) -> str:
     return f"lever-{'+'.join(parts[:-1])}" if len(parts) > 1 else ""
 
 
+def lever_view(part: str, base: Experiment) -> dict:
+    """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
+    if part == "speed":
+        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_LEVER_FACTORS)}}
+    if part == "noise":
+        from serlib.noise_data import default_source
+        from serlib.studies.noise import source_types, spec
+
+        source = default_source(base.corpus)
+        # one noisy copy of the training part: every noise type, AF 0.1, the noise study's first training seed
+        return {"view": "noisy_segments",
+                "view_kwargs": {"source": source, "train": [spec(sorted(source_types(source)), NOISE_LEVER_AF,
+                                                                 seed=1)]}}
+    return {}
+
+
 def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experiment]:
     """One experiment per lever spec (:data:`LEVER_CHOICES`; ``"a+b"`` applies a then b), named
     ``<base>__lever-<spec>`` with arm ``lever-<spec>``."""
@@ -182,7 +202,7 @@ def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experimen
         for part in spec.split("+"):
             model.update(LEVERS[part][0])
             train.update(LEVERS[part][1])
-            view.update(LEVER_VIEWS.get(part, {}))
+            view.update(lever_view(part, base))
         out.append(base.replace(name=f"{base.name}__lever-{spec}", arm=f"lever-{spec}", model_kwargs=model,
                                 train=train, **view))
     return out
