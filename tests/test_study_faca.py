@@ -237,6 +237,7 @@ def test_training_curves_table_finds_where_the_validation_loss_turns():
     row = t.iloc[0]
     assert row["model"] == "MHSA-FACA" and row["epochs"] == 5 and row["selected epoch"] == 4
     assert row["lowest val loss epoch"] == 3 and row["val loss lowest"] == 1.1 and row["val loss last"] == 1.6
+    assert row["val UA there (%)"] == pytest.approx(50.0)  # what early stopping on the loss would keep
     assert row["val UA at selected (%)"] == pytest.approx(60.0) and row["test UA (%)"] == pytest.approx(55.0)
     assert row["train loss last"] == pytest.approx(0.2)
     assert len(faca.training_curves_table([rec, cpu], profiles=None)) == 2

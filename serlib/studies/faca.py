@@ -191,8 +191,9 @@ def summary_markdown(records, alpha: float = 0.05) -> str:
 def training_curves_table(records, profiles: Sequence[str] | None = ("full",)) -> pd.DataFrame:
     """Where each run's validation loss turns (issue 16: does the paper's schedule overfit?), from the records'
     per-epoch history: per run (variant, profile, protocol, fold, seed) the epochs run, the selected epoch (best
-    validation UA) and its validation / test UA, the epoch of the lowest validation loss, the validation loss there
-    and at the last epoch, and the last training loss. ``profiles``: only runs of these profiles (None: all)."""
+    validation UA) and its validation / test UA, the epoch of the lowest validation loss with its validation UA (what
+    early stopping on the validation loss would have kept), the validation loss there and at the last epoch, and the
+    last training loss. ``profiles``: only runs of these profiles (None: all)."""
     rows = []
     for r in records:
         if not report.is_ok(r) or not r.get("history"):
@@ -211,6 +212,7 @@ def training_curves_table(records, profiles: Sequence[str] | None = ("full",)) -
                      "epochs": len(r["history"]), "selected epoch": best,
                      "val UA at selected (%)": 100 * sel["val"]["ua"] if sel else float("nan"),
                      "test UA (%)": 100 * r["metrics"]["ua"], "lowest val loss epoch": low["epoch"],
+                     "val UA there (%)": 100 * low["val"]["ua"],
                      "val loss lowest": low["val"]["loss"], "val loss last": hist[-1]["val"]["loss"],
                      "train loss last": r["history"][-1]["train_loss"]})
     if not rows:
