@@ -71,6 +71,18 @@ def test_ensemble_table_averages_probabilities_not_votes():
     row = t.iloc[0]
     assert row["runs"] == 2 and row["ensemble UA (%)"] == pytest.approx(100.0)
     assert row["single-run UA mean (%)"] == pytest.approx(75.0)  # each single run: recall a 1, b 1/2
+    assert row["gain (pp)"] == pytest.approx(25.0)
+    assert math.isnan(t.iloc[1]["p (paired t over folds)"])  # one fold: no test
+    # two folds: the mean row tests the per-fold gains (ensemble vs single-run mean) over the folds
+    r2 = _pred_rec("m", 1, 1, [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    two = ensemble_table([r0, r1, solo, r2])
+    mean = two.iloc[-1]
+    gains = list(two["gain (pp)"][:2])
+    from scipy import stats
+
+    assert mean["gain (pp)"] == pytest.approx(sum(gains) / 2) and mean["gain in"] == f"{sum(g > 0 for g in gains)}/2"
+    assert mean["p (paired t over folds)"] == pytest.approx(stats.ttest_rel(
+        two["ensemble UA (%)"][:2], two["single-run UA mean (%)"][:2]).pvalue, nan_ok=True)
     bad = _pred_rec("m", 0, 2, [[0.9, 0.1]] * 3)
     bad["predictions"]["utt_id"] = ["u1", "u2", "u9"]
     with pytest.raises(ValueError, match="different utterances"):

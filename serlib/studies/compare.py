@@ -126,8 +126,9 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
     """Seed (or model) ensembles from the per-utterance test probabilities runs record (``record["predictions"]``).
 
     Per group (default: the experiment) and fold of ``protocol``: the runs that carry predictions, the UA of the
-    ensemble (the mean of their probabilities per utterance, then argmax) and the mean UA of the single runs, in %;
-    a last row per group averages the folds. Only folds with at least two such runs get a row; runs of one fold must
+    ensemble (the mean of their probabilities per utterance, then argmax), the mean UA of the single runs and the
+    gain (ensemble - single mean, points), in %; a last row per group averages the folds, with the paired t-test of
+    ensemble against single-run mean over the folds and the folds where the ensemble gained. Only folds with at least two such runs get a row; runs of one fold must
     have tested the same utterances (else ``ValueError`` naming the group and fold). Empty when nothing qualifies."""
     from serlib.evaluate import classification_metrics
 
@@ -151,14 +152,21 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
                      "single-run UA mean (%)": float(np.mean([100 * r["metrics"]["ua"] for r in runs]))})
     if not rows:
         return pd.DataFrame()
+    from serlib.evaluate import paired_test
+
     df = pd.DataFrame(rows)
+    df["gain (pp)"] = df["ensemble UA (%)"] - df["single-run UA mean (%)"]
     out = []
     for (name, corpus), part in df.groupby(["experiment", "corpus"], sort=False):
         out.append(part)
+        test = paired_test(part["ensemble UA (%)"], part["single-run UA mean (%)"]) if len(part) >= 2 else {}
         out.append(pd.DataFrame([{"experiment": name, "corpus": corpus, "fold": "mean of folds",
                                   "runs": int(part["runs"].sum()),
                                   "ensemble UA (%)": part["ensemble UA (%)"].mean(),
-                                  "single-run UA mean (%)": part["single-run UA mean (%)"].mean()}]))
+                                  "single-run UA mean (%)": part["single-run UA mean (%)"].mean(),
+                                  "gain (pp)": part["gain (pp)"].mean(),
+                                  "p (paired t over folds)": test.get("p_t", float("nan")),
+                                  "gain in": f"{int((part['gain (pp)'] > 0).sum())}/{len(part)}"}]))
     return pd.concat(out, ignore_index=True).astype({"fold": object})
 
 
