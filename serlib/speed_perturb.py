@@ -3,7 +3,8 @@
 ``speed_segments`` is the ``segments`` view (:func:`serlib.experiment.build_views`) whose training part also holds
 the segments of every training utterance played ``factor`` times faster, for each factor of
 ``view_kwargs["factors"]`` (default :data:`DEFAULT_FACTORS`, Ko et al. 2015's 0.9 and 1.1;
-:func:`serlib.augment.speed_perturb`). Validation and test parts are the clean ones, unchanged. The normalising
+:func:`serlib.augment.speed_perturb`). Factor 1 adds the training part once more, unperturbed: ``[1.0, 1.0]`` is the
+control with the same training steps per epoch as ``[0.9, 1.1]`` and no perturbation. Validation and test parts are the clean ones, unchanged. The normalising
 statistics come from the whole training part, copies included.
 
 A perturbed copy is a :class:`SpeedCorpus`: the corpus with the factor in its fingerprint, so its features are
@@ -48,13 +49,14 @@ class SpeedCorpus(Corpus):
 
 
 def view_factors(view_kwargs: dict) -> tuple[float, ...]:
-    """The factors a ``speed_segments`` experiment asks for: distinct, each in range, none equal to 1."""
+    """The factors a ``speed_segments`` experiment asks for: each in range, the perturbed ones distinct; factor 1 (an
+    unperturbed copy of the training part, as often as listed) is the control with the same training steps."""
     factors = tuple(float(f) for f in view_kwargs.get("factors", DEFAULT_FACTORS))
     for f in factors:
-        if speed_fraction(f) == 1:
-            raise ValueError("speed factor 1 is the clean training part itself; list only the perturbed factors")
-    if not factors or len(set(factors)) != len(factors):
-        raise ValueError(f"speed_segments needs distinct factors, got {list(factors)}")
+        speed_fraction(f)  # checks the range
+    moved = [f for f in factors if speed_fraction(f) != 1]
+    if not factors or len(set(moved)) != len(moved):
+        raise ValueError(f"speed_segments needs at least one factor and distinct perturbed ones, got {list(factors)}")
     return factors
 
 
@@ -77,6 +79,11 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
     y_all = torch.as_tensor(np.array(corpus.y))
     units, skips, per_factor = [clean.train], list(clean.skips), {}
     for f in factors:
+        if speed_fraction(f) == 1:  # the control: the training part once more, unperturbed (its features as they are)
+            units.append(clean.train)
+            per_factor[f"{f:g}"] = {"utterances": int(len(rows)), "segments": len(clean.train), "skipped": 0,
+                                    "copies": per_factor.get(f"{f:g}", {}).get("copies", 0) + 1}
+            continue
         store = segment_features(SpeedCorpus(corpus, f), PRESETS[exp.features], win_s=exp.win_s,
                                  step_s=exp.train_step_s, short=segment_short(exp, "train"), device=device)
         bad = {"no window after the speed change": set(store["too_short"].tolist()) & set(rows.tolist()),

@@ -88,9 +88,12 @@ def test_view_adds_perturbed_copies_of_training_utterances_only(synthetic):
     std = v.train.x.std(dim=(0, 2), keepdim=True)
     assert torch.allclose(normed.test.x, (clean.test.x - mean) / std, atol=1e-5)
     assert torch.allclose(normed.normalizer["x"][0], mean)
-    for bad in ([], [1.0], [0.9, 0.9]):
+    for bad in ([], [0.9, 0.9], [3.0]):
         with pytest.raises(ValueError):
             build_views(_exp(view_kwargs={"factors": bad}), synthetic, split)
+    control = build_views(_exp(normalize=False, view_kwargs={"factors": [1.0, 1.0]}), synthetic, split)
+    assert len(control.train) == 3 * n and torch.equal(control.train.x[2 * n:], clean.train.x)  # same steps, no change
+    assert control.counts["speed"]["copies"]["1"]["copies"] == 2
 
 
 def test_non_finite_copies_fail_the_run_or_are_listed(synthetic, monkeypatch, tmp_path):
@@ -116,6 +119,15 @@ def test_non_finite_copies_fail_the_run_or_are_listed(synthetic, monkeypatch, tm
     assert v.counts["speed"]["copies"]["0.8"]["skipped"] == 1
     assert first in v.train.groups.tolist()  # its clean segments stay; only the copy is dropped
     assert torch.isfinite(v.train.x).all()
+
+
+def test_repeat3_lever_is_speeds_control():
+    (_, aa, rep), speed = (hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",),
+                                          folds=(0,), levers=levers) for levers in
+                           (("authors_attention", "authors_attention+repeat3"), ("authors_attention+speed",)))
+    assert rep.view == speed[1].view == "speed_segments" and rep.view_kwargs == {"factors": [1.0, 1.0]}
+    assert rep.train == speed[1].train and rep.model_kwargs == speed[1].model_kwargs
+    assert hf.lever_base(rep.arm) == aa.arm
 
 
 def test_speed_lever_runs_end_to_end_and_is_paired_with_its_base(tmp_path):

@@ -24,8 +24,8 @@ Experiments (all return :class:`serlib.experiment.Experiment` objects; nothing r
   kind, number of middle convs).
 * :func:`lever_experiments` (``reproduce head_fusion --levers ...``): what the paper's text allows beyond its own
   recipe, tried under the speaker-independent protocol with validation selection (:data:`LEVERS`: the authors'
-  attention variant, SpecAugment-style masking, mixup, a doubled schedule, speed perturbation, noise from the noise
-  study, and each on top of the authors' variant);
+  attention variant, SpecAugment-style masking, mixup, a doubled schedule, speed perturbation and its control with
+  the same steps, noise from the noise study, and each on top of the authors' variant);
   :func:`levers_table` pairs every lever with the experiment it modifies, fold by fold and seed by seed.
 
 :func:`run_study` runs experiments x seeds x folds through :func:`serlib.sweep.run_sweep` (one task per run,
@@ -98,11 +98,13 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "long": ({}, {"epochs": 100, "step_size": 20}),
     "speed": ({}, {}),
     "noise": ({}, {}),
+    "repeat3": ({}, {}),
 }
 # levers that change the experiment's view, not the model or the trainer (:func:`lever_view`): "speed", Kaldi's speed
 # perturbation (the training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the
 # training steps); "noise", the noise study's mixing as augmentation (the training part plus one copy mixed with noise
-# of every type at the paper's mildest amplitude factor, NOISE_LEVER_AF; twice the steps; validation and test clean)
+# of every type at the paper's mildest amplitude factor, NOISE_LEVER_AF; twice the steps; validation and test clean);
+# "repeat3", speed's control: the training part three times per epoch, unperturbed (speed's steps and schedule)
 SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, and each other lever on top of the authors' attention (the cheap base on a CPU)
@@ -178,6 +180,8 @@ def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
     if part == "speed":
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_LEVER_FACTORS)}}
+    if part == "repeat3":
+        return {"view": "speed_segments", "view_kwargs": {"factors": [1.0, 1.0]}}
     if part == "noise":
         from serlib.noise_data import default_source
         from serlib.studies.noise import source_types, spec
