@@ -185,7 +185,9 @@ def paired_test(a, b) -> dict:
 
     Returns ``n``, ``mean_diff`` (mean of a - b), ``std_diff`` (ddof=1), the paired t-test (``t``, ``p_t``;
     scipy ``ttest_rel``) and, when n >= 6, the Wilcoxon signed-rank test (``wilcoxon``, ``p_wilcoxon``; None for
-    n < 6, where its smallest two-sided p-value is 2 / 2**n > 0.05, or when every difference is zero).
+    n < 6, where its smallest two-sided p-value is 2 / 2**n > 0.05, or when every difference is zero). When every
+    difference is the same up to rounding (no spread: scipy's t is infinite or undefined, its p 0 or NaN), ``p_t`` is NaN: a t-test
+    says nothing about a difference that never varied, so no table shows it as p = 0.
     """
     a, b = _np(a).astype(np.float64).ravel(), _np(b).astype(np.float64).ravel()
     if a.shape != b.shape:
@@ -202,7 +204,7 @@ def paired_test(a, b) -> dict:
         "mean_diff": float(d.mean()),
         "std_diff": float(d.std(ddof=1)),
         "t": float(t.statistic),
-        "p_t": float(t.pvalue),
+        "p_t": float(t.pvalue) if np.ptp(d) > 1e-9 * max(1.0, float(np.abs(d).max())) else float("nan"),
         "wilcoxon": None,
         "p_wilcoxon": None,
     }

@@ -123,12 +123,22 @@ def paired_tests(records, comparisons: Sequence[tuple[str, str]], *, arm_of: Cal
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
+def p_value_text(p: float) -> str:
+    """A p-value for a table: three decimals, or two significant digits below 0.001 (never a bare 0.0)."""
+    if pd.isna(p):
+        return ""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def markdown(df: pd.DataFrame, digits: int = 1) -> str:
-    """A DataFrame as a GitHub Markdown table (floats rounded to ``digits``; NaN shown blank)."""
+    """A DataFrame as a GitHub Markdown table (floats rounded to ``digits``; NaN shown blank). Columns named
+    ``p (...)`` are p-values and keep :func:`p_value_text`'s precision whatever ``digits`` is."""
     if df is None or df.empty:
         return "(no records)"
 
-    def cell(v):
+    def cell(v, col):
+        if isinstance(v, float) and str(col).startswith("p ("):
+            return p_value_text(v)
         if isinstance(v, float):
             return "" if pd.isna(v) else f"{v:.{digits}f}"
         if v is None:
@@ -137,7 +147,7 @@ def markdown(df: pd.DataFrame, digits: int = 1) -> str:
 
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 

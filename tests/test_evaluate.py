@@ -185,3 +185,12 @@ def test_utterance_scores_use_group_order_and_index_labels():
     bad = ArrayData(x=torch.zeros(5, 1), y=torch.tensor([2, 0, 1, 0, 1]), groups=groups)
     with pytest.raises(ValueError, match="different labels"):
         utterance_scores(labels)(logits, bad)
+
+
+def test_paired_test_gives_no_p_value_to_differences_without_spread():
+    """Two pairs with the same difference: scipy's t is infinite (p = 0); that is no evidence, so p_t is NaN."""
+    out = paired_test([50.0, 45.0], [41.0, 36.0])
+    assert out["mean_diff"] == 9.0 and out["std_diff"] == 0.0
+    assert np.isnan(out["p_t"])
+    assert np.isnan(paired_test([0.3 + 0.1, 0.7], [0.1, 0.4])["p_t"])  # 0.3 twice, up to float rounding
+    assert not np.isnan(paired_test([50.0, 46.0], [41.0, 36.0])["p_t"])

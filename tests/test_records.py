@@ -9,9 +9,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from serlib import report
 from serlib.records import (
     SCHEMA_VERSION,
     config_hash,
@@ -327,3 +329,12 @@ def test_speed_goals_table_reads_each_goal_from_its_record(tmp_path):
     assert {g[1] for g in SPEED_GOALS} >= {"head_fusion_speed_run3.json", "head_fusion_cpu_50_epochs.json"}
     real = speed_goals_table(Path(__file__).resolve().parents[1] / "results")
     assert len(real) == len(SPEED_GOALS)  # every committed goal record resolves its key
+
+
+def test_markdown_keeps_small_p_values_readable():
+    """A p-value column never rounds to a bare 0.0: three decimals, or two significant digits below 0.001."""
+    df = pd.DataFrame({"diff (pp)": [9.2, 1.0], "p (paired t)": [0.02412, 0.000031]})
+    table = report.markdown(df)
+    assert "| 9.2 | 0.024 |" in table
+    assert "| 1.0 | 3.1e-05 |" in table
+    assert report.p_value_text(float("nan")) == ""
