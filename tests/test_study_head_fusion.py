@@ -279,6 +279,25 @@ def test_levers_table_pairs_each_lever_with_what_it_modifies():
     assert set(hf.reproduction_table(recs)["experiment"]) == {"hf"}
 
 
+def test_speed_is_also_paired_with_its_same_steps_control():
+    def rec(arm, fold, ua):
+        return {"kind": f"hf__{arm}", "identity": {"arm": arm}, "status": "ok", "corpus": {"name": "ravdess"},
+                "split": {"protocol": "speaker_independent", "fold": fold}, "seed": 0,
+                "metrics": {"ua": ua, "wa": ua}}
+
+    assert hf.lever_control("lever-authors_attention+speed") == "lever-authors_attention+repeat3"
+    assert hf.lever_control("lever-authors_attention+mixup") == ""
+    recs = [rec("lever-authors_attention", f, 0.40) for f in range(3)]
+    recs += [rec("lever-authors_attention+speed", f, 0.50 + 0.01 * f) for f in range(3)]
+    t = hf.levers_table(recs)
+    assert list(t["against"]) == ["authors_attention"]  # no control run: no second row
+    recs += [rec("lever-authors_attention+repeat3", f, ua) for f, ua in enumerate((0.41, 0.43, 0.42))]
+    t = hf.levers_table(recs)
+    row = t[(t["lever"] == "authors_attention+speed") & (t["against"] == "authors_attention+repeat3")].iloc[0]
+    assert row["n pairs"] == 3 and row["diff (pp)"] == pytest.approx(10.0) and row["lever better in"] == "3/3"
+    assert len(t) == 4  # speed against its base and its control, repeat3 against its base, and the base
+
+
 def test_a_lever_runs_end_to_end_on_the_synthetic_corpus(tmp_path):
     exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
                           levers=("authors_attention+specaug",))

@@ -176,6 +176,20 @@ def lever_base(spec: str) -> str:
     return f"lever-{'+'.join(parts[:-1])}" if len(parts) > 1 else ""
 
 
+# a lever's control: the arm with the same training steps and schedule but not the lever's change (speed
+# perturbation triples the steps per epoch; repeat3 triples them with unperturbed copies)
+LEVER_CONTROLS: dict[str, str] = {"speed": "repeat3"}
+
+
+def lever_control(spec: str) -> str:
+    """The control arm of lever arm ``spec`` (``"lever-authors_attention+speed"`` ->
+    ``"lever-authors_attention+repeat3"``; :data:`LEVER_CONTROLS`), or ``""`` when its last lever has none."""
+    parts = spec.removeprefix("lever-").split("+")
+    if parts[-1] not in LEVER_CONTROLS:
+        return ""
+    return "lever-" + "+".join(parts[:-1] + [LEVER_CONTROLS[parts[-1]]])
+
+
 def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
     if part == "speed":
@@ -298,13 +312,15 @@ def levers_table(records) -> pd.DataFrame:
     """Each lever tried (speaker-independent, validation-selected) against the experiment it modifies
     (:func:`lever_base`), per corpus: the lever's mean test UA over all its runs and the folds it has, and the
     paired difference (lever - base, points) with its tests over the runs both have, matched by (seed, fold)
-    (:func:`serlib.report.paired_tests`). Positive difference: the lever helped."""
+    (:func:`serlib.report.paired_tests`). Positive difference: the lever helped. A lever with a control that has
+    records (:func:`lever_control`: speed against repeat3, the same steps unperturbed) gets a second row against it."""
     si = [r for r in records if report.is_ok(r) and r["split"]["protocol"] == "speaker_independent"]
     levers = sorted({report.identity(r)["arm"] for r in si if report.identity(r)["arm"].startswith("lever-")})
     if not levers:
         return pd.DataFrame()
     arm_of = lambda r: report.identity(r)["arm"] or "base"  # noqa: E731
     comparisons = [(a, lever_base(a) or "base") for a in levers]
+    comparisons += [(a, c) for a in levers if (c := lever_control(a)) in levers]
     tests = report.paired_tests(si, comparisons, arm_of=arm_of, group_of=lambda r: (r["corpus"]["name"],),
                                 group_names=("corpus",))
     rows = []
@@ -473,10 +489,12 @@ STUDY = Study(
 __all__ = [
     "LEVERS",
     "LEVER_CHOICES",
+    "LEVER_CONTROLS",
     "PAPER_MODEL",
     "PAPER_SEEDS",
     "PAPER_TRAIN",
     "ablation_experiments",
+    "lever_control",
     "lever_experiments",
     "levers_summary",
     "levers_table",
