@@ -295,9 +295,19 @@ def _dotted(rec, key: str):
     return rec
 
 
+def _load_text(load) -> str:
+    """The 1-minute load average a benchmark recorded before it ran ("" when it recorded none): on this project's
+    shared 2-core machine, a load near 2 means both cores were busy with other work during the measurement."""
+    try:
+        return f"{float(load[0]):.1f}"
+    except (TypeError, ValueError, IndexError, KeyError):
+        return ""
+
+
 def speed_goals_table(results_dir: str | Path = "results") -> pd.DataFrame:
     """Issue 18's goals (:data:`SPEED_GOALS`) against the records that measure them: goal, measured, target, met,
-    device, torch threads, revision and record. A goal whose record is absent is left out."""
+    device, torch threads, the machine's load average before the run (:func:`_load_text`), revision and record. A
+    goal whose record is absent is left out."""
     import json
 
     rows = []
@@ -309,14 +319,17 @@ def speed_goals_table(results_dir: str | Path = "results") -> pd.DataFrame:
         value = float(_dotted(rec, key))
         env = rec.get("environment") or {}
         threads, node = rec.get("torch_threads", env.get("torch_threads")), rec
-        for part in key.split(".")[:-1]:  # the innermost "threads" on the key's path (a per-setting timing)
+        load = rec.get("load_avg_before")
+        for part in key.split(".")[:-1]:  # the innermost "threads" / load on the key's path (a per-setting timing)
             node = node[int(part)] if isinstance(node, list) else node[part]
             threads = node.get("threads", threads) if isinstance(node, dict) else threads
+            load = node.get("load_avg_before", load) if isinstance(node, dict) else load
         git = str(rec.get("tree_revision") or rec.get("git") or "")[:7]
         rows.append({"goal": goal, "measured": value, "target": f"{op} {target:g}",
                      "met": "yes" if (value <= target if op == "<=" else value >= target) else "no",
                      "device": env.get("cuda_name") or rec.get("device") or env.get("device") or "cpu",
-                     "torch threads": "" if threads is None else str(int(threads)), "git": git,
+                     "torch threads": "" if threads is None else str(int(threads)),
+                     "load before": _load_text(load), "git": git,
                      "record": f"results/benchmarks/{name}"})
     return pd.DataFrame(rows)
 
