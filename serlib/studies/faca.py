@@ -453,7 +453,7 @@ STUDY = Study(
     experiments=reproduction_experiments,
     tables=(Table("variants", "BMHSA / MHSA-FA / MHSA-FACA (Tables 2-3)", variants_table),
             Table("training_curves", "The paper's full training (100 epochs, batch 128): where the validation loss "
-                  "turns", training_curves_table)),
+                  "turns", training_curves_table, digits=3)),
     tests=(Table("ablation_tests", "Paired tests over matched (seed, fold) runs", ablation_tests, digits=3),),
     prefixes=("faca_",),
     paper_reference=paper_reference,
