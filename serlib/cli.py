@@ -368,7 +368,9 @@ def cmd_reproduce(args) -> int:
                   backend=backend, ray_address=args.ray_address, **kw, **run_kw)
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
     if ok:
-        print(summary(study, ok).to_string())
+        table = summary(study, ok)
+        print(table.to_string() if len(table) else f"{len(ok)} runs ok; none of study {study.name}'s tables covers "
+              "them: `python -m serlib results` writes every table")
     bad = [r for r in records if r not in ok]
     for r in bad:
         print(f"{str(r.get('status', 'error')).upper()}", r.get("task", {}).get("task_id"),

@@ -407,3 +407,13 @@ def test_status_rows_never_pool_two_experiments(study_run):
     third["kind"], third["split"]["protocol"] = "noise_paper_a_code", "random_80_20"
     rows = ns.STUDY.status(a + [twin, third])
     assert len(rows) == 3 and all(r["paper"].startswith(f"{ns.STUDY.title} (noise_") for r in rows)
+
+
+def test_reproduce_summary_of_designs_without_a_is_a_table_with_rows(study_run):
+    """`serlib reproduce noise --designs b ...` prints the first table that covers its runs, not an empty fig. 8."""
+    _, records = study_run
+    no_a = [r for r in records if r["identity"]["arm"] != "a"]
+    assert ns.fig8_table(no_a).empty  # the study's first table needs design a
+    table = base.summary(ns.STUDY, no_a)
+    assert len(table) and "units" in table.columns  # Fig. 9's table, from design b
+    assert base.summary(ns.STUDY, []).empty

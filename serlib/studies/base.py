@@ -387,6 +387,11 @@ def run(study: Study | str, *, corpus: str | None = None, data_root: str | None 
 
 
 def summary(study: Study, records: list[dict]) -> pd.DataFrame:
-    """The study's first table on ``records`` (what ``serlib reproduce`` prints)."""
+    """The study's first table that covers ``records`` (what ``serlib reproduce`` prints): a run of only some of
+    a study's designs (the noise study's b-e without a) gets the first table with rows, not an empty one."""
     ok = [r for r in records if r.get("status", "ok") == "ok" and "metrics" in r]
-    return study.tables[0].fn(ok) if ok else pd.DataFrame()
+    for table in study.tables if ok else ():
+        df = table.fn(ok)
+        if len(df):
+            return df
+    return pd.DataFrame()
