@@ -64,3 +64,18 @@ def test_moma_session5_test_on_iemocap(release, tmp_path, monkeypatch):
     assert rec["split"]["protocol"] == "session5_test" and total == 50
     assert n["test"] == 10 and all(u.startswith("Ses05") for u in rec["split"]["test"])
     assert not any(u.startswith("Ses05") for u in rec["split"]["train"])
+
+
+def test_noise_study_on_improvised_iemocap(release, tmp_path, monkeypatch):
+    """The noise study (issue 14) on the paper's IEMOCAP (improvised, Head Fusion's 4 classes), design a with synthetic
+    noise: the corpus the paper used, and every category's noisy test condition recorded."""
+    from serlib.noise import CATEGORIES
+    from serlib.studies import noise
+
+    exps = noise.experiments("iemocap", release, profile="quick", protocols=("paper",), designs=("a",),
+                             source={"kind": "synthetic"})
+    assert [e.arm for e in exps] == ["a"] and exps[0].corpus_kwargs == head_fusion.PAPER_CORPUS_KWARGS["iemocap"]
+    rec, total, _ = _run(exps[0].replace(folds=(0,)), tmp_path, monkeypatch)
+    assert rec["corpus"]["name"] == "iemocap_head_fusion_improvised" and total == 20
+    assert all("impro" in u for part in ("train", "val", "test") for u in rec["split"][part])
+    assert {k.split("|")[0] for k in rec["metrics"]["conditions"]} >= set(CATEGORIES)
