@@ -144,3 +144,18 @@ def test_speed_lever_runs_end_to_end_and_is_paired_with_its_base(tmp_path):
     t = hf.levers_table(recs).set_index("lever")
     assert t.loc["authors_attention+speed", "against"] == "authors_attention"
     assert t.loc["authors_attention+speed", "n pairs"] == 1
+
+
+def test_training_levers_stack_on_speed_and_pair_with_it():
+    _, speed, both = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                                    levers=("authors_attention+speed", "authors_attention+speed+specaug"))
+    assert both.arm == "lever-authors_attention+speed+specaug"
+    assert both.view == speed.view == "speed_segments" and both.view_kwargs == speed.view_kwargs
+    assert both.model_kwargs == speed.model_kwargs and both.model_kwargs["attention"] == "head_fusion_code"
+    assert both.train == {**speed.train, **hf.SPECAUG} and speed.train.get("specaug_freq_masks", 0) == 0
+    assert hf.lever_base(both.arm) == speed.arm and hf.lever_control(both.arm) == ""
+    # no choice stacks two view levers, and a hand-made one is refused
+    assert all(sum(p in hf.VIEW_LEVERS for p in c.split("+")) <= 1 for c in hf.LEVER_CHOICES)
+    base = hf.speaker_independent_experiment("synthetic", profile="quick")
+    with pytest.raises(ValueError, match="stacks the view levers"):
+        hf.lever_experiments(base, ["authors_attention+speed+noise"])

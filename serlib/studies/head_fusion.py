@@ -107,9 +107,13 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # "repeat3", speed's control: the training part three times per epoch, unperturbed (speed's steps and schedule)
 SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
 NOISE_LEVER_AF = 0.1
-# the choices: each lever alone, and each other lever on top of the authors' attention (the cheap base on a CPU)
-LEVER_CHOICES: tuple[str, ...] = tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
-                                                       if k != "authors_attention")
+# the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
+# the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
+# (speed, noise, repeat3) never stack, each replaces the experiment's view
+VIEW_LEVERS: tuple[str, ...] = ("speed", "noise", "repeat3")
+LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
+                                                        if k != "authors_attention")
+                                  + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
 SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
 SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -211,6 +215,10 @@ def lever_view(part: str, base: Experiment) -> dict:
 def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experiment]:
     """One experiment per lever spec (:data:`LEVER_CHOICES`; ``"a+b"`` applies a then b), named
     ``<base>__lever-<spec>`` with arm ``lever-<spec>``."""
+    for spec in levers:
+        views = [p for p in spec.split("+") if p in VIEW_LEVERS]
+        if len(views) > 1:
+            raise ValueError(f"lever {spec!r} stacks the view levers {views}; each replaces the view, use one")
     bad = [s for s in levers if s not in LEVER_CHOICES]
     if bad:
         raise ValueError(f"unknown levers {bad}; known: {list(LEVER_CHOICES)}")
@@ -509,5 +517,6 @@ __all__ = [
     "study_tasks",
     "sweep_experiments",
     "table",
+    "VIEW_LEVERS",
     "widget_callback",
 ]
