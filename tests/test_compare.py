@@ -41,12 +41,36 @@ def test_best_speaker_independent_needs_every_fold_and_states_its_recipe():
     recs += [{**rec("moma", f, s, ua), "config": cfg} for f, s, ua in [(0, 0, 0.5), (1, 0, 0.6), (2, 0, 0.7),
                                                                          (2, 1, 0.5)]]
     recs += [rec("eca", f, 0, 0.4) for f in range(3)]
-    best = compare.best_speaker_independent(recs, goal=59.0).iloc[0]
+    table = compare.best_speaker_independent(recs, goal=59.0)
+    assert len(table) == 1  # no run carries predictions: no ensemble row
+    best = table.iloc[0]
     assert best["experiment"] == "moma" and best["n folds"] == 3 and best["n runs"] == 4
+    assert best["form"] == "single runs (fold mean over seeds)"
     assert math.isclose(best["UA mean of folds (%)"], (50 + 60 + 60) / 3) and best["seeds"] == "0 1"
     assert best["goal >= 59"] == False  # noqa: E712 (numpy bool)
     assert best["recipe"] == "moma(hidden=8); features mfcc, view utterances; train epochs=3, lr=0.01"
     assert compare.best_speaker_independent(recs[:2]).empty
+
+
+def test_best_speaker_independent_adds_the_best_seed_ensemble_on_every_fold():
+    def pr(kind, fold, seed, probs):
+        r = _pred_rec(kind, fold, seed, probs)
+        r["split"]["meta"] = {"fingerprint": "f", "n_folds": 2, "test_speakers": [f"A{fold}"]}
+        r["config"] = {"model": kind, "view": "speed_segments", "view_kwargs": {"factors": [0.9, 1.1]}}
+        return r
+
+    # "m": seeds 0 and 1 on both folds; each single run scores UA 75, their mean probabilities get all three right
+    recs = [pr("m", f, 0, [[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]]) for f in (0, 1)]
+    recs += [pr("m", f, 1, [[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]]) for f in (0, 1)]
+    # "k": better single runs (UA 100 on fold 0, 75 on fold 1) but two seeds on fold 0 only: no ensemble row
+    recs += [pr("k", 0, s, [[0.9, 0.1], [0.2, 0.8], [0.2, 0.8]]) for s in (0, 1)]
+    recs += [pr("k", 1, 0, [[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]])]
+    t = compare.best_speaker_independent(recs, goal=90.0).set_index("form")
+    single, ens = t.loc["single runs (fold mean over seeds)"], t.loc["seed ensemble (mean probabilities)"]
+    assert single["experiment"] == "k" and math.isclose(single["UA mean of folds (%)"], 87.5)
+    assert ens["experiment"] == "m" and math.isclose(ens["UA mean of folds (%)"], 100.0)
+    assert ens["n runs"] == 4 and ens["n folds"] == 2 and ens["seeds"] == "0 1" and ens["goal >= 90"] == True  # noqa
+    assert ens["recipe"].startswith("m(); features None, view speed_segments(factors=[0.9, 1.1])")
 
 
 def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b")):
