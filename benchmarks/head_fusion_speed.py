@@ -15,7 +15,11 @@ Sides, all on the same cached RAVDESS segments of the paper protocol (fold 0), f
   evaluated by ``Trainer.evaluate`` (one batched pass over every test segment, then index-op utterance pooling and
   the metrics);
 * per training step only (batch 32): ``serlib_faithful`` (``attention="head_fusion"``, Eq. 1) and, for before/after,
-  the implementation this issue replaced (``tests/reference_head_fusion_v0.py``) for both variants.
+  the implementation this issue replaced (``tests/reference_head_fusion_v0.py``) for both variants, and where the C
+  kernels build, both serlib variants with their attention in torch ops instead (``*_blocked``).
+
+serlib's epochs run through its ``Trainer``, which uses torch's fused Adam on the CPU; the authors' loop keeps their
+code's ``torch.optim.Adam`` defaults (the per-step timings give every side the same default Adam).
 
 Epochs and evaluation passes alternate between the sides (``--reps`` times each) and use identical batches (the same
 shuffling permutation); steps alternate too (``--steps`` each). Medians are reported. The JSON record (``--out``)
@@ -195,6 +199,7 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         import copy
 
         models["serlib_faithful_blocked"] = copy.deepcopy(faithful)  # same model, Eq. 1 by the torch blocked op
+        models["serlib_code_blocked"] = copy.deepcopy(serlib_code)  # same model, its attention in torch ops
     ref = load_reference_v0() if only is None else None
     if only is not None:
         models = {k: v for k, v in models.items() if k in only}

@@ -5,6 +5,8 @@ running statistics and the plot maps agree to <= 1e-5."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,57 @@ def test_native_kernel_matches_blocked(masked, d, dv, threads):
     for label, a, b_ in zip(("points", "u", "grad"), out["blocked"], out["native"]):
         assert torch.isfinite(b_).all(), label
         torch.testing.assert_close(b_, a, **TOL, msg=lambda s, k=label: f"{k}: {s}")
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("n_head", "n_size", "threads"), [(4, 64, 1), (4, 64, 2), (3, 20, 1), (2, 37, 3)])
+def test_native_code_kernel_matches_torch(masked, n_head, n_size, threads):
+    """The authors' variant's C kernel against the torch function (_CodeAttentionPoints) on the same projection:
+    points, the channel-softmax weights, and the gradients of the projection and its bias; n_size 64 (the kernel's
+    specialised copy) and widths that are not a multiple of the vector width, GAP weights of masked points, and
+    segments split between threads."""
+    torch.manual_seed(4)
+    b, p = 5, 23
+    y = (torch.randn(b * p, 3 * n_head * n_size) * 2.0).requires_grad_()
+    bias = (torch.randn(3 * n_head * n_size) * 0.5).requires_grad_()
+    gap = None
+    if masked:
+        m = (torch.arange(p)[None, :] < torch.tensor([23, 10, 1, 17, 23])[:, None]).float()
+        gap = m / m.sum(dim=-1, keepdim=True)
+    g = torch.randn(b, n_size)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pts, wts = _eq1_native.NativeCodePoints.apply(y, bias, gap, b, p, n_head, True)
+        (pts * g).sum().backward()
+        yb = (y.detach() + bias.detach()).view(b, p, 3, n_head, n_size).permute(2, 0, 1, 3, 4).contiguous()
+        yb.requires_grad_()
+        ref_pts, ref_wts = hf._CodeAttentionPoints.apply(yb, gap)
+        (ref_pts * g).sum().backward()
+    finally:
+        torch.set_num_threads(old_threads)
+    ref_grad = yb.grad.permute(1, 2, 0, 3, 4).reshape(b * p, -1)
+    torch.testing.assert_close(pts.detach(), ref_pts.detach(), **TOL)
+    torch.testing.assert_close(wts, ref_wts, **TOL)
+    torch.testing.assert_close(y.grad, ref_grad, **TOL)
+    torch.testing.assert_close(bias.grad, ref_grad.sum(dim=0), **TOL)
+    assert float(ref_grad.abs().max()) > 1e-3  # a gradient that could be wrong
+
+
+def test_kept_thread_pool_is_per_process_and_thread_count(monkeypatch):
+    """The kernels' kept pool is reused by later calls, and replaced in another process (a forked child has the
+    parent's pool object but none of its threads) or for another thread count."""
+    monkeypatch.setattr(_eq1_native, "_pools", {})
+    first = _eq1_native._executor(1)
+    assert _eq1_native._executor(1) is first
+    assert first.submit(lambda: 7).result(timeout=10) == 7
+    assert _eq1_native._executor(2) is not first
+    pid = os.getpid()
+    monkeypatch.setattr(_eq1_native.os, "getpid", lambda: pid + 1)
+    child = _eq1_native._executor(2)
+    assert child.submit(lambda: 8).result(timeout=10) == 8
+    assert list(_eq1_native._pools) == [(pid + 1, 2)]
 
 
 @pytest.mark.requires_cuda

@@ -5,8 +5,10 @@
 cached library (the file name hashes the source, the compiler, the flags and the CPU's model and flags, so a changed
 source or another machine gets its own build). It returns None, and :func:`unavailable_reason` says why, when there
 is no C compiler, the build fails, or ``SERLIB_EQ1_NATIVE=0``;
-:mod:`serlib.models.head_fusion` then runs its torch implementation (same function). :func:`points` is the
-autograd op; heads are split between ``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
+:mod:`serlib.models.head_fusion` then runs its torch implementation (same function). :class:`NativePoints` is
+Eq. 1's autograd op and :class:`NativeCodePoints` the authors' variant's (``attention="head_fusion_code"``); heads
+or segments are split between ``torch.get_num_threads()`` threads, the caller's and a kept pool's (ctypes releases
+the GIL).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fope
          "-shared")
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 64  # MAXD of head_fusion_eq1.c: wider heads run the torch function
+MAX_CODE_SIZE = 1024  # MAXNS of head_fusion_eq1.c: the code variant's n_size; wider runs the torch function
 _state: dict = {}
 
 
@@ -69,6 +72,10 @@ def _build() -> ctypes.CDLL:
     lib.hf_eq1_forward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32] + [ptr] * 5
     lib.hf_eq1_backward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32, f32] + [ptr] * 5
     lib.hf_eq1_forward.restype = lib.hf_eq1_backward.restype = i32
+    i64 = ctypes.c_long
+    lib.hf_code_forward.argtypes = [ptr] * 3 + [i32] * 3 + [i64] + [i32] * 2 + [ptr] * 2
+    lib.hf_code_backward.argtypes = [ptr] * 3 + [i32] * 3 + [i64] + [i32] * 2 + [ptr] * 3
+    lib.hf_code_forward.restype = lib.hf_code_backward.restype = i32
     return lib
 
 
@@ -103,17 +110,34 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+_pools: dict = {}
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process (starting threads costs more than a short kernel call); a forked child
+    or another thread count gets a new one (a forked child's copy of the parent's pool has no threads)."""
+    key = (os.getpid(), workers)
+    pool = _pools.get(key)
+    if pool is None:
+        _pools.clear()
+        pool = _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="serlib-native")
+    return pool
+
+
 def _run(fn, gh: int, args_before: tuple, args_after: tuple) -> None:
-    """fn(*args_before, g0, g1, *args_after) over all heads, split into torch.get_num_threads() ranges."""
+    """fn(*args_before, g0, g1, *args_after) over all heads (or segments), split into torch.get_num_threads()
+    ranges: the first in the calling thread, the others in a kept pool (ctypes releases the GIL)."""
     n = max(1, min(torch.get_num_threads(), gh))
     bounds = [gh * k // n for k in range(n + 1)]
     if n == 1:
         codes = [fn(*args_before, 0, gh, *args_after)]
     else:
-        with ThreadPoolExecutor(n) as pool:
-            codes = list(pool.map(lambda k: fn(*args_before, bounds[k], bounds[k + 1], *args_after), range(n)))
+        futures = [_executor(n - 1).submit(fn, *args_before, bounds[k], bounds[k + 1], *args_after)
+                   for k in range(1, n)]
+        codes = [fn(*args_before, bounds[0], bounds[1], *args_after)] + [f.result() for f in futures]
     if any(codes):
-        raise RuntimeError(f"head_fusion_eq1 kernel failed (codes {codes}; head_dim must be <= 64)")
+        raise RuntimeError(f"head_fusion_eq1 kernel {fn.__name__} failed (codes {codes}; head_dim must be <= 64, "
+                           f"n_size <= {MAX_CODE_SIZE}; 2: out of memory)")
 
 
 class NativePoints(torch.autograd.Function):
@@ -150,3 +174,42 @@ class NativePoints(torch.autograd.Function):
         _run(lib.hf_eq1_backward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
              (d, d**-0.5 * _LOG2E, d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad)))
         return grad, None, None, None, None
+
+
+class NativeCodePoints(torch.autograd.Function):
+    """The authors' variant's attention and GAP (:class:`serlib.models.head_fusion._CodeAttentionPoints`' function)
+    by the C kernel, on the projection as one row-major matrix without its bias: y (B * P, 3 * n_head * n_size)
+    float32, columns [q | k | v] each (head, n_size), bias (3 * n_head * n_size) added as rows are read; gap (B, P)
+    weights or None (1 / P) -> points (B, n_size) and, with ``want_wts``, the channel-softmax weights
+    (B, P, n_head, n_size) (not differentiable; empty otherwise). The backward recomputes the weights per row and
+    writes dq, dk, dv into one gradient of y's layout, and the bias gradient per segment (summed here)."""
+
+    @staticmethod
+    def forward(ctx, y, bias, gap, b: int, p: int, n_head: int, want_wts: bool = False):
+        lib = library()
+        y, bias = y.contiguous(), bias.to(y.dtype).contiguous()
+        ns = y.shape[1] // (3 * n_head)
+        if y.shape != (b * p, 3 * n_head * ns) or bias.shape != (y.shape[1],):
+            raise ValueError(f"y must be (B * P, 3 * n_head * n_size) = ({b * p}, {3 * n_head * ns}) and bias "
+                             f"({3 * n_head * ns},), got {tuple(y.shape)} and {tuple(bias.shape)}")
+        gap = None if gap is None else gap.to(y.dtype).contiguous()
+        points = y.new_empty(b, ns)
+        wts = y.new_empty((b, p, n_head, ns) if want_wts else (0,))
+        _run(lib.hf_code_forward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
+             (_ptr(points), _ptr(wts) if want_wts else None))
+        ctx.shape = (b, p, n_head, ns)
+        ctx.save_for_backward(y, bias, gap)
+        ctx.mark_non_differentiable(wts)
+        return points, wts
+
+    @staticmethod
+    def backward(ctx, dpoints, dwts):
+        lib = library()
+        y, bias, gap = ctx.saved_tensors
+        b, p, n_head, ns = ctx.shape
+        dpoints = dpoints.to(y.dtype).contiguous()
+        grad = torch.empty_like(y)  # every element written by the kernel
+        dbias = y.new_empty(b, y.shape[1])  # per segment
+        _run(lib.hf_code_backward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
+             (_ptr(dpoints), _ptr(grad), _ptr(dbias)))
+        return grad, dbias.sum(dim=0), None, None, None, None, None

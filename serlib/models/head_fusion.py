@@ -87,6 +87,13 @@ every allocation above 32 MiB afresh, so the 50 MB projection and its gradient w
 the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step
 is then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each
 8 per map entry) and the 80 -> 4352-channel projection GEMM forward and backward.
+
+The code variant (``"head_fusion_code"``) uses the same library on the CPU: its Q/K/V projection is one GEMM
+without bias into a (B * P, 3 * n_head * n_size) matrix, and one C pass per segment adds the bias, takes the channel
+softmax, ReLU and GAP (``hf_code_forward``); the backward recomputes the softmax per row and writes dq, dk, dv and
+the bias gradient in one pass (``hf_code_backward``), where the torch ops (:class:`_CodeAttentionPoints`, the
+fallback) take about ten passes over the (B, P, n_head, n_size) tensors and an addmm that first copies the bias
+into the output. ``tests/test_head_fusion_parity.py`` checks both paths against the reference and each other.
 """
 
 from __future__ import annotations
@@ -696,23 +703,40 @@ class HeadFusionACNN(nn.Module):
         p = h * w
         nh, ns, c = cfg.n_head, cfg.n_size, feat.shape[1]
         x = _points_last(feat).reshape(b * p, c)  # a view of the channels-last map
+        gap = None  # (B, P) GAP weights of the valid points (rows sum to 1), None for 1 / P
+        if key_mask is not None:
+            m = key_mask.to(feat.dtype)
+            gap = m / m.sum(dim=-1, keepdim=True)
+        want = maps or return_attention
+        if _eq1_impl(feat, 1) == "native" and ns <= _eq1_native.MAX_CODE_SIZE:
+            # the fused C kernel on one (B * P, 3 * head * n_size) GEMM output, columns [q | k | v] each (head, n_size)
+            # (the kernel adds the bias as it reads y: addmm would copy it into y first, one more pass over y)
+            wt = self.qkv.weight.view(nh, 3, ns, c).transpose(0, 1).reshape(3 * nh * ns, c)
+            y = torch.mm(x, wt.t())
+            if y.dtype == torch.float32:  # (not under a lower-precision autocast)
+                bias = self.qkv.bias.view(nh, 3, ns).transpose(0, 1).reshape(-1)
+                points, weights = _eq1_native.NativeCodePoints.apply(y, bias, gap, b, p, nh, want)
+                if want:
+                    self._code_maps(weights, aux, return_attention, h, w)
+                return points
         # the qkv channels (head, [q | k | v], n_size) regrouped as (3, head * n_size): one batched GEMM whose three
         # outputs are contiguous (B * P, head * n_size) blocks (element-wise ops on interleaved views are ~10x slower)
         wt = self.qkv.weight.view(nh, 3, ns, c).transpose(0, 1).reshape(3, nh * ns, c)
         bias = self.qkv.bias.view(nh, 3, ns).transpose(0, 1).reshape(3, 1, nh * ns)
         proj = torch.baddbmm(bias, x.expand(3, b * p, c), wt.transpose(1, 2)).view(3, b, p, nh, ns)
-        gap = None  # (B, P) GAP weights of the valid points (rows sum to 1), None for 1 / P
-        if key_mask is not None:
-            m = key_mask.to(proj.dtype)
-            gap = m / m.sum(dim=-1, keepdim=True)
-        points, weights = _CodeAttentionPoints.apply(proj, gap)
-        if maps or return_attention:
-            wmap = weights.detach().permute(0, 2, 3, 1).reshape(b, cfg.n_head, cfg.n_size, h, w)
-            aux["head_maps"] = wmap[:, :, 0]
-            aux["fused_map"] = aux["head_maps"].mean(dim=1)
-            if return_attention:
-                aux["attention"] = wmap
+        points, weights = _CodeAttentionPoints.apply(proj, None if gap is None else gap.to(proj.dtype))
+        if want:
+            self._code_maps(weights, aux, return_attention, h, w)
         return points
+
+    def _code_maps(self, weights: torch.Tensor, aux: dict, return_attention: bool, h: int, w: int) -> None:
+        """The code variant's plot entries from its channel-softmax weights (B, P, n_head, n_size)."""
+        cfg = self.config
+        wmap = weights.detach().permute(0, 2, 3, 1).reshape(weights.shape[0], cfg.n_head, cfg.n_size, h, w)
+        aux["head_maps"] = wmap[:, :, 0]
+        aux["fused_map"] = aux["head_maps"].mean(dim=1)
+        if return_attention:
+            aux["attention"] = wmap
 
     def _self_attention(self, feat, key_mask, aux, maps, return_attention) -> torch.Tensor:
         cfg = self.config

@@ -287,3 +287,163 @@ int hf_eq1_backward(const float *proj, const float *bias, const float *w, int gh
                              grad);
     return backward_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, rowmax, rowsum, c, dpoints, grad);
 }
+
+/* ---------------------------------------------------------------------------------------------------------------------
+   The authors' variant (HeadFusionACNN(attention="head_fusion_code"), serlib/models/head_fusion.py's
+   _CodeAttentionPoints computes the same function in torch ops and is the fallback), fused per (segment, point, head).
+
+   y is the Q/K/V projection without its bias, row-major (B * P, ld), row b * P + i, columns [q | k | v], each
+   n_head * ns wide (head h's ns channels at h * ns); bias (ld) is added to every row as it is read (a separate
+   bias add would be one more pass over y). For every head, over the ns channels c,
+     w_c = softmax_c(q_c k_c),  r_c = relu(w_c v_c),  points[b, c] += g_i r_c,  g_i = gap[b, i] / n_head, or
+   1 / (P n_head) when gap is NULL (the code's ReLU and GAP over heads and positions). Optionally wts (B, P, n_head, ns)
+   receives w. Backward, from dpoints (B, ns): do_c = g_i dpoints[b, c] where r_c > 0 (else 0), dv = do w,
+   dw = do v, ds = w (dw - sum_c dw w), dq = ds k, dk = ds q, written into grad (the layout of y), and the bias
+   gradient per segment, dbias[b] = sum_i grad[b * P + i] (B, ld); w is recomputed. Segments b0 <= b < b1 only (the
+   caller splits segments between threads). */
+#define MAXNS 1024
+
+static inline __attribute__((always_inline)) void load_row(v16 *restrict dst, const float *restrict src,
+                                                           const v16 *restrict bias, int ns, int nvs) {
+    dst[nvs - 1] = (v16){0};
+    memcpy(dst, src, sizeof(float) * (size_t)ns);
+    for (int j = 0; j < nvs; j++) dst[j] += bias[j];
+}
+
+/* The bias of every head's q, k and v, as padded vectors: bl[(t * nh + h) * nvs + j], t = 0, 1, 2 for q, k, v. */
+static v16 *load_bias(const float *restrict bias, int nh, int ns, int nvs) {
+    v16 *bl = (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)(3 * nh * nvs));
+    if (!bl) return NULL;
+    for (int t = 0; t < 3 * nh; t++) {
+        bl[(long)t * nvs + nvs - 1] = (v16){0};
+        memcpy(bl + (long)t * nvs, bias + (long)t * ns, sizeof(float) * (size_t)ns);
+    }
+    return bl;
+}
+
+/* w = softmax over the ns real lanes of q * k (padding lanes 0); returns nothing, fills w. */
+static inline __attribute__((always_inline)) void code_softmax(v16 *restrict w, const v16 *restrict q,
+                                                               const v16 *restrict k, const v16 *restrict pad,
+                                                               int nvs) {
+    v16 m = (v16){0} - __builtin_inff();
+    for (int j = 0; j < nvs; j++) {
+        w[j] = q[j] * k[j] + pad[j];
+        m = vmax(m, w[j]);
+    }
+    float mx = hmax(m);
+    v16 sum = (v16){0};
+    for (int j = 0; j < nvs; j++) {
+        w[j] = ex2((w[j] - mx) * 1.4426950408889634f);
+        sum += w[j];
+    }
+    float inv = 1.0f / hsum(sum);
+    for (int j = 0; j < nvs; j++) w[j] *= inv;
+}
+
+static inline __attribute__((always_inline)) int code_forward_core(const float *restrict y, const float *restrict bias,
+                                                                   const float *restrict gap, int p, int nh, int ns,
+                                                                   int nvs, long ld, int b0, int b1,
+                                                                   float *restrict points, float *restrict wts) {
+    v16 q[MAXNS / V], k[MAXNS / V], v[MAXNS / V], w[MAXNS / V], acc[MAXNS / V], pad[MAXNS / V];
+    const long hs = (long)nh * ns;
+    v16 *bl = load_bias(bias, nh, ns, nvs);
+    if (!bl) return 2;
+    for (int j = 0; j < nvs; j++)
+        for (int l = 0; l < V; l++) pad[j][l] = j * V + l < ns ? 0.0f : -__builtin_inff();
+    for (int b = b0; b < b1; b++) {
+        for (int j = 0; j < nvs; j++) acc[j] = (v16){0};
+        for (int i = 0; i < p; i++) {
+            const float *row = y + ((long)b * p + i) * ld;
+            float g = gap ? gap[(long)b * p + i] / (float)nh : 1.0f / ((float)p * (float)nh);
+            for (int h = 0; h < nh; h++) {
+                load_row(q, row + (long)h * ns, bl + (long)h * nvs, ns, nvs);
+                load_row(k, row + hs + (long)h * ns, bl + (long)(nh + h) * nvs, ns, nvs);
+                load_row(v, row + 2 * hs + (long)h * ns, bl + (long)(2 * nh + h) * nvs, ns, nvs);
+                code_softmax(w, q, k, pad, nvs);
+                if (wts) memcpy(wts + (((long)b * p + i) * nh + h) * ns, w, sizeof(float) * (size_t)ns);
+                for (int j = 0; j < nvs; j++) acc[j] += g * vmax(w[j] * v[j], (v16){0});
+            }
+        }
+        memcpy(points + (long)b * ns, acc, sizeof(float) * (size_t)ns);
+    }
+    free(bl);
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int code_backward_core(const float *restrict y,
+                                                                    const float *restrict bias,
+                                                                    const float *restrict gap, int p, int nh, int ns,
+                                                                    int nvs, long ld, int b0, int b1,
+                                                                    const float *restrict dpoints,
+                                                                    float *restrict grad, float *restrict dbias) {
+    v16 q[MAXNS / V], k[MAXNS / V], v[MAXNS / V], w[MAXNS / V], dp[MAXNS / V], pad[MAXNS / V];
+    v16 dq[MAXNS / V], dk[MAXNS / V], dvv[MAXNS / V];
+    const long hs = (long)nh * ns;
+    v16 *bl = load_bias(bias, nh, ns, nvs);
+    if (!bl) return 2;
+    v16 *db = (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)(3 * nh * nvs)); /* this segment's bias gradient */
+    if (!db) {
+        free(bl);
+        return 2;
+    }
+    for (int j = 0; j < nvs; j++)
+        for (int l = 0; l < V; l++) pad[j][l] = j * V + l < ns ? 0.0f : -__builtin_inff();
+    for (int b = b0; b < b1; b++) {
+        dp[nvs - 1] = (v16){0};
+        memcpy(dp, dpoints + (long)b * ns, sizeof(float) * (size_t)ns);
+        memset(db, 0, sizeof(v16) * (size_t)(3 * nh * nvs));
+        for (int i = 0; i < p; i++) {
+            const float *row = y + ((long)b * p + i) * ld;
+            float *grow = grad + ((long)b * p + i) * ld;
+            float g = gap ? gap[(long)b * p + i] / (float)nh : 1.0f / ((float)p * (float)nh);
+            for (int h = 0; h < nh; h++) {
+                load_row(q, row + (long)h * ns, bl + (long)h * nvs, ns, nvs);
+                load_row(k, row + hs + (long)h * ns, bl + (long)(nh + h) * nvs, ns, nvs);
+                load_row(v, row + 2 * hs + (long)h * ns, bl + (long)(2 * nh + h) * nvs, ns, nvs);
+                code_softmax(w, q, k, pad, nvs);
+                v16 t = (v16){0};
+                for (int j = 0; j < nvs; j++) {
+                    vi16 on = (w[j] * v[j]) > 0.0f;           /* the ReLU passed this channel */
+                    v16 d_o = (v16)((vi16)(g * dp[j]) & on);  /* do */
+                    dvv[j] = d_o * w[j];
+                    dq[j] = d_o * v[j];                        /* dw, for now */
+                    t += dq[j] * w[j];
+                }
+                float tt = hsum(t);
+                v16 *dbq = db + (long)h * nvs, *dbk = db + (long)(nh + h) * nvs, *dbv = db + (long)(2 * nh + h) * nvs;
+                for (int j = 0; j < nvs; j++) {
+                    v16 ds = w[j] * (dq[j] - tt);
+                    dq[j] = ds * k[j];
+                    dk[j] = ds * q[j];
+                    dbq[j] += dq[j];
+                    dbk[j] += dk[j];
+                    dbv[j] += dvv[j];
+                }
+                memcpy(grow + (long)h * ns, dq, sizeof(float) * (size_t)ns);
+                memcpy(grow + hs + (long)h * ns, dk, sizeof(float) * (size_t)ns);
+                memcpy(grow + 2 * hs + (long)h * ns, dvv, sizeof(float) * (size_t)ns);
+            }
+        }
+        for (int t = 0; t < 3 * nh; t++)
+            memcpy(dbias + (long)b * ld + (long)t * ns, db + (long)t * nvs, sizeof(float) * (size_t)ns);
+    }
+    free(db);
+    free(bl);
+    return 0;
+}
+
+/* Exported entry points; ns = 64 (the paper's n_size) gets a copy of the code with the width a constant. Return 1 for
+   ns outside [1, MAXNS] or ld != 3 n_head ns, 2 when out of memory. */
+int hf_code_forward(const float *y, const float *bias, const float *gap, int p, int nh, int ns, long ld, int b0,
+                    int b1, float *points, float *wts) {
+    if (ns < 1 || ns > MAXNS || ld != 3L * nh * ns) return 1;
+    if (ns == 64) return code_forward_core(y, bias, gap, p, nh, 64, 4, ld, b0, b1, points, wts);
+    return code_forward_core(y, bias, gap, p, nh, ns, (ns + V - 1) / V, ld, b0, b1, points, wts);
+}
+
+int hf_code_backward(const float *y, const float *bias, const float *gap, int p, int nh, int ns, long ld, int b0,
+                     int b1, const float *dpoints, float *grad, float *dbias) {
+    if (ns < 1 || ns > MAXNS || ld != 3L * nh * ns) return 1;
+    if (ns == 64) return code_backward_core(y, bias, gap, p, nh, 64, 4, ld, b0, b1, dpoints, grad, dbias);
+    return code_backward_core(y, bias, gap, p, nh, ns, (ns + V - 1) / V, ld, b0, b1, dpoints, grad, dbias);
+}
