@@ -19,7 +19,9 @@ Sides, all on the same cached RAVDESS segments of the paper protocol (fold 0), f
   kernels build, both serlib variants with their attention in torch ops instead (``*_blocked``).
 
 serlib's epochs run through its ``Trainer``, which uses torch's fused Adam on the CPU; the authors' loop keeps their
-code's ``torch.optim.Adam`` defaults (the per-step timings give every side the same default Adam).
+code's ``torch.optim.Adam`` defaults (the per-step timings give every side the same default Adam). The Trainer also
+keeps freed memory in the heap (``serlib.train.tune_cpu_allocator``: process-wide, so from the first Trainer on it
+serves every side of this process, the authors' code included; the record says whether it was in force).
 
 Epochs and evaluation passes alternate between the sides (``--reps`` times each) and use identical batches (the same
 shuffling permutation); steps alternate too (``--steps`` each). Medians are reported. The JSON record (``--out``)
@@ -538,6 +540,9 @@ def run(train, test, labels, score_fn, *, reps: int, steps: int, threads: list[i
     rec["eq1_forward"] = eq1_forward_times(batch=2 if data == "toy" else 32, compile_=compile_)
     print(f"Eq. 1 forward only: {rec['eq1_forward']}", flush=True)
     rec["load_avg_after"] = list(os.getloadavg())
+    from serlib.train import _ALLOCATOR
+
+    rec["cpu_allocator_tuned"] = _ALLOCATOR.get("tuned")  # set by the first Trainer: every side after it
     main = rec["epochs"][0]
     rec["summary"] = {
         "threads": main["threads"],

@@ -263,6 +263,61 @@ def test_native_code_kernel_matches_torch(masked, n_head, n_size, threads):
     assert float(ref_grad.abs().max()) > 1e-3  # a gradient that could be wrong
 
 
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize(("shape", "threads"), [((4, 16, 9, 12), 1), ((5, 32, 7, 11), 2), ((3, 5, 6, 5), 3)])
+def test_native_batchnorm_pool_relu_matches_torch(pool, shape, threads):
+    """The C kernels' training-mode BatchNorm (+ 2x2 max-pool) + ReLU against torch's ops in float64: output, batch
+    mean and biased variance, and the gradients of the input, gamma and beta; odd H and W (positions no pool window
+    covers still get BatchNorm's gradient), a channel count that is not a multiple of the vector width, samples split
+    between threads. Inputs with a large mean test the variance's precision."""
+    torch.manual_seed(5)
+    n, c, h, w = shape
+    x = (torch.randn(shape) * 2.0 + 3.0).contiguous(memory_format=torch.channels_last).requires_grad_()
+    gamma = (torch.rand(c) + 0.5).requires_grad_()
+    beta = torch.randn(c).requires_grad_()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, mean, var = _eq1_native.NativeBatchNormReLU.apply(x, gamma, beta, 1e-5, pool)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (x, gamma, beta), g)
+    finally:
+        torch.set_num_threads(old_threads)
+    x64, g64, b64 = (t.detach().double().requires_grad_() for t in (x, gamma, beta))
+    ref = F.batch_norm(x64, None, None, g64, b64, True, 0.1, 1e-5)
+    ref = F.relu(F.max_pool2d(ref, 2) if pool else ref)
+    ref_grads = torch.autograd.grad(ref, (x64, g64, b64), g.double())
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref.float(), **TOL)
+    torch.testing.assert_close(mean, x64.detach().mean(dim=(0, 2, 3)).float(), **TOL)
+    torch.testing.assert_close(var, x64.detach().var(dim=(0, 2, 3), unbiased=False).float(), **TOL)
+    for label, a, r in zip(("dx", "dgamma", "dbeta"), grads, ref_grads):
+        torch.testing.assert_close(a, r.float(), **TOL, msg=lambda s, k=label: f"{k}: {s}")
+    assert float(grads[0].abs().max()) > 1e-3
+
+
+def test_native_batchnorm_runs_in_training_and_updates_running_statistics_as_torch(monkeypatch):
+    """A training forward of the conv stack goes through the C kernels (where they build) and leaves the same
+    BatchNorm running statistics as torch's modules; NATIVE_BN = False keeps torch's ops."""
+    if NATIVE_MISSING:
+        pytest.skip(f"native kernels unavailable: {NATIVE_MISSING}")
+    calls = []
+    real = _eq1_native.NativeBatchNormReLU.apply
+    monkeypatch.setattr(_eq1_native.NativeBatchNormReLU, "apply", lambda *a: calls.append(a[-1]) or real(*a))
+    torch.manual_seed(6)
+    models = [HeadFusionACNN(HeadFusionConfig(attention="none")) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(4, 26, 63)
+    models[0].train()(x)
+    assert calls == [False, True, True, False, False]  # first convs, 2 pooled middle convs, 2 unpooled
+    monkeypatch.setattr(hf, "NATIVE_BN", False)
+    models[1].train()(x)
+    assert len(calls) == 5
+    for (name, a), b_ in zip(models[0].named_buffers(), models[1].buffers()):
+        torch.testing.assert_close(a, b_, **TOL, msg=lambda s, k=name: f"{k}: {s}")
+
+
 def test_kept_thread_pool_is_per_process_and_thread_count(monkeypatch):
     """The kernels' kept pool is reused by later calls, and replaced in another process (a forked child has the
     parent's pool object but none of its threads) or for another thread count."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -438,3 +443,35 @@ def test_loss_fn_with_an_aux_parameter_gets_the_batch_aux_while_training_and_non
     Trainer(WithAux(), cfg(epochs=1, batch_size=8), loss_fn=lambda lg, y: plain.append(1) or
             nn.functional.cross_entropy(lg, y)).fit(data, val=blobs(8, seed=2))
     assert len(plain) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_allocator_tuning_stops_page_faults_on_repeated_large_allocations():
+    """After tune_cpu_allocator (which a CPU Trainer calls), freeing and reallocating 8 MB tensors reuses the heap
+    instead of faulting fresh pages in on every step; SERLIB_MALLOC_TUNE=0 leaves glibc's default. Each case runs
+    in a fresh interpreter (the setting is process-wide and sticky)."""
+    code = textwrap.dedent("""
+        import resource, sys, torch
+        from serlib.train import tune_cpu_allocator
+        tuned = tune_cpu_allocator()
+        for _ in range(3):
+            a, b = torch.empty(2 * 2**20).fill_(1.0), torch.empty(2 * 2**20).fill_(2.0)
+            del a, b
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            a = torch.empty(2 * 2**20).fill_(1.0)
+            b = torch.empty(2 * 2**20).fill_(2.0)
+            del a, b
+        print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    faults = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, "SERLIB_MALLOC_TUNE": setting}
+        for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+            env.pop(k, None)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        tuned, n = out.stdout.split()
+        faults[setting] = (tuned == "True", int(n))
+    assert faults["1"][0] and not faults["0"][0]
+    assert faults["0"][1] > 5000  # 40 x 8 MB faulted in afresh: ~2048 pages each
+    assert faults["1"][1] < 500

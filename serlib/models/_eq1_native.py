@@ -31,6 +31,7 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fope
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 64  # MAXD of head_fusion_eq1.c: wider heads run the torch function
 MAX_CODE_SIZE = 1024  # MAXNS of head_fusion_eq1.c: the code variant's n_size; wider runs the torch function
+MAX_BN_CHANNELS = 4096  # BN_MAXC of head_fusion_eq1.c
 _state: dict = {}
 
 
@@ -76,6 +77,12 @@ def _build() -> ctypes.CDLL:
     lib.hf_code_forward.argtypes = [ptr] * 3 + [i32] * 3 + [i64] + [i32] * 2 + [ptr] * 2
     lib.hf_code_backward.argtypes = [ptr] * 3 + [i32] * 3 + [i64] + [i32] * 2 + [ptr] * 3
     lib.hf_code_forward.restype = lib.hf_code_backward.restype = i32
+    lib.hf_bn_stats.argtypes = [ptr] + [i32] * 4 + [ptr]
+    lib.hf_bn_fwd.argtypes = [ptr] + [i32] * 4 + [ptr] * 3 + [i32] * 2 + [ptr]
+    lib.hf_bn_bwd_sums.argtypes = [ptr] * 2 + [i32] * 4 + [ptr] * 4 + [i32] * 2 + [ptr]
+    lib.hf_bn_bwd_dx.argtypes = [ptr] * 2 + [i32] * 4 + [ptr] * 7 + [i32] * 2 + [ptr]
+    for fn in (lib.hf_bn_stats, lib.hf_bn_fwd, lib.hf_bn_bwd_sums, lib.hf_bn_bwd_dx):
+        fn.restype = i32
     return lib
 
 
@@ -213,3 +220,63 @@ class NativeCodePoints(torch.autograd.Function):
         _run(lib.hf_code_backward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
              (_ptr(dpoints), _ptr(grad), _ptr(dbias)))
         return grad, dbias.sum(dim=0), None, None, None, None, None
+
+
+def bn_usable(x: torch.Tensor) -> bool:
+    """Whether :class:`NativeBatchNormReLU` can run on ``x``: float32 on the CPU, 4-D channels-last, at most
+    :data:`MAX_BN_CHANNELS` channels, and the library is available."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and 1 <= x.shape[1] <= MAX_BN_CHANNELS
+            and library() is not None)
+
+
+class NativeBatchNormReLU(torch.autograd.Function):
+    """``relu(max_pool2d(batch_norm(x, training=True), 2))`` (without the pool when ``pool`` is False) by the C
+    kernels: x (N, C, H, W) float32 channels-last, gamma, beta (C,) -> out (N, C, H', W') channels-last, and the
+    batch mean and biased variance (C,) (not differentiable: the caller updates the running statistics). Two passes
+    forward (statistics; normalise, pool and ReLU at once) and two backward (the two per-channel sums; dx), where
+    torch's batch_norm, max_pool2d and relu take about twice as many passes over the map, and the pool's
+    (N, C, H', W') index tensor is never written (the backward finds each window's maximum again)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps: float, pool: bool):
+        lib = library()
+        n, c, h, w = x.shape
+        if pool and (h < 2 or w < 2):
+            raise ValueError(f"a 2x2 max-pool needs H, W >= 2, got {h}x{w}")
+        part = torch.empty(n, 2, c, dtype=torch.float64)
+        _run(lib.hf_bn_stats, n, (_ptr(x), h * w, c), (_ptr(part),))
+        cnt = n * h * w
+        s = part.sum(dim=0)
+        mean64 = s[0] / cnt
+        var64 = (s[1] / cnt - mean64 * mean64).clamp_(min=0.0)
+        invstd64 = (var64 + eps).rsqrt()
+        mean, invstd = mean64.float(), invstd64.float()
+        scale = (gamma.detach().double() * invstd64).float()
+        shift = beta.detach().float().contiguous()
+        oh, ow = (h // 2, w // 2) if pool else (h, w)
+        out = torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
+        _run(lib.hf_bn_fwd, n, (_ptr(x), h, w, c, int(pool), _ptr(scale), _ptr(shift), _ptr(mean)), (_ptr(out),))
+        ctx.pool = pool
+        ctx.save_for_backward(x, gamma, scale, shift, mean, invstd)
+        var = var64.float()
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, dout, dmean, dvar):
+        lib = library()
+        x, gamma, scale, shift, mean, invstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        pool = int(ctx.pool)
+        dout = dout.float().contiguous(memory_format=torch.channels_last)
+        part = torch.empty(n, 2, c, dtype=torch.float64)
+        common = (_ptr(x), _ptr(dout), h, w, c, pool, _ptr(scale), _ptr(shift), _ptr(mean), _ptr(invstd))
+        _run(lib.hf_bn_bwd_sums, n, common, (_ptr(part),))
+        cnt = n * h * w
+        s = part.sum(dim=0)  # (sum dy, sum dy xhat) per channel
+        am, bm = (s[0] / cnt).float(), (s[1] / cnt).float()
+        k = (gamma.detach().float() * invstd).contiguous()
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        _run(lib.hf_bn_bwd_dx, n, common + (_ptr(k), _ptr(am), _ptr(bm)), (_ptr(dx),))
+        return dx, s[1].to(gamma.dtype), s[0].to(gamma.dtype), None, None

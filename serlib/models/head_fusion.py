@@ -220,17 +220,47 @@ def _parallel_conv_bn_relu(a: nn.Sequential, b: nn.Sequential, x: torch.Tensor) 
     var = torch.cat((ba.running_var, bb.running_var))
     gamma, beta, bias = torch.cat((ba.weight, bb.weight)), torch.cat((ba.bias, bb.bias)), torch.cat((ca.bias, cb.bias))
     if ba.training:
-        y = F.batch_norm(F.conv2d(x, w, bias, padding=(p_h, p_w)), mean, var, gamma, beta, True, ba.momentum, ba.eps)
+        y = F.conv2d(x, w, bias, padding=(p_h, p_w))
+        native = _native_bn_relu(y, gamma, beta, ba.eps, False)
+        if native is None:
+            y = F.relu_(F.batch_norm(y, mean, var, gamma, beta, True, ba.momentum, ba.eps))
+        else:
+            y, batch_mean, batch_var = native
+            _update_running(mean, var, batch_mean, batch_var, y.numel() // y.shape[1], ba.momentum)
         with torch.no_grad():  # running statistics back into the two modules, as their own forward would
             n = ba.num_features
             for bn, sl in ((ba, slice(0, n)), (bb, slice(n, None))):
                 bn.running_mean.copy_(mean[sl])
                 bn.running_var.copy_(var[sl])
                 bn.num_batches_tracked.add_(1)
-    else:
-        scale = gamma * torch.rsqrt(var + ba.eps)
-        y = F.conv2d(x, w * scale.view(-1, 1, 1, 1), (bias - mean) * scale + beta, padding=(p_h, p_w))
+        return y
+    scale = gamma * torch.rsqrt(var + ba.eps)
+    y = F.conv2d(x, w * scale.view(-1, 1, 1, 1), (bias - mean) * scale + beta, padding=(p_h, p_w))
     return F.relu_(y)  # in place: neither batch_norm nor conv needs its output for backward
+
+
+NATIVE_BN = True  # training-mode BatchNorm + pool + ReLU by the C kernels where they run (see _native_bn_relu)
+
+
+def _native_bn_relu(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
+                    pool: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``relu([max_pool2d](batch_norm(y, training=True)))`` by :class:`serlib.models._eq1_native.NativeBatchNormReLU`
+    (the output, the batch mean and the biased batch variance), or None where the C kernels do not run: off
+    (``NATIVE_BN``, or ``EQ1_IMPL`` "blocked" / "dense", which keep the whole model in torch ops), not float32 on the
+    CPU in channels-last, or a single value per channel (torch's batch_norm then raises its error)."""
+    if not NATIVE_BN or EQ1_IMPL not in ("auto", "native") or y.numel() <= y.shape[1]:
+        return None
+    if not _eq1_native.bn_usable(y) or gamma.dtype != torch.float32 or beta.dtype != torch.float32:
+        return None
+    return _eq1_native.NativeBatchNormReLU.apply(y, gamma, beta, eps, pool)
+
+
+def _update_running(mean: torch.Tensor, var: torch.Tensor, batch_mean: torch.Tensor, batch_var: torch.Tensor,
+                    count: int, momentum: float) -> None:
+    """BatchNorm's running-statistics update (torch's rule: the unbiased batch variance), in place."""
+    with torch.no_grad():
+        mean.mul_(1.0 - momentum).add_(batch_mean.to(mean.dtype), alpha=momentum)
+        var.mul_(1.0 - momentum).add_(batch_var.to(var.dtype) * (count / (count - 1)), alpha=momentum)
 
 
 def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) -> torch.Tensor:
@@ -239,7 +269,18 @@ def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor, *, pool: bool = False) 
     conv then batch_norm, exactly as the modules do (running statistics updated the same way). Eval: BatchNorm folded
     into the conv, ``w' = w * g / sqrt(var + eps)``, ``b' = (b - mean) * g / sqrt(var + eps) + beta``."""
     conv, bn = block[0], block[1]
-    if bn.training or bn.running_mean is None:
+    if bn.training and bn.track_running_stats and bn.affine and bn.momentum is not None:
+        y = conv(x)
+        native = _native_bn_relu(y, bn.weight, bn.bias, bn.eps, pool)
+        if native is not None:
+            out, batch_mean, batch_var = native
+            _update_running(bn.running_mean, bn.running_var, batch_mean, batch_var, y.numel() // y.shape[1],
+                            bn.momentum)
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+            return out
+        y = bn(y)
+    elif bn.training or bn.running_mean is None:
         y = bn(conv(x))
     else:
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)

@@ -447,3 +447,184 @@ int hf_code_backward(const float *y, const float *bias, const float *gap, int p,
     if (ns == 64) return code_backward_core(y, bias, gap, p, nh, 64, 4, ld, b0, b1, dpoints, grad, dbias);
     return code_backward_core(y, bias, gap, p, nh, ns, (ns + V - 1) / V, ld, b0, b1, dpoints, grad, dbias);
 }
+
+/* ---------------------------------------------------------------------------------------------------------------------
+   BatchNorm in training mode, an optional 2x2 max-pool (floor) and ReLU on a channels-last map x (N, H, W, C) float32,
+   the conv stack of both Head Fusion variants (serlib/models/head_fusion.py's _conv_bn_relu; torch's batch_norm,
+   max_pool2d and relu_ are the fallback and the reference). Samples n0 <= n < n1 only; per-channel sums go to per-
+   sample rows of part (N, 2, C) float64, summed by the caller:
+     hf_bn_stats:    part[n] = (sum x, sum x^2) over sample n's H W positions;
+     hf_bn_fwd:      out = relu(pool((x - mean) * scale + shift)) (N, H', W', C), scale = gamma invstd,
+                     shift = beta; the pool keeps the first maximum in (h, w) order, as torch's;
+     hf_bn_bwd_sums: part[n] = (sum dy, sum dy xhat), dy = dout at the pooled position's maximum where the output is
+                     > 0 (the ReLU), else 0; xhat = (x - mean) invstd;
+     hf_bn_bwd_dx:   dx = k (dy - a - xhat b), k = gamma invstd, a = mean dy, b = mean dy xhat (also at positions no
+                     pool window covers, where dy = 0). */
+#define BN_MAXC 4096
+
+int hf_bn_stats(const float *restrict x, int hw, int c, int n0, int n1, double *restrict part) {
+    if (c < 1 || c > BN_MAXC) return 1;
+    for (int n = n0; n < n1; n++) {
+        double *restrict s = part + (long)n * 2 * c, *restrict s2 = s + c;
+        for (int j = 0; j < c; j++) s[j] = s2[j] = 0.0;
+        const float *restrict xn = x + (long)n * hw * c;
+        for (long i = 0; i < hw; i++) {
+            const float *restrict r = xn + i * c;
+            for (int j = 0; j < c; j++) {
+                double v = r[j];
+                s[j] += v;
+                s2[j] += v * v;
+            }
+        }
+    }
+    return 0;
+}
+
+/* y, the BatchNorm output, of channel j at p */
+#define BN_Y(p, j) (((p)[j] - mean[j]) * scale[j] + shift[j])
+
+int hf_bn_fwd(const float *restrict x, int h, int w, int c, int pool, const float *restrict scale,
+              const float *restrict shift, const float *restrict mean, int n0, int n1, float *restrict out) {
+    if (c < 1 || c > BN_MAXC) return 1;
+    const long wc = (long)w * c;
+    for (int n = n0; n < n1; n++) {
+        const float *restrict xn = x + (long)n * h * wc;
+        if (!pool) {
+            float *restrict on = out + (long)n * h * wc;
+            for (long i = 0; i < (long)h * w; i++)
+                for (int j = 0; j < c; j++) {
+                    float y = BN_Y(xn + i * c, j);
+                    on[i * c + j] = y > 0.0f ? y : 0.0f;
+                }
+            continue;
+        }
+        const int oh = h / 2, ow = w / 2;
+        float *restrict on = out + (long)n * oh * ow * c;
+        for (int a = 0; a < oh; a++)
+            for (int b = 0; b < ow; b++) {
+                const float *p00 = xn + (2L * a) * wc + 2L * b * c, *p01 = p00 + c, *p10 = p00 + wc, *p11 = p10 + c;
+                float *restrict o = on + ((long)a * ow + b) * c;
+                for (int j = 0; j < c; j++) {
+                    float m = BN_Y(p00, j), y;
+                    y = BN_Y(p01, j);
+                    m = y > m ? y : m;
+                    y = BN_Y(p10, j);
+                    m = y > m ? y : m;
+                    y = BN_Y(p11, j);
+                    m = y > m ? y : m;
+                    o[j] = m > 0.0f ? m : 0.0f;
+                }
+            }
+    }
+    return 0;
+}
+
+/* The window's first maximum: returns its offset (0, c, wc or wc + c from p00) for channel j, and its value in *m. */
+static inline __attribute__((always_inline)) long bn_argmax(const float *p00, long c, long wc, int j,
+                                                            const float *restrict scale, const float *restrict shift,
+                                                            const float *restrict mean, float *m) {
+    long off = 0;
+    float best = BN_Y(p00, j), y;
+    y = BN_Y(p00 + c, j);
+    if (y > best) best = y, off = c;
+    y = BN_Y(p00 + wc, j);
+    if (y > best) best = y, off = wc;
+    y = BN_Y(p00 + wc + c, j);
+    if (y > best) best = y, off = wc + c;
+    *m = best;
+    return off;
+}
+
+int hf_bn_bwd_sums(const float *restrict x, const float *restrict dout, int h, int w, int c, int pool,
+                   const float *restrict scale, const float *restrict shift, const float *restrict mean,
+                   const float *restrict invstd, int n0, int n1, double *restrict part) {
+    if (c < 1 || c > BN_MAXC) return 1;
+    const long wc = (long)w * c;
+    for (int n = n0; n < n1; n++) {
+        double *restrict s = part + (long)n * 2 * c, *restrict s2 = s + c;
+        for (int j = 0; j < c; j++) s[j] = s2[j] = 0.0;
+        const float *restrict xn = x + (long)n * h * wc;
+        if (!pool) {
+            const float *restrict dn = dout + (long)n * h * wc;
+            for (long i = 0; i < (long)h * w; i++)
+                for (int j = 0; j < c; j++) {
+                    float v = xn[i * c + j];
+                    float g = BN_Y(xn + i * c, j) > 0.0f ? dn[i * c + j] : 0.0f;
+                    s[j] += g;
+                    s2[j] += (double)g * ((v - mean[j]) * invstd[j]);
+                }
+            continue;
+        }
+        const int oh = h / 2, ow = w / 2;
+        const float *restrict dn = dout + (long)n * oh * ow * c;
+        for (int a = 0; a < oh; a++)
+            for (int b = 0; b < ow; b++) {
+                const float *p00 = xn + (2L * a) * wc + 2L * b * c;
+                const float *restrict d = dn + ((long)a * ow + b) * c;
+                for (int j = 0; j < c; j++) {
+                    float m;
+                    long off = bn_argmax(p00, c, wc, j, scale, shift, mean, &m);
+                    float g = m > 0.0f ? d[j] : 0.0f;
+                    s[j] += g;
+                    s2[j] += (double)g * ((p00[off + j] - mean[j]) * invstd[j]);
+                }
+            }
+    }
+    return 0;
+}
+
+int hf_bn_bwd_dx(const float *restrict x, const float *restrict dout, int h, int w, int c, int pool,
+                 const float *restrict scale, const float *restrict shift, const float *restrict mean,
+                 const float *restrict invstd, const float *restrict k, const float *restrict am,
+                 const float *restrict bm, int n0, int n1, float *restrict dx) {
+    if (c < 1 || c > BN_MAXC) return 1;
+    const long wc = (long)w * c;
+    for (int n = n0; n < n1; n++) {
+        const float *restrict xn = x + (long)n * h * wc;
+        float *restrict dxn = dx + (long)n * h * wc;
+        if (!pool) {
+            const float *restrict dn = dout + (long)n * h * wc;
+            for (long i = 0; i < (long)h * w; i++)
+                for (int j = 0; j < c; j++) {
+                    float v = xn[i * c + j];
+                    float g = BN_Y(xn + i * c, j) > 0.0f ? dn[i * c + j] : 0.0f;
+                    dxn[i * c + j] = k[j] * (g - am[j] - (v - mean[j]) * invstd[j] * bm[j]);
+                }
+            continue;
+        }
+        /* each 2x2 window at once: dy = dout at its first maximum (if the output passed the ReLU), 0 elsewhere */
+        const int oh = h / 2, ow = w / 2;
+        const float *restrict dn = dout + (long)n * oh * ow * c;
+        for (int a = 0; a < oh; a++)
+            for (int b = 0; b < ow; b++) {
+                const long base = (2L * a) * wc + 2L * b * c;
+                const float *restrict d = dn + ((long)a * ow + b) * c;
+                const float *restrict p0 = xn + base, *restrict p1 = p0 + c, *restrict p2 = p0 + wc,
+                                      *restrict p3 = p2 + c;
+                float *restrict q0 = dxn + base, *restrict q1 = q0 + c, *restrict q2 = q0 + wc, *restrict q3 = q2 + c;
+                for (int j = 0; j < c; j++) {
+                    float y0 = BN_Y(p0, j), y1 = BN_Y(p1, j), y2 = BN_Y(p2, j), y3 = BN_Y(p3, j), m = y0;
+                    int idx = 0;
+                    idx = y1 > m ? 1 : idx;
+                    m = y1 > m ? y1 : m;
+                    idx = y2 > m ? 2 : idx;
+                    m = y2 > m ? y2 : m;
+                    idx = y3 > m ? 3 : idx;
+                    m = y3 > m ? y3 : m;
+                    float g = m > 0.0f ? d[j] : 0.0f, kj = k[j], aj = am[j], mj = mean[j], ib = invstd[j] * bm[j];
+                    q0[j] = kj * ((idx == 0 ? g : 0.0f) - aj - (p0[j] - mj) * ib);
+                    q1[j] = kj * ((idx == 1 ? g : 0.0f) - aj - (p1[j] - mj) * ib);
+                    q2[j] = kj * ((idx == 2 ? g : 0.0f) - aj - (p2[j] - mj) * ib);
+                    q3[j] = kj * ((idx == 3 ? g : 0.0f) - aj - (p3[j] - mj) * ib);
+                }
+            }
+        /* positions no window covers (the last row or column of an odd H or W): dy = 0 */
+        for (int r = 0; r < h; r++)
+            for (int col = (r < 2 * oh ? 2 * ow : 0); col < w; col++)
+                for (int j = 0; j < c; j++) {
+                    long at = (long)r * wc + (long)col * c + j;
+                    dxn[at] = k[j] * (-am[j] - (xn[at] - mean[j]) * invstd[j] * bm[j]);
+                }
+    }
+    return 0;
+}
