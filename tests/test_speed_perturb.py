@@ -12,6 +12,7 @@ from serlib import speed_perturb as sp
 from serlib.augment import speed_fraction, speed_perturb
 from serlib.data.splits import make_splits
 from serlib.experiment import NonFiniteFeaturesError, build_views, corpus_waveforms, load_experiment_corpus
+from serlib.studies import compare
 from serlib.studies import head_fusion as hf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,3 +160,31 @@ def test_training_levers_stack_on_speed_and_pair_with_it():
     base = hf.speaker_independent_experiment("synthetic", profile="quick")
     with pytest.raises(ValueError, match="stacks the view levers"):
         hf.lever_experiments(base, ["authors_attention+speed+noise"])
+
+
+def test_speedwide_lever_is_wider_and_paired_with_speed(tmp_path):
+    """speedwide: copies at 0.8, 0.9, 1.1 and 1.2 (five times the training segments), the authors' attention like
+    speed, paired with its base and with speed (its rival) run by run in the levers table."""
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention", "authors_attention+speed", "authors_attention+speedwide"))
+    _, aa, speed, wide = exps
+    assert wide.view == "speed_segments" and wide.view_kwargs == {"factors": [0.8, 0.9, 1.1, 1.2]}
+    assert wide.model_kwargs == speed.model_kwargs and wide.train == speed.train
+    assert hf.lever_base(wide.arm) == aa.arm and hf.lever_rival(wide.arm) == speed.arm
+    assert hf.lever_rival(speed.arm) == "" and hf.lever_control(wide.arm) == ""
+    recs = hf.run_study(exps, results_dir=tmp_path, backend="serial")
+    assert all(r["status"] == "ok" for r in recs)
+    assert recs[3]["counts"]["speed"]["factors"] == [0.8, 0.9, 1.1, 1.2]
+    assert set(recs[3]["counts"]["speed"]["copies"]) == {"0.8", "0.9", "1.1", "1.2"}
+    # a slower copy is longer: more segments than its clean utterance; test segments stay clean and equal
+    assert recs[3]["counts"]["segments"]["train"] > recs[2]["counts"]["segments"]["train"] + \
+        2 * recs[1]["counts"]["segments"]["train"] * 0.9
+    assert recs[3]["counts"]["segments"]["test"] == recs[1]["counts"]["segments"]["test"]
+    t = hf.levers_table(recs)
+    wide_rows = t[t["lever"] == "authors_attention+speedwide"].set_index("against")
+    assert set(wide_rows.index) == {"authors_attention", "authors_attention+speed"}
+    assert wide_rows.loc["authors_attention+speed", "n pairs"] == 1
+    assert "factors=[0.8, 0.9, 1.1, 1.2]" in compare.recipe(recs[3])
+    with pytest.raises(ValueError, match="stacks the view levers"):
+        hf.lever_experiments(hf.speaker_independent_experiment("synthetic", profile="quick"),
+                             ["authors_attention+speed+speedwide"])

@@ -97,6 +97,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "mixup": ({}, {"mixup_alpha": 0.2}),
     "long": ({}, {"epochs": 100, "step_size": 20}),
     "speed": ({}, {}),
+    "speedwide": ({}, {}),
     "noise": ({}, {}),
     "repeat3": ({}, {}),
 }
@@ -104,13 +105,16 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # perturbation (the training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the
 # training steps); "noise", the noise study's mixing as augmentation (the training part plus one copy mixed with noise
 # of every type at the paper's mildest amplitude factor, NOISE_LEVER_AF; twice the steps; validation and test clean);
-# "repeat3", speed's control: the training part three times per epoch, unperturbed (speed's steps and schedule)
+# "repeat3", speed's control: the training part three times per epoch, unperturbed (speed's steps and schedule);
+# "speedwide", speed perturbation over a wider range (copies at 0.8, 0.9, 1.1 and 1.2: five times the steps), paired
+# with "speed" (:data:`LEVER_RIVALS`) to ask whether more and stronger copies help beyond speed's
 SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
+SPEEDWIDE_LEVER_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
 # the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
 # (speed, noise, repeat3) never stack, each replaces the experiment's view
-VIEW_LEVERS: tuple[str, ...] = ("speed", "noise", "repeat3")
+VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "noise", "repeat3")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
@@ -183,6 +187,8 @@ def lever_base(spec: str) -> str:
 # a lever's control: the arm with the same training steps and schedule but not the lever's change (speed
 # perturbation triples the steps per epoch; repeat3 triples them with unperturbed copies)
 LEVER_CONTROLS: dict[str, str] = {"speed": "repeat3"}
+# a lever's rival: the lever it refines, compared run by run in :func:`levers_table` as well (not a same-steps control)
+LEVER_RIVALS: dict[str, str] = {"speedwide": "speed"}
 
 
 def lever_control(spec: str) -> str:
@@ -194,10 +200,21 @@ def lever_control(spec: str) -> str:
     return "lever-" + "+".join(parts[:-1] + [LEVER_CONTROLS[parts[-1]]])
 
 
+def lever_rival(spec: str) -> str:
+    """The arm lever arm ``spec`` refines (``"lever-authors_attention+speedwide"`` ->
+    ``"lever-authors_attention+speed"``; :data:`LEVER_RIVALS`), or ``""`` when its last lever has none."""
+    parts = spec.removeprefix("lever-").split("+")
+    if parts[-1] not in LEVER_RIVALS:
+        return ""
+    return "lever-" + "+".join(parts[:-1] + [LEVER_RIVALS[parts[-1]]])
+
+
 def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
     if part == "speed":
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_LEVER_FACTORS)}}
+    if part == "speedwide":
+        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEEDWIDE_LEVER_FACTORS)}}
     if part == "repeat3":
         return {"view": "speed_segments", "view_kwargs": {"factors": [1.0, 1.0]}}
     if part == "noise":
@@ -321,7 +338,8 @@ def levers_table(records) -> pd.DataFrame:
     (:func:`lever_base`), per corpus: the lever's mean test UA over all its runs and the folds it has, and the
     paired difference (lever - base, points) with its tests over the runs both have, matched by (seed, fold)
     (:func:`serlib.report.paired_tests`). Positive difference: the lever helped. A lever with a control that has
-    records (:func:`lever_control`: speed against repeat3, the same steps unperturbed) gets a second row against it."""
+    records (:func:`lever_control`: speed against repeat3, the same steps unperturbed) gets a second row against it,
+    and so does a lever with a rival (:func:`lever_rival`: speedwide against speed)."""
     si = [r for r in records if report.is_ok(r) and r["split"]["protocol"] == "speaker_independent"]
     levers = sorted({report.identity(r)["arm"] for r in si if report.identity(r)["arm"].startswith("lever-")})
     if not levers:
@@ -329,6 +347,7 @@ def levers_table(records) -> pd.DataFrame:
     arm_of = lambda r: report.identity(r)["arm"] or "base"  # noqa: E731
     comparisons = [(a, lever_base(a) or "base") for a in levers]
     comparisons += [(a, c) for a in levers if (c := lever_control(a)) in levers]
+    comparisons += [(a, c) for a in levers if (c := lever_rival(a)) in levers]
     tests = report.paired_tests(si, comparisons, arm_of=arm_of, group_of=lambda r: (r["corpus"]["name"],),
                                 group_names=("corpus",))
     rows = []
@@ -498,11 +517,13 @@ __all__ = [
     "LEVERS",
     "LEVER_CHOICES",
     "LEVER_CONTROLS",
+    "LEVER_RIVALS",
     "PAPER_MODEL",
     "PAPER_SEEDS",
     "PAPER_TRAIN",
     "ablation_experiments",
     "lever_control",
+    "lever_rival",
     "lever_experiments",
     "levers_summary",
     "levers_table",
