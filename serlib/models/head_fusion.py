@@ -94,6 +94,12 @@ softmax, ReLU and GAP (``hf_code_forward``); the backward recomputes the softmax
 the bias gradient in one pass (``hf_code_backward``), where the torch ops (:class:`_CodeAttentionPoints`, the
 fallback) take about ten passes over the (B, P, n_head, n_size) tensors and an addmm that first copies the bias
 into the output. ``tests/test_head_fusion_parity.py`` checks both paths against the reference and each other.
+
+In training, each conv's BatchNorm (batch statistics), 2x2 max-pool and ReLU run on the CPU as two C passes forward
+(the per-channel sums; normalise, pool and ReLU at once) and two backward (the two per-channel sums of the gradient;
+dx), the pool's window maxima found again instead of stored (``NativeBatchNormReLU``; ``NATIVE_BN = False`` or
+``EQ1_IMPL = "blocked"`` keeps torch's batch_norm / max_pool2d / relu). The running statistics are updated by
+torch's rule; the parity tests compare them too.
 """
 
 from __future__ import annotations
