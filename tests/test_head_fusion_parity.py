@@ -318,6 +318,16 @@ def test_native_batchnorm_runs_in_training_and_updates_running_statistics_as_tor
         torch.testing.assert_close(a, b_, **TOL, msg=lambda s, k=name: f"{k}: {s}")
 
 
+@pytest.mark.skipif(bool(NATIVE_MISSING) or not os.path.exists("/proc/self/maps"), reason="native kernels / Linux")
+def test_native_library_shares_torchs_openmp_runtime():
+    """The kernels' OpenMP loops run on torch's own workers: loading the library maps no second libgomp (two runtimes
+    would each keep threads spinning on the same cores)."""
+    _eq1_native.library()
+    with open("/proc/self/maps") as fh:
+        gomp = {line.split()[-1] for line in fh if "libgomp" in line}
+    assert len(gomp) <= 1, gomp
+
+
 def test_kept_thread_pool_is_per_process_and_thread_count(monkeypatch):
     """The kernels' kept pool is reused by later calls, and replaced in another process (a forked child has the
     parent's pool object but none of its threads) or for another thread count."""

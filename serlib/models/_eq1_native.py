@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("head_fusion_eq1.c")
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
-         "-shared")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fopenmp", "-fno-math-errno",
+         "-fno-trapping-math", "-fPIC", "-shared")
+# without OpenMP (a compiler that lacks it) the same source builds serial: its pragmas are then ignored
+FLAGS_SERIAL = tuple(f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS)
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 64  # MAXD of head_fusion_eq1.c: wider heads run the torch function
 MAX_CODE_SIZE = 1024  # MAXNS of head_fusion_eq1.c: the code variant's n_size; wider runs the torch function
@@ -53,21 +55,27 @@ def _build() -> ctypes.CDLL:
     from serlib.cache import cache_dir
 
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join((compiler,) + FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
-    out_dir = cache_dir() / "native"
-    path = out_dir / f"head_fusion_eq1-{key}.so"
-    if not path.is_file():
+    errors = []
+    for flags in (FLAGS, FLAGS_SERIAL):  # OpenMP first; a compiler without it builds the serial library
+        key = hashlib.sha256(src + " ".join((compiler,) + flags).encode() + _cpu_key().encode()).hexdigest()[:16]
+        out_dir = cache_dir() / "native"
+        path = out_dir / f"head_fusion_eq1-{key}.so"
+        if path.is_file():
+            break
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         try:
-            res = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"{compiler} failed on {SOURCE}: {res.stderr.strip()[-2000:]}")
-            os.replace(tmp, path)  # atomic: a concurrent process sees no half-written library
+            res = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            if res.returncode == 0:
+                os.replace(tmp, path)  # atomic: a concurrent process sees no half-written library
+                break
+            errors.append(f"{compiler} failed on {SOURCE}: {res.stderr.strip()[-2000:]}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    else:
+        raise RuntimeError(errors[-1])
     lib = ctypes.CDLL(str(path))
     ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.hf_eq1_forward.argtypes = [ptr, ptr, ptr] + [i32] * 7 + [f32] + [ptr] * 5
@@ -83,6 +91,13 @@ def _build() -> ctypes.CDLL:
     lib.hf_bn_bwd_dx.argtypes = [ptr] * 2 + [i32] * 4 + [ptr] * 7 + [i32] * 2 + [ptr]
     for fn in (lib.hf_bn_stats, lib.hf_bn_fwd, lib.hf_bn_bwd_sums, lib.hf_bn_bwd_dx):
         fn.restype = i32
+    # the OpenMP entry points: (the arguments before the sample range), n, n_threads, (the arguments after it)
+    for name in ("hf_code_forward", "hf_code_backward", "hf_bn_stats", "hf_bn_fwd", "hf_bn_bwd_sums", "hf_bn_bwd_dx"):
+        base, par = getattr(lib, name), getattr(lib, name + "_par")
+        types = list(base.argtypes)
+        at = len(types) - types[::-1].index(i32) - 2  # the sample range (n0, n1) is the last pair of ints
+        par.argtypes = types[:at] + [i32, i32] + types[at + 2 :]
+        par.restype = i32
     return lib
 
 
@@ -129,6 +144,16 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         _pools.clear()
         pool = _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="serlib-native")
     return pool
+
+
+def _par(fn, n: int, args_before: tuple, args_after: tuple) -> None:
+    """``fn``'s OpenMP entry point (``<fn>_par``) over samples [0, n) on ``torch.get_num_threads()`` threads: torch's
+    own OpenMP workers where the library shares torch's libgomp (see head_fusion_eq1.c)."""
+    nt = max(1, min(torch.get_num_threads(), n))
+    code = getattr(library(), fn.__name__ + "_par")(*args_before, n, nt, *args_after)
+    if code:
+        raise RuntimeError(f"head_fusion_eq1 kernel {fn.__name__} failed (code {code}; n_size must be <= "
+                           f"{MAX_CODE_SIZE}, channels <= {MAX_BN_CHANNELS}; 2: out of memory)")
 
 
 def _run(fn, gh: int, args_before: tuple, args_after: tuple) -> None:
@@ -202,7 +227,7 @@ class NativeCodePoints(torch.autograd.Function):
         gap = None if gap is None else gap.to(y.dtype).contiguous()
         points = y.new_empty(b, ns)
         wts = y.new_empty((b, p, n_head, ns) if want_wts else (0,))
-        _run(lib.hf_code_forward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
+        _par(lib.hf_code_forward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
              (_ptr(points), _ptr(wts) if want_wts else None))
         ctx.shape = (b, p, n_head, ns)
         ctx.save_for_backward(y, bias, gap)
@@ -217,7 +242,7 @@ class NativeCodePoints(torch.autograd.Function):
         dpoints = dpoints.to(y.dtype).contiguous()
         grad = torch.empty_like(y)  # every element written by the kernel
         dbias = y.new_empty(b, y.shape[1])  # per segment
-        _run(lib.hf_code_backward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
+        _par(lib.hf_code_backward, b, (_ptr(y), _ptr(bias), _ptr(gap), p, n_head, ns, y.shape[1]),
              (_ptr(dpoints), _ptr(grad), _ptr(dbias)))
         return grad, dbias.sum(dim=0), None, None, None, None, None
 
@@ -245,7 +270,7 @@ class NativeBatchNormReLU(torch.autograd.Function):
         if pool and (h < 2 or w < 2):
             raise ValueError(f"a 2x2 max-pool needs H, W >= 2, got {h}x{w}")
         part = torch.empty(n, 2, c, dtype=torch.float64)
-        _run(lib.hf_bn_stats, n, (_ptr(x), h * w, c), (_ptr(part),))
+        _par(lib.hf_bn_stats, n, (_ptr(x), h * w, c), (_ptr(part),))
         cnt = n * h * w
         s = part.sum(dim=0)
         mean64 = s[0] / cnt
@@ -256,7 +281,7 @@ class NativeBatchNormReLU(torch.autograd.Function):
         shift = beta.detach().float().contiguous()
         oh, ow = (h // 2, w // 2) if pool else (h, w)
         out = torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
-        _run(lib.hf_bn_fwd, n, (_ptr(x), h, w, c, int(pool), _ptr(scale), _ptr(shift), _ptr(mean)), (_ptr(out),))
+        _par(lib.hf_bn_fwd, n, (_ptr(x), h, w, c, int(pool), _ptr(scale), _ptr(shift), _ptr(mean)), (_ptr(out),))
         ctx.pool = pool
         ctx.save_for_backward(x, gamma, scale, shift, mean, invstd)
         var = var64.float()
@@ -272,11 +297,11 @@ class NativeBatchNormReLU(torch.autograd.Function):
         dout = dout.float().contiguous(memory_format=torch.channels_last)
         part = torch.empty(n, 2, c, dtype=torch.float64)
         common = (_ptr(x), _ptr(dout), h, w, c, pool, _ptr(scale), _ptr(shift), _ptr(mean), _ptr(invstd))
-        _run(lib.hf_bn_bwd_sums, n, common, (_ptr(part),))
+        _par(lib.hf_bn_bwd_sums, n, common, (_ptr(part),))
         cnt = n * h * w
         s = part.sum(dim=0)  # (sum dy, sum dy xhat) per channel
         am, bm = (s[0] / cnt).float(), (s[1] / cnt).float()
         k = (gamma.detach().float() * invstd).contiguous()
         dx = torch.empty_like(x, memory_format=torch.channels_last)
-        _run(lib.hf_bn_bwd_dx, n, common + (_ptr(k), _ptr(am), _ptr(bm)), (_ptr(dx),))
+        _par(lib.hf_bn_bwd_dx, n, common + (_ptr(k), _ptr(am), _ptr(bm)), (_ptr(dx),))
         return dx, s[1].to(gamma.dtype), s[0].to(gamma.dtype), None, None

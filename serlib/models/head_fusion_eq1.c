@@ -628,3 +628,46 @@ int hf_bn_bwd_dx(const float *restrict x, const float *restrict dout, int h, int
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------------------------------
+   Parallel entry points of the authors' variant and BatchNorm kernels: [0, n) samples in nt contiguous ranges, one per
+   OpenMP thread. Built with -fopenmp and loaded after torch, this library shares torch's libgomp (same soname), so
+   these loops run on torch's own worker threads instead of threads that would compete with them for the cores.
+   Results do not depend on nt (every sample's sums are written apart and summed by the caller). */
+#define HF_PAR(call)                                                                                                  \
+    int err = 0;                                                                                                      \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) reduction(| : err)") for (int t = 0; t < nt; t++) {    \
+        int lo = (int)((long)n * t / nt), hi = (int)((long)n * (t + 1) / nt);                                         \
+        err |= call;                                                                                                  \
+    }                                                                                                                 \
+    return err;
+
+int hf_code_forward_par(const float *y, const float *bias, const float *gap, int p, int nh, int ns, long ld, int n,
+                        int nt, float *points, float *wts) {
+    HF_PAR(hf_code_forward(y, bias, gap, p, nh, ns, ld, lo, hi, points, wts))
+}
+
+int hf_code_backward_par(const float *y, const float *bias, const float *gap, int p, int nh, int ns, long ld, int n,
+                         int nt, const float *dpoints, float *grad, float *dbias) {
+    HF_PAR(hf_code_backward(y, bias, gap, p, nh, ns, ld, lo, hi, dpoints, grad, dbias))
+}
+
+int hf_bn_stats_par(const float *x, int hw, int c, int n, int nt, double *part) {
+    HF_PAR(hf_bn_stats(x, hw, c, lo, hi, part))
+}
+
+int hf_bn_fwd_par(const float *x, int h, int w, int c, int pool, const float *scale, const float *shift,
+                  const float *mean, int n, int nt, float *out) {
+    HF_PAR(hf_bn_fwd(x, h, w, c, pool, scale, shift, mean, lo, hi, out))
+}
+
+int hf_bn_bwd_sums_par(const float *x, const float *dout, int h, int w, int c, int pool, const float *scale,
+                       const float *shift, const float *mean, const float *invstd, int n, int nt, double *part) {
+    HF_PAR(hf_bn_bwd_sums(x, dout, h, w, c, pool, scale, shift, mean, invstd, lo, hi, part))
+}
+
+int hf_bn_bwd_dx_par(const float *x, const float *dout, int h, int w, int c, int pool, const float *scale,
+                     const float *shift, const float *mean, const float *invstd, const float *k, const float *am,
+                     const float *bm, int n, int nt, float *dx) {
+    HF_PAR(hf_bn_bwd_dx(x, dout, h, w, c, pool, scale, shift, mean, invstd, k, am, bm, lo, hi, dx))
+}
