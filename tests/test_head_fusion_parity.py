@@ -328,21 +328,6 @@ def test_native_library_shares_torchs_openmp_runtime():
     assert len(gomp) <= 1, gomp
 
 
-def test_kept_thread_pool_is_per_process_and_thread_count(monkeypatch):
-    """The kernels' kept pool is reused by later calls, and replaced in another process (a forked child has the
-    parent's pool object but none of its threads) or for another thread count."""
-    monkeypatch.setattr(_eq1_native, "_pools", {})
-    first = _eq1_native._executor(1)
-    assert _eq1_native._executor(1) is first
-    assert first.submit(lambda: 7).result(timeout=10) == 7
-    assert _eq1_native._executor(2) is not first
-    pid = os.getpid()
-    monkeypatch.setattr(_eq1_native.os, "getpid", lambda: pid + 1)
-    child = _eq1_native._executor(2)
-    assert child.submit(lambda: 8).result(timeout=10) == 8
-    assert list(_eq1_native._pools) == [(pid + 1, 2)]
-
-
 @pytest.mark.requires_cuda
 def test_cuda_dense_eq1_matches_cpu_blocked(monkeypatch):
     """The GPU path (EQ1_IMPL auto -> dense on CUDA) gives the CPU's blocked logits and gradients."""

@@ -6,9 +6,10 @@ cached library (the file name hashes the source, the compiler, the flags and the
 source or another machine gets its own build). It returns None, and :func:`unavailable_reason` says why, when there
 is no C compiler, the build fails, or ``SERLIB_EQ1_NATIVE=0``;
 :mod:`serlib.models.head_fusion` then runs its torch implementation (same function). :class:`NativePoints` is
-Eq. 1's autograd op and :class:`NativeCodePoints` the authors' variant's (``attention="head_fusion_code"``); heads
-or segments are split between ``torch.get_num_threads()`` threads, the caller's and a kept pool's (ctypes releases
-the GIL).
+Eq. 1's autograd op, :class:`NativeCodePoints` the authors' variant's (``attention="head_fusion_code"``) and
+:class:`NativeBatchNormReLU` the conv stack's training BatchNorm + pool + ReLU; heads or samples are split between
+``torch.get_num_threads()`` OpenMP threads, torch's own workers (the library is built with ``-fopenmp`` and shares
+the libgomp torch loaded; ctypes releases the GIL).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -98,6 +98,9 @@ def _build() -> ctypes.CDLL:
         at = len(types) - types[::-1].index(i32) - 2  # the sample range (n0, n1) is the last pair of ints
         par.argtypes = types[:at] + [i32, i32] + types[at + 2 :]
         par.restype = i32
+    lib.hf_eq1_forward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32] + [ptr] * 5
+    lib.hf_eq1_backward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, f32] + [ptr] * 5
+    lib.hf_eq1_forward_par.restype = lib.hf_eq1_backward_par.restype = i32
     return lib
 
 
@@ -132,44 +135,17 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-_pools: dict = {}
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """A thread pool kept for the process (starting threads costs more than a short kernel call); a forked child
-    or another thread count gets a new one (a forked child's copy of the parent's pool has no threads)."""
-    key = (os.getpid(), workers)
-    pool = _pools.get(key)
-    if pool is None:
-        _pools.clear()
-        pool = _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="serlib-native")
-    return pool
+def _check(code: int, name: str) -> None:
+    if code:
+        raise RuntimeError(f"head_fusion_eq1 kernel {name} failed (code {code}; head_dim must be <= {MAX_HEAD_DIM}, "
+                           f"n_size <= {MAX_CODE_SIZE}, channels <= {MAX_BN_CHANNELS}; 2: out of memory)")
 
 
 def _par(fn, n: int, args_before: tuple, args_after: tuple) -> None:
     """``fn``'s OpenMP entry point (``<fn>_par``) over samples [0, n) on ``torch.get_num_threads()`` threads: torch's
     own OpenMP workers where the library shares torch's libgomp (see head_fusion_eq1.c)."""
     nt = max(1, min(torch.get_num_threads(), n))
-    code = getattr(library(), fn.__name__ + "_par")(*args_before, n, nt, *args_after)
-    if code:
-        raise RuntimeError(f"head_fusion_eq1 kernel {fn.__name__} failed (code {code}; n_size must be <= "
-                           f"{MAX_CODE_SIZE}, channels <= {MAX_BN_CHANNELS}; 2: out of memory)")
-
-
-def _run(fn, gh: int, args_before: tuple, args_after: tuple) -> None:
-    """fn(*args_before, g0, g1, *args_after) over all heads (or segments), split into torch.get_num_threads()
-    ranges: the first in the calling thread, the others in a kept pool (ctypes releases the GIL)."""
-    n = max(1, min(torch.get_num_threads(), gh))
-    bounds = [gh * k // n for k in range(n + 1)]
-    if n == 1:
-        codes = [fn(*args_before, 0, gh, *args_after)]
-    else:
-        futures = [_executor(n - 1).submit(fn, *args_before, bounds[k], bounds[k + 1], *args_after)
-                   for k in range(1, n)]
-        codes = [fn(*args_before, bounds[0], bounds[1], *args_after)] + [f.result() for f in futures]
-    if any(codes):
-        raise RuntimeError(f"head_fusion_eq1 kernel {fn.__name__} failed (codes {codes}; head_dim must be <= 64, "
-                           f"n_size <= {MAX_CODE_SIZE}; 2: out of memory)")
+    _check(getattr(library(), fn.__name__ + "_par")(*args_before, n, nt, *args_after), fn.__name__)
 
 
 class NativePoints(torch.autograd.Function):
@@ -188,8 +164,10 @@ class NativePoints(torch.autograd.Function):
         c, rowmax, rowsum = (proj.new_empty(gh, b, p) for _ in range(3))
         u = proj.new_empty((b, gh, p, dv) if want_u else (0,))
         points = proj.new_empty(b, gh, dv)
-        _run(lib.hf_eq1_forward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
-             (d, d**-0.5 * _LOG2E, _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None, _ptr(points)))
+        nt = max(1, min(torch.get_num_threads(), gh))
+        code = lib.hf_eq1_forward_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
+                                      _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None, _ptr(points))
+        _check(code, "hf_eq1_forward")
         ctx.d = d
         ctx.save_for_backward(proj, w, bias, c, rowmax, rowsum)
         ctx.mark_non_differentiable(u)
@@ -203,8 +181,10 @@ class NativePoints(torch.autograd.Function):
         gh, ch, b, p = proj.shape
         dpoints = dpoints.to(proj.dtype).contiguous()  # (B, GH, dv)
         grad = torch.empty_like(proj)  # every element written by the kernel
-        _run(lib.hf_eq1_backward, gh, (_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p),
-             (d, d**-0.5 * _LOG2E, d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad)))
+        nt = max(1, min(torch.get_num_threads(), gh))
+        code = lib.hf_eq1_backward_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
+                                       d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad))
+        _check(code, "hf_eq1_backward")
         return grad, None, None, None, None
 
 

@@ -671,3 +671,17 @@ int hf_bn_bwd_dx_par(const float *x, const float *dout, int h, int w, int c, int
                      const float *bm, int n, int nt, float *dx) {
     HF_PAR(hf_bn_bwd_dx(x, dout, h, w, c, pool, scale, shift, mean, invstd, k, am, bm, lo, hi, dx))
 }
+
+/* Eq. 1's kernels the same way, over the heads [0, gh). */
+int hf_eq1_forward_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt,
+                       int d, float qscale, float *c, float *rowmax, float *rowsum, float *u, float *points) {
+    const int n = gh;
+    HF_PAR(hf_eq1_forward(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, c, rowmax, rowsum, u, points))
+}
+
+int hf_eq1_backward_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt,
+                        int d, float qscale, float gscale, const float *rowmax, const float *rowsum, const float *c,
+                        const float *dpoints, float *grad) {
+    const int n = gh;
+    HF_PAR(hf_eq1_backward(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, rowmax, rowsum, c, dpoints, grad))
+}
