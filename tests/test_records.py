@@ -332,6 +332,9 @@ def test_speed_goals_table_reads_each_goal_from_its_record(tmp_path):
     assert "head_fusion_cpu_50_epochs.json" in {g[1] for g in SPEED_GOALS}
     real = speed_goals_table(Path(__file__).resolve().parents[1] / "results")
     assert len(real) == len(SPEED_GOALS)  # every committed goal record resolves its key
+    rec = json.loads((bench / SPEED_GOALS[0][1]).read_text())
+    (bench / SPEED_GOALS[0][1]).write_text(json.dumps({**rec, "git": "abcdef123+dirty"}))
+    assert set(speed_goals_table(tmp_path)["git"]) == {"abcdef1+dirty"}  # a run from an uncommitted tree says so
 
 
 def test_markdown_keeps_small_p_values_readable():
