@@ -37,6 +37,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    sys.path.insert(0, str(REPO))  # this checkout's serlib (run from a clone, not the one installed in the venv)
     from serlib.cli_corpus import experiment_from_record
     from serlib.experiment import run_experiment
     from serlib.records import environment_info, git_revision, write_text_atomic

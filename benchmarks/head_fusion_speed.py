@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import serlib.models.head_fusion as hf
-from serlib.models.head_fusion import HeadFusionACNN, HeadFusionConfig
-from serlib.records import environment_info, git_revision
-from serlib.train import ArrayData, TrainConfig, Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's serlib, not the venv's installed one
+import serlib.models.head_fusion as hf  # noqa: E402
+from serlib.models.head_fusion import HeadFusionACNN, HeadFusionConfig  # noqa: E402
+from serlib.records import environment_info, git_revision  # noqa: E402
+from serlib.train import ArrayData, TrainConfig, Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
