@@ -448,8 +448,8 @@ def test_loss_fn_with_an_aux_parameter_gets_the_batch_aux_while_training_and_non
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_cpu_allocator_tuning_stops_page_faults_on_repeated_large_allocations():
     """After tune_cpu_allocator (which a CPU Trainer calls), freeing and reallocating 8 MB tensors reuses the heap
-    instead of faulting fresh pages in on every step; SERLIB_MALLOC_TUNE=0 leaves glibc's default. Each case runs
-    in a fresh interpreter (the setting is process-wide and sticky)."""
+    instead of faulting fresh pages in; SERLIB_MALLOC_TUNE=0 leaves glibc's default. Each case runs in a fresh
+    interpreter (the setting is process-wide and sticky)."""
     code = textwrap.dedent("""
         import resource, sys, torch
         from serlib.train import tune_cpu_allocator
@@ -473,5 +473,7 @@ def test_cpu_allocator_tuning_stops_page_faults_on_repeated_large_allocations():
         tuned, n = out.stdout.split()
         faults[setting] = (tuned == "True", int(n))
     assert faults["1"][0] and not faults["0"][0]
-    assert faults["0"][1] > 5000  # 40 x 8 MB faulted in afresh: ~2048 pages each
-    assert faults["1"][1] < 500
+    # tuned: the 40 allocations reuse the warm heap (an 8 MB block faulted in afresh costs 2048 pages). glibc's own
+    # dynamic threshold makes the untuned count depend on the process's history (2048 to 10240 measured here), so
+    # it is reported, not asserted
+    assert faults["1"][1] < 500, faults
