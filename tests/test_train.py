@@ -451,16 +451,16 @@ def test_cpu_allocator_tuning_stops_page_faults_on_repeated_large_allocations():
     instead of faulting fresh pages in; SERLIB_MALLOC_TUNE=0 leaves glibc's default. Each case runs in a fresh
     interpreter (the setting is process-wide and sticky)."""
     code = textwrap.dedent("""
-        import resource, sys, torch
+        import resource, torch
         from serlib.train import tune_cpu_allocator
         tuned = tune_cpu_allocator()
-        for _ in range(3):
-            a, b = torch.empty(2 * 2**20).fill_(1.0), torch.empty(2 * 2**20).fill_(2.0)
+        n0 = 2 * 2**20  # 8 MB of float32
+        for i in range(3):
+            a, b = torch.empty(n0 + 1024 * i).fill_(1.0), torch.empty(n0 + 1024 * i).fill_(2.0)
             del a, b
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(20):
-            a = torch.empty(2 * 2**20).fill_(1.0)
-            b = torch.empty(2 * 2**20).fill_(2.0)
+        for i in range(3, 23):  # growing sizes: each above glibc's dynamic threshold (the last freed block's size)
+            a, b = torch.empty(n0 + 1024 * i).fill_(1.0), torch.empty(n0 + 1024 * i).fill_(2.0)
             del a, b
         print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     """)
@@ -473,7 +473,7 @@ def test_cpu_allocator_tuning_stops_page_faults_on_repeated_large_allocations():
         tuned, n = out.stdout.split()
         faults[setting] = (tuned == "True", int(n))
     assert faults["1"][0] and not faults["0"][0]
-    # tuned: the 40 allocations reuse the warm heap (an 8 MB block faulted in afresh costs 2048 pages). glibc's own
-    # dynamic threshold makes the untuned count depend on the process's history (2048 to 10240 measured here), so
-    # it is reported, not asserted
-    assert faults["1"][1] < 500, faults
+    # 40 blocks of 8 MB: untuned, each is mapped and faulted in afresh (~2048 pages apiece, ~82k measured); tuned,
+    # the warm heap serves them (at most a block's worth of new pages measured, depending on the heap's history)
+    assert faults["0"][1] > 40 * 2048 * 0.5, faults
+    assert faults["1"][1] < 4 * 2048, faults
