@@ -340,6 +340,24 @@ static inline __attribute__((always_inline)) void code_softmax(v16 *restrict w, 
     for (int j = 0; j < nvs; j++) w[j] *= inv;
 }
 
+/* Head h of one point: q, k and v (bias added) from row, and w = their channel softmax. Shared by forward and backward
+   (which recomputes w rather than storing it). */
+static inline __attribute__((always_inline)) void code_head(v16 *restrict q, v16 *restrict k, v16 *restrict v,
+                                                            v16 *restrict w, const float *restrict row,
+                                                            const v16 *restrict bl, const v16 *restrict pad, long hs,
+                                                            int h, int nh, int ns, int nvs) {
+    load_row(q, row + (long)h * ns, bl + (long)h * nvs, ns, nvs);
+    load_row(k, row + hs + (long)h * ns, bl + (long)(nh + h) * nvs, ns, nvs);
+    load_row(v, row + 2 * hs + (long)h * ns, bl + (long)(2 * nh + h) * nvs, ns, nvs);
+    code_softmax(w, q, k, pad, nvs);
+}
+
+/* The padding mask: 0 on the ns real lanes, -inf on the rest of the last vector. */
+static inline void pad_mask(v16 *restrict pad, int ns, int nvs) {
+    for (int j = 0; j < nvs; j++)
+        for (int l = 0; l < V; l++) pad[j][l] = j * V + l < ns ? 0.0f : -__builtin_inff();
+}
+
 static inline __attribute__((always_inline)) int code_forward_core(const float *restrict y, const float *restrict bias,
                                                                    const float *restrict gap, int p, int nh, int ns,
                                                                    int nvs, long ld, int b0, int b1,
@@ -348,18 +366,14 @@ static inline __attribute__((always_inline)) int code_forward_core(const float *
     const long hs = (long)nh * ns;
     v16 *bl = load_bias(bias, nh, ns, nvs);
     if (!bl) return 2;
-    for (int j = 0; j < nvs; j++)
-        for (int l = 0; l < V; l++) pad[j][l] = j * V + l < ns ? 0.0f : -__builtin_inff();
+    pad_mask(pad, ns, nvs);
     for (int b = b0; b < b1; b++) {
         for (int j = 0; j < nvs; j++) acc[j] = (v16){0};
         for (int i = 0; i < p; i++) {
             const float *row = y + ((long)b * p + i) * ld;
             float g = gap ? gap[(long)b * p + i] / (float)nh : 1.0f / ((float)p * (float)nh);
             for (int h = 0; h < nh; h++) {
-                load_row(q, row + (long)h * ns, bl + (long)h * nvs, ns, nvs);
-                load_row(k, row + hs + (long)h * ns, bl + (long)(nh + h) * nvs, ns, nvs);
-                load_row(v, row + 2 * hs + (long)h * ns, bl + (long)(2 * nh + h) * nvs, ns, nvs);
-                code_softmax(w, q, k, pad, nvs);
+                code_head(q, k, v, w, row, bl, pad, hs, h, nh, ns, nvs);
                 if (wts) memcpy(wts + (((long)b * p + i) * nh + h) * ns, w, sizeof(float) * (size_t)ns);
                 for (int j = 0; j < nvs; j++) acc[j] += g * vmax(w[j] * v[j], (v16){0});
             }
@@ -386,8 +400,7 @@ static inline __attribute__((always_inline)) int code_backward_core(const float 
         free(bl);
         return 2;
     }
-    for (int j = 0; j < nvs; j++)
-        for (int l = 0; l < V; l++) pad[j][l] = j * V + l < ns ? 0.0f : -__builtin_inff();
+    pad_mask(pad, ns, nvs);
     for (int b = b0; b < b1; b++) {
         dp[nvs - 1] = (v16){0};
         memcpy(dp, dpoints + (long)b * ns, sizeof(float) * (size_t)ns);
@@ -397,10 +410,7 @@ static inline __attribute__((always_inline)) int code_backward_core(const float 
             float *grow = grad + ((long)b * p + i) * ld;
             float g = gap ? gap[(long)b * p + i] / (float)nh : 1.0f / ((float)p * (float)nh);
             for (int h = 0; h < nh; h++) {
-                load_row(q, row + (long)h * ns, bl + (long)h * nvs, ns, nvs);
-                load_row(k, row + hs + (long)h * ns, bl + (long)(nh + h) * nvs, ns, nvs);
-                load_row(v, row + 2 * hs + (long)h * ns, bl + (long)(2 * nh + h) * nvs, ns, nvs);
-                code_softmax(w, q, k, pad, nvs);
+                code_head(q, k, v, w, row, bl, pad, hs, h, nh, ns, nvs);
                 v16 t = (v16){0};
                 for (int j = 0; j < nvs; j++) {
                     vi16 on = (w[j] * v[j]) > 0.0f;           /* the ReLU passed this channel */

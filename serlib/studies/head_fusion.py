@@ -191,22 +191,24 @@ LEVER_CONTROLS: dict[str, str] = {"speed": "repeat3"}
 LEVER_RIVALS: dict[str, str] = {"speedwide": "speed"}
 
 
+def _swap_last_lever(spec: str, table: dict[str, str]) -> str:
+    """``spec`` with its last lever replaced by ``table[last]``, or ``""`` when the table has no entry for it."""
+    parts = spec.removeprefix("lever-").split("+")
+    if parts[-1] not in table:
+        return ""
+    return "lever-" + "+".join(parts[:-1] + [table[parts[-1]]])
+
+
 def lever_control(spec: str) -> str:
     """The control arm of lever arm ``spec`` (``"lever-authors_attention+speed"`` ->
     ``"lever-authors_attention+repeat3"``; :data:`LEVER_CONTROLS`), or ``""`` when its last lever has none."""
-    parts = spec.removeprefix("lever-").split("+")
-    if parts[-1] not in LEVER_CONTROLS:
-        return ""
-    return "lever-" + "+".join(parts[:-1] + [LEVER_CONTROLS[parts[-1]]])
+    return _swap_last_lever(spec, LEVER_CONTROLS)
 
 
 def lever_rival(spec: str) -> str:
     """The arm lever arm ``spec`` refines (``"lever-authors_attention+speedwide"`` ->
     ``"lever-authors_attention+speed"``; :data:`LEVER_RIVALS`), or ``""`` when its last lever has none."""
-    parts = spec.removeprefix("lever-").split("+")
-    if parts[-1] not in LEVER_RIVALS:
-        return ""
-    return "lever-" + "+".join(parts[:-1] + [LEVER_RIVALS[parts[-1]]])
+    return _swap_last_lever(spec, LEVER_RIVALS)
 
 
 def lever_view(part: str, base: Experiment) -> dict:
