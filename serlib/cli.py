@@ -394,6 +394,19 @@ def cmd_robustness(args) -> int:
     return 0
 
 
+def cmd_tta(args) -> int:
+    from serlib.tta import write_tta_records
+
+    try:
+        written = write_tta_records(args.records, args.factors, results_dir=args.results,
+                                    checkpoints=args.checkpoints, data_root=args.data_root, rerun=args.rerun)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} test-time speed perturbation records written under {args.results}/")
+    return 0
+
+
 def cmd_results(args) -> int:
     from serlib import report
 
@@ -546,6 +559,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="noise offsets in seconds (default: the profile's, 0 1 2 4)")
     rb.add_argument("--rerun", action="store_true", help="rewrite existing robustness records")
     rb.set_defaults(fn=cmd_robustness)
+
+    tt = sub.add_parser("tta", help="evaluate saved segments runs again with test-time speed perturbation")
+    tt.add_argument("records", nargs="+", help="run record JSON files whose runs kept a checkpoint")
+    tt.add_argument("--factors", nargs="+", type=float, default=[0.9, 1.0, 1.1],
+                    help="speeds whose utterance probabilities are averaged (default 0.9 1.0 1.1)")
+    tt.add_argument("--checkpoints", default=None, metavar="ROOT",
+                    help="where the runs' checkpoints are (default: the folder each record names)")
+    tt.add_argument("--data-root", default=None, help="the corpus root (default: each run's; same audio)")
+    tt.add_argument("--results", default="results")
+    tt.add_argument("--rerun", action="store_true", help="rewrite existing TTA records")
+    tt.set_defaults(fn=cmd_tta)
 
     g = sub.add_parser("results", help="regenerate docs/RESULTS.md and README's status table from the records")
     g.add_argument("--results", default="results")

@@ -78,8 +78,10 @@ def recipe(record: dict) -> str:
     aug = c.get("augment_features") or []
     factors = (c.get("view_kwargs") or {}).get("factors")
     view = f"{c.get('view')}" + (f"(factors={factors})" if factors else "")
+    tta = (c.get("tta") or {}).get("factors")
     return (f"{c.get('model')}({mk}); features {c.get('features')}, view {view}"
-            + (f", augment {aug}" if aug else "") + f"; train {train}")
+            + (f", augment {aug}" if aug else "") + f"; train {train}"
+            + (f"; test-time speed factors {tta} (probabilities averaged)" if tta else ""))
 
 
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",

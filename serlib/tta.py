@@ -1,0 +1,218 @@
+"""Test-time speed perturbation (issue 16): a finished ``segments`` run evaluated again on its own test utterances
+played at several speeds, the utterance probabilities averaged over the speeds.
+
+``python -m serlib tta RECORD... [--factors 0.9 1.0 1.1] [--checkpoints ROOT] [--results results]`` loads each
+run's model with its selected (validation-selected) weights from the checkpoint the run kept
+(:func:`serlib.predict.load_run`), rebuilds the run's clean validation and test parts exactly as the run did
+(:func:`serlib.experiment.build_views`: same split, same short-utterance policy, same skips), adds a copy of each
+part per factor (:class:`serlib.speed_perturb.SpeedCorpus`: every utterance played ``factor`` times faster, windows at
+the run's test step), normalises every copy with the run's saved training statistics, and per utterance averages
+the per-factor probabilities (each factor's probability is the run's own segment aggregate, e.g. the mean of the
+segments' softmax). Nothing is trained and nothing is selected on the test set: the factors are fixed before.
+
+Before anything is written the clean copy must reproduce the run: its test utterances and probabilities must equal
+the run record's ``predictions`` (to the record's rounding), else :class:`ValueError` says the checkpoint is not the
+record's model. The result is a run record of its own, kind ``<run kind>+tta`` and arm ``<run arm>+tta`` (so the
+levers table pairs it with the run it re-evaluates, seed by seed and fold by fold, and seed ensembles and the best
+speaker-independent rows count it like any experiment), written beside the run's experiment folder, with
+
+* ``config``: the run's, renamed, plus ``tta: {"factors": [...]}``;
+* ``metrics``: test UA / WA / macro-F1 with the averaged probabilities; ``clean`` (the checkpoint's clean test
+  figures, equal to the run's), ``val`` / ``val_clean`` (the same on the validation part: the evidence a researcher
+  may use to adopt test-time perturbation without looking at the test set) and ``per_factor`` test UA;
+* ``predictions``: the averaged per-utterance probabilities;
+* ``extra.tta_source``: the run record's path, config hash and git revision; ``git``: this evaluation's revision;
+* ``counts.tta``: per factor and part, the utterances evaluated and those the copy could not give (no window or
+  non-finite features after the speed change: such an utterance averages the factors it has, listed in ``skips``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_TTA_FACTORS", "speed_tta", "tta_experiment", "write_tta_records"]
+
+DEFAULT_TTA_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
+SUFFIX = "+tta"
+PROB_TOL = 2e-3  # the record's probabilities are rounded to 4 digits; the rest is summation order
+
+
+def tta_experiment(exp):
+    """The experiment a TTA record of a run of ``exp`` belongs to: its name and arm with :data:`SUFFIX`."""
+    return exp.replace(name=exp.name + SUFFIX, arm=(exp.arm or "") + SUFFIX)
+
+
+@torch.no_grad()
+def _utterance_probs(model, data, how: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows (G,), probs (G, C))`` of ``data`` (an ArrayData of segments) under ``model`` (eval mode)."""
+    from scipy.special import softmax
+
+    from serlib.evaluate import aggregate
+
+    logits = []
+    for s in range(0, len(data.x), batch):
+        out = model(data.x[s: s + batch])
+        logits.append((out[0] if isinstance(out, tuple) else out).float())
+    z, rows = aggregate(torch.cat(logits), data.groups, how=how)
+    return rows, (z if how == "vote" else softmax(z, axis=1))
+
+
+def _copy(exp, corpus, part, factor: float, mean, std):
+    """Part ``part`` (clean ArrayData, unnormalised) played ``factor`` times faster, normalised; and the rows of
+    ``part`` the copy could not give, with their reasons."""
+    from serlib.experiment import segment_features, segment_short
+    from serlib.features import PRESETS
+    from serlib.speed_perturb import SpeedCorpus
+    from serlib.train import ArrayData
+
+    if factor == 1.0:
+        x, g, missing = part.x, part.groups, {}
+    else:
+        store = segment_features(SpeedCorpus(corpus, factor), PRESETS[exp.features], win_s=exp.win_s,
+                                 step_s=exp.test_step_s, short=segment_short(exp, "test"))
+        rows = np.unique(part.groups.numpy())
+        missing = {int(i): "no window after the speed change" for i in set(store["too_short"].tolist()) & set(rows)}
+        missing.update({int(i): "non-finite features after the speed change"
+                        for i in set(store["nonfinite"].tolist()) & set(rows)})
+        keep = np.setdiff1d(rows, np.asarray(sorted(missing), np.int64))
+        sel = np.isin(store["groups"], keep)
+        x, g = torch.as_tensor(store["x"][sel]), torch.as_tensor(store["groups"][sel])
+    x = x if mean is None else (x - mean) / std
+    return ArrayData(x=x, y=torch.zeros(len(g), dtype=torch.long), lengths=None, groups=g), missing
+
+
+def _evaluate(run, exp, corpus, part, grid, mean, std):
+    """Per factor of ``grid``: the utterance probabilities of ``part`` ({row: (C,)}) and the rows the copy lacks."""
+    per, missing = {}, {}
+    for f in grid:
+        data, missing[f] = _copy(exp, corpus, part, f, mean, std)
+        rows, prob = _utterance_probs(run.model, data, exp.aggregate)
+        per[f] = dict(zip(rows.tolist(), prob))
+    return np.unique(part.groups.numpy()), per, missing
+
+
+def _average(per: dict, rows: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """(G, C): per row the mean of the probabilities of the factors that have it (the clean copy has every row)."""
+    return np.stack([np.mean([per[f][int(r)] for f in factors if int(r) in per[f]], axis=0) for r in rows])
+
+
+def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS, *,
+              checkpoints: str | Path | None = None, data_root: str | Path | None = None) -> dict:
+    """The TTA record of one run (see the module docstring); ``model`` is the run's record JSON (inside its results
+    folder) or its checkpoint folder. ``data_root`` replaces the run's data root (the audio must be the same)."""
+    from serlib.evaluate import classification_metrics
+    from serlib.experiment import build_views, corpus_source, identity_of, load_experiment_corpus
+    from serlib.predict import load_run
+    from serlib.records import code_revision, config_hash, make_record
+    from serlib.speed_perturb import view_factors
+    from serlib.studies.common import split_for
+
+    t0 = time.perf_counter()
+    factors = tuple(float(f) for f in factors)
+    view_factors({"factors": factors})  # each in range, the perturbed ones distinct
+    run = load_run(model, checkpoints)
+    src = run.record
+    exp = run.exp if data_root is None else run.exp.replace(data_root=str(data_root))
+    if exp.view not in ("segments", "speed_segments"):
+        raise ValueError(f"{model}: test-time speed perturbation needs a segments run, this one has view {exp.view!r}")
+    if not src.get("predictions"):
+        raise ValueError(f"{model}: the run record has no test predictions to check the checkpoint against; rerun it")
+    corpus = load_experiment_corpus(exp.corpus, exp.data_root, **exp.corpus_kwargs)
+    want = (src.get("corpus") or {}).get("content_hash")
+    if want and want != corpus.content_hash():
+        raise ValueError(f"{model}: the audio under {exp.data_root} is not what the run was trained and tested on "
+                         f"(content hash {corpus.content_hash()} != the record's {want}); point --data-root at the "
+                         "run's copy of the corpus")
+    split = split_for(exp, corpus, int(src["split"]["fold"]))
+    clean = build_views(exp.replace(view="segments", view_kwargs={}, normalize=False), corpus, split)
+    mean, std = run.normalizer["x"] if "x" in run.normalizer else (None, None)
+    labels = run.labels
+    ids = corpus.table["utt_id"].to_numpy()
+
+    grid = factors if 1.0 in factors else (*factors, 1.0)  # the clean copy always: it checks the checkpoint
+    rows, per, missing = _evaluate(run, exp, corpus, clean.test, grid, mean, std)
+    avg, clean_prob = _average(per, rows, factors), _average(per, rows, (1.0,))
+    got = [str(u) for u in ids[rows]]
+    if got != list(src["predictions"]["utt_id"]) or \
+            np.abs(clean_prob - np.asarray(src["predictions"]["prob"], float)).max() > PROB_TOL:
+        raise ValueError(f"{model}: the checkpoint does not reproduce its record's test predictions (different "
+                         "utterances or probabilities); it is not this run's model")
+    y_true = [labels[i] for i in np.asarray(corpus.y)[rows]]
+
+    def metrics_of(prob):
+        return classification_metrics(y_true, [labels[i] for i in prob.argmax(1)], labels=list(labels))
+
+    metrics = metrics_of(avg)
+    metrics["clean"] = {k: metrics_of(clean_prob)[k] for k in ("ua", "wa", "macro_f1")}
+    # each factor alone, where its copy has every test utterance
+    metrics["per_factor"] = {f"{f:g}": metrics_of(_average(per, rows, (f,)))["ua"] if len(per[f]) == len(rows)
+                             else None for f in grid}
+    counts = {"tta": {"factors": list(factors), "test": {f"{f:g}": {"utterances": len(per[f]),
+                                                                     "missing": len(missing[f])} for f in grid}}}
+    skips = [{"path": str(corpus.table.at[i, "path"]), "reason": f"{why} ({f:g}x; test copy only)", "stage": "tta"}
+             for f in grid for i, why in sorted(missing[f].items())]
+    if clean.val is not None:
+        v_rows, v_per, v_missing = _evaluate(run, exp, corpus, clean.val, grid, mean, std)
+        v_avg = _average(v_per, v_rows, factors)
+        v_true = [labels[i] for i in np.asarray(corpus.y)[v_rows]]
+        vm = lambda p: classification_metrics(v_true, [labels[i] for i in p.argmax(1)], labels=list(labels))  # noqa: E731
+        metrics["val"] = {k: vm(v_avg)[k] for k in ("ua", "wa", "macro_f1")}
+        metrics["val_clean"] = {k: vm(_average(v_per, v_rows, (1.0,)))[k] for k in ("ua", "wa", "macro_f1")}
+        counts["tta"]["val"] = {f"{f:g}": {"utterances": len(v_per[f]), "missing": len(v_missing[f])} for f in grid}
+
+    texp = tta_experiment(run.exp)
+    cfg = {**texp.to_dict(), "tta": {"factors": list(factors)},
+           "model_resolved": src["config"].get("model_resolved"), "train_resolved": src["config"].get("train_resolved")}
+    record = make_record(
+        kind=texp.name, config=cfg, seed=int(src["seed"]),
+        corpus={**src["corpus"], **corpus_source(exp)}, split=split.to_dict(), metrics=metrics,
+        history=[], counts={**(src.get("counts") or {}), **counts},
+        timings={"tta_s": time.perf_counter() - t0, "source": src.get("timings")},
+        selection=src.get("selection", "val"),
+        extra={**(src.get("extra") or {}),
+               "tta_source": {"record": str(model), "config_hash": src.get("config_hash")
+                              or config_hash(src["config"]), "git": src.get("git")}},
+        identity=identity_of(texp), skips=skips, flags=list(src.get("flags") or []), git=code_revision())
+    from serlib.experiment import test_predictions
+
+    record["predictions"] = test_predictions(np.log(np.clip(avg, 1e-12, None)), ids[rows], y_true, "mean_prob")
+    return record
+
+
+def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] = DEFAULT_TTA_FACTORS, *,
+                      results_dir: str | Path = "results", checkpoints: str | Path | None = None,
+                      data_root: str | Path | None = None, rerun: bool = False) -> list[Path]:
+    """:func:`speed_tta` for each run record file, written where ``serlib reproduce`` would write a run of
+    :func:`tta_experiment`; existing TTA records are kept unless ``rerun``. Returns the paths written."""
+    from serlib.experiment import experiment_record_path
+    from serlib.records import store_split, write_record
+    from serlib.report import is_ok
+    from serlib.studies.common import corpus_for, experiment_from_dict, split_for
+
+    written = []
+    for p in map(Path, run_paths):
+        src = json.loads(p.read_text())
+        if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX):
+            print(f"{p}: not a successful training run record; skipped")
+            continue
+        exp = experiment_from_dict({k: v for k, v in src["config"].items()
+                                    if not k.endswith("_resolved") and k != "tta"})
+        if data_root is not None:
+            exp = exp.replace(data_root=str(data_root))
+        corpus = corpus_for(exp)
+        out = experiment_record_path(tta_experiment(exp), corpus, split_for(exp, corpus, int(src["split"]["fold"])),
+                                     int(src["seed"]), results_dir)
+        if out.exists() and not rerun:
+            continue
+        rec = speed_tta(p, factors, checkpoints=checkpoints, data_root=data_root)
+        write_record(store_split(rec, results_dir), out)
+        written.append(out)
+        print(f"wrote {out}: test UA {100 * rec['metrics']['ua']:.1f} (clean {100 * rec['metrics']['clean']['ua']:.1f})"
+              f" in {rec['timings']['tta_s']:.0f} s", flush=True)
+    return written
