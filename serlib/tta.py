@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_TTA_FACTORS", "speed_tta", "tta_experiment", "write_tta_records"]
+__all__ = ["DEFAULT_TTA_FACTORS", "speed_tta", "tta_config", "tta_experiment", "tta_table", "write_tta_records"]
 
 DEFAULT_TTA_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
 SUFFIX = "+tta"
@@ -46,6 +46,12 @@ PROB_TOL = 2e-3  # the record's probabilities are rounded to 4 digits; the rest 
 def tta_experiment(exp):
     """The experiment a TTA record of a run of ``exp`` belongs to: its name and arm with :data:`SUFFIX`."""
     return exp.replace(name=exp.name + SUFFIX, arm=(exp.arm or "") + SUFFIX)
+
+
+def tta_config(texp, factors: Sequence[float]) -> dict:
+    """The config of a TTA record of :func:`tta_experiment` ``texp``: the experiment's plus ``tta.factors`` (part of
+    the record path's hash, so TTA records with other factors do not overwrite each other)."""
+    return {**texp.to_dict(), "tta": {"factors": [float(f) for f in factors]}}
 
 
 @torch.no_grad()
@@ -167,7 +173,7 @@ def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS,
         counts["tta"]["val"] = {f"{f:g}": {"utterances": len(v_per[f]), "missing": len(v_missing[f])} for f in grid}
 
     texp = tta_experiment(run.exp)
-    cfg = {**texp.to_dict(), "tta": {"factors": list(factors)},
+    cfg = {**tta_config(texp, factors),
            "model_resolved": src["config"].get("model_resolved"), "train_resolved": src["config"].get("train_resolved")}
     record = make_record(
         kind=texp.name, config=cfg, seed=int(src["seed"]),
@@ -188,12 +194,13 @@ def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS,
 def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] = DEFAULT_TTA_FACTORS, *,
                       results_dir: str | Path = "results", checkpoints: str | Path | None = None,
                       data_root: str | Path | None = None, rerun: bool = False) -> list[Path]:
-    """:func:`speed_tta` for each run record file, written where ``serlib reproduce`` would write a run of
-    :func:`tta_experiment`; existing TTA records are kept unless ``rerun``. Returns the paths written."""
-    from serlib.experiment import experiment_record_path
-    from serlib.records import store_split, write_record
+    """:func:`speed_tta` for each run record file, written where a run of :func:`tta_experiment` with
+    :func:`tta_config` goes (:func:`serlib.experiment.record_path_of` of the record); existing TTA records are kept
+    unless ``rerun``. Returns the paths written."""
+    from serlib.experiment import run_config
+    from serlib.records import record_path, store_split, write_record
     from serlib.report import is_ok
-    from serlib.studies.common import corpus_for, experiment_from_dict, split_for
+    from serlib.studies.common import corpus_for, experiment_from_dict
 
     written = []
     for p in map(Path, run_paths):
@@ -206,8 +213,10 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
         if data_root is not None:
             exp = exp.replace(data_root=str(data_root))
         corpus = corpus_for(exp)
-        out = experiment_record_path(tta_experiment(exp), corpus, split_for(exp, corpus, int(src["split"]["fold"])),
-                                     int(src["seed"]), results_dir)
+        texp = tta_experiment(exp)
+        out = record_path(results_dir, texp.name, {"corpus": corpus.name, "protocol": exp.protocol,
+                                                   "config": run_config(tta_config(texp, factors)),
+                                                   "seed": int(src["seed"]), "fold": int(src["split"]["fold"])})
         if out.exists() and not rerun:
             continue
         rec = speed_tta(p, factors, checkpoints=checkpoints, data_root=data_root)
@@ -216,3 +225,33 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
         print(f"wrote {out}: test UA {100 * rec['metrics']['ua']:.1f} (clean {100 * rec['metrics']['clean']['ua']:.1f})"
               f" in {rec['timings']['tta_s']:.0f} s", flush=True)
     return written
+
+
+def tta_table(records: Iterable[dict]):
+    """A ``pandas.DataFrame``, per TTA arm and corpus: the runs, their mean validation and test UA (%) clean and with test-time speed
+    perturbation, the gains, and the paired t-test of each gain over the runs (:func:`serlib.evaluate.paired_test`)
+    with the runs where it helped. The validation columns are the evidence for adopting it; the test ones, what it
+    did."""
+    import pandas as pd
+
+    from serlib.evaluate import paired_test
+
+    rows = []
+    recs = [r for r in records if isinstance(r, dict) and str(r.get("kind", "")).endswith(SUFFIX)
+            and r.get("status", "ok") == "ok" and "val" in r.get("metrics", {})]
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(((r.get("identity") or {}).get("arm") or r["kind"], r["corpus"]["name"]), []).append(r)
+    for (arm, corpus), rs in sorted(groups.items()):
+        val, val0 = (100 * np.array([r["metrics"][k]["ua"] for r in rs]) for k in ("val", "val_clean"))
+        test, test0 = 100 * np.array([r["metrics"]["ua"] for r in rs]), 100 * np.array([r["metrics"]["clean"]["ua"]
+                                                                                       for r in rs])
+        pv = paired_test(val, val0)["p_t"] if len(rs) >= 2 else float("nan")
+        pt = paired_test(test, test0)["p_t"] if len(rs) >= 2 else float("nan")
+        rows.append({"arm": arm.removeprefix("lever-"), "corpus": corpus, "runs": len(rs),
+                     "val UA clean (%)": val0.mean(), "val UA tta (%)": val.mean(),
+                     "val gain (pp)": (val - val0).mean(), "val p": pv, "val helped in": f"{(val > val0).sum()}/{len(rs)}",
+                     "test UA clean (%)": test0.mean(), "test UA tta (%)": test.mean(),
+                     "test gain (pp)": (test - test0).mean(), "test p": pt,
+                     "test helped in": f"{(test > test0).sum()}/{len(rs)}"})
+    return pd.DataFrame(rows)

@@ -5,8 +5,9 @@ import pytest
 from serlib.studies import compare
 
 
-def rec(kind, fold, seed, ua, test_speakers=None, protocol="speaker_independent"):
-    return {"kind": kind, "seed": seed, "corpus": {"name": "ravdess"}, "metrics": {"ua": ua},
+def rec(kind, fold, seed, ua, test_speakers=None, protocol="speaker_independent", val=None):
+    return {"kind": kind, "seed": seed, "corpus": {"name": "ravdess"},
+            "metrics": {"ua": ua, "val": {"ua": ua if val is None else val}},
             "split": {"protocol": protocol, "fold": fold, "seed": 0,
                       "meta": {"fingerprint": "f", "n_folds": 3, "test_speakers": test_speakers or [f"A{fold}"]}}}
 
@@ -73,13 +74,28 @@ def test_best_speaker_independent_adds_the_best_seed_ensemble_on_every_fold():
     assert ens["recipe"].startswith("m(); features None, view speed_segments(factors=[0.9, 1.1])")
 
 
+def test_best_speaker_independent_is_chosen_on_validation_never_on_the_test_set():
+    """The higher test UA does not win when its validation UA is lower; an experiment whose runs lack validation
+    UAs is not a candidate; the row states the validation UA it was chosen on."""
+    recs = [rec("test_lucky", f, 0, 0.70, val=0.40) for f in range(3)]
+    recs += [rec("val_best", f, 0, 0.55, val=0.60) for f in range(3)]
+    no_val = [rec("no_val", f, 0, 0.90) for f in range(3)]
+    no_val[1]["metrics"].pop("val")
+    best = compare.best_speaker_independent(recs + no_val).iloc[0]
+    assert best["experiment"] == "val_best" and math.isclose(best["UA mean of folds (%)"], 55.0)
+    assert math.isclose(best["chosen on: val UA (%)"], 60.0)
+    v = compare.validation_means(recs + no_val)
+    assert set(v.index) == {"test_lucky", "val_best"} and math.isclose(v["test_lucky"], 40.0)
+    assert compare.best_speaker_independent(no_val).empty
+
+
 def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b")):
     from serlib.evaluate import classification_metrics
 
     pred = [labels[max(range(len(p)), key=p.__getitem__)] for p in probs]
     ua = classification_metrics(list(truth), pred, labels=list(labels))["ua"]
     return {"kind": kind, "status": "ok", "seed": seed, "corpus": {"name": "ravdess", "labels": list(labels)},
-            "split": {"protocol": "speaker_independent", "fold": fold}, "metrics": {"ua": ua, "wa": ua},
+            "split": {"protocol": "speaker_independent", "fold": fold}, "metrics": {"ua": ua, "wa": ua, "val": {"ua": ua}},
             "predictions": {"utt_id": ["u1", "u2", "u3"], "label": list(truth), "prob": probs}}
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from serlib.cli import main
+from serlib.experiment import record_path_of
 from serlib.studies import compare
 from serlib.studies import head_fusion as hf
 from serlib.studies.common import load_records
@@ -57,6 +58,7 @@ def test_cli_writes_a_record_the_levers_table_pairs_with_the_run(saved, capsys):
     src = next(r for r in recs if not r["kind"].endswith("+tta"))
     assert t["identity"]["arm"] == "lever-authors_attention+tta" and t["config"]["tta"] == {"factors": [0.9, 1.0, 1.1]}
     assert t["extra"]["tta_source"]["config_hash"] == src["config_hash"] and t["seed"] == src["seed"]
+    assert record_path_of(t, results).resolve() == Path(t["_path"]).resolve()  # the path is its config's hash
     assert t["split"]["test"] == src["split"]["test"] and t["split"]["val"] == src["split"]["val"]
     raw = json.loads(Path(t["_path"]).read_text())["split"]  # stored by reference: the run's own split file
     assert raw["ref"] == json.loads(saved["record"].read_text())["split"]["ref"]

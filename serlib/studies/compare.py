@@ -84,41 +84,62 @@ def recipe(record: dict) -> str:
             + (f"; test-time speed factors {tta} (probabilities averaged)" if tta else ""))
 
 
+def validation_means(records: Iterable[dict], *, corpus: str | None = "ravdess",
+                     protocol: str = "speaker_independent") -> pd.Series:
+    """Per experiment, the mean over folds of its runs' validation UA (%, fold means over seeds): what
+    :func:`best_speaker_independent` selects on. Only experiments whose every run of ``protocol`` recorded a
+    validation UA (``metrics.val.ua``) get a value."""
+    recs = [r for r in records if isinstance(r, dict) and r.get("status", "ok") == "ok" and "metrics" in r
+            and r["split"].get("protocol") == protocol and (not corpus or r["corpus"]["name"] == corpus)]
+    has = [{**r, "metrics": {"ua": r["metrics"]["val"]["ua"]}} for r in recs
+           if isinstance(r["metrics"].get("val"), dict) and r["metrics"]["val"].get("ua") is not None]
+    n_all = pd.Series([r["kind"] for r in recs]).value_counts()
+    n_val = pd.Series([r["kind"] for r in has], dtype=object).value_counts()
+    t = fold_means(has, protocol=protocol, corpus=corpus)
+    if t.empty:
+        return pd.Series(dtype=float)
+    complete = [e for e in t.index if n_val.get(e, 0) == n_all.get(e, -1)]
+    return t.loc[complete].mean(axis=1)
+
+
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
                              goal: float = SI_GOAL_UA) -> pd.DataFrame:
-    """The best speaker-independent result among experiments that have every fold of the protocol, in up to two
-    rows: the experiment with the highest mean over folds of its single runs (fold means over seeds), and the
-    experiment whose seed ensemble (:func:`ensemble_table`: the runs' per-utterance probabilities averaged) has the
-    highest mean over folds, when some experiment has an ensemble on every fold. Each row: its form, UA, std over
-    folds, folds, runs, seeds, recipe, and whether it meets ``goal``. Empty when no experiment has every fold."""
+    """The best speaker-independent result among experiments that have every fold of the protocol, chosen on the
+    validation folds (never on the test set), in up to two rows: the experiment whose single runs have the highest
+    mean validation UA over folds (:func:`validation_means`), with its test UA (fold means over seeds); and, among
+    experiments with a seed ensemble on every fold (:func:`ensemble_table`: the runs' per-utterance test
+    probabilities averaged), the one with the highest mean validation UA of its runs, with its ensemble's test UA.
+    Each row: its form, test UA, std over folds, the validation UA it was chosen on, folds, runs, seeds, recipe, and
+    whether it meets ``goal``. Empty when no experiment has every fold and validation UAs."""
     records = [r for r in records if isinstance(r, dict)]
     t = same_split_table(records, corpus=corpus)
     if t.empty:
         return t
     n_all = max([int(r["split"].get("meta", {}).get("n_folds") or 0) for r in records if "split" in r]
                 + [sum(c.startswith("fold ") for c in t.columns)])  # the protocol's folds (the records say)
-    full = t[t["n folds"] == n_all]
+    val = validation_means(records, corpus=corpus)
+    full = t[(t["n folds"] == n_all) & t["experiment"].isin(val.index)].set_index("experiment")
     if full.empty:
         return pd.DataFrame()
 
     def row(form: str, name: str, ua: float, std: float, n_folds: int, n_runs: int) -> dict:
         runs = [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"]
         return {"form": form, "experiment": name, "UA mean of folds (%)": ua, "std over folds": std,
-                "n folds": n_folds, "n runs": n_runs, "seeds": " ".join(map(str, sorted({int(r["seed"])
-                                                                                         for r in runs}))),
+                "chosen on: val UA (%)": float(val[name]), "n folds": n_folds, "n runs": n_runs,
+                "seeds": " ".join(map(str, sorted({int(r["seed"]) for r in runs}))),
                 f"goal >= {goal:g}": bool(ua >= goal), "recipe": recipe(runs[0]) if runs else ""}
 
-    best = full.loc[full["mean of folds"].idxmax()]
-    rows = [row("single runs (fold mean over seeds)", best["experiment"], best["mean of folds"],
-                best["std over folds"], int(best["n folds"]), int(best["n runs"]))]
+    best = val[full.index].idxmax()
+    rows = [row("single runs (fold mean over seeds)", best, full.at[best, "mean of folds"],
+                full.at[best, "std over folds"], int(full.at[best, "n folds"]), int(full.at[best, "n runs"]))]
     ens = ensemble_table([r for r in records if corpus is None or (r.get("corpus") or {}).get("name") == corpus])
     if not ens.empty:
         per = ens[ens["fold"] != "mean of folds"]
         stats_ = per.groupby("experiment").agg(n=("fold", "nunique"), ua=("ensemble UA (%)", "mean"),
                                                std=("ensemble UA (%)", "std"), runs=("runs", "sum"))
-        stats_ = stats_[stats_["n"] == n_all]
+        stats_ = stats_[(stats_["n"] == n_all) & stats_.index.isin(val.index)]
         if not stats_.empty:
-            e = stats_["ua"].idxmax()
+            e = val[stats_.index].idxmax()
             rows.append(row("seed ensemble (mean probabilities)", e, float(stats_.at[e, "ua"]),
                             float(stats_.at[e, "std"]), n_all, int(stats_.at[e, "runs"])))
     return pd.DataFrame(rows)
@@ -210,4 +231,5 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
-__all__ = ["fold_means", "fold_table", "same_split_table", "same_split_tests"]
+__all__ = ["best_speaker_independent", "ensemble_table", "fold_means", "fold_table", "same_split_table",
+           "same_split_tests", "validation_means"]
