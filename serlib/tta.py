@@ -210,10 +210,8 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
             continue
         exp = experiment_from_dict({k: v for k, v in src["config"].items()
                                     if not k.endswith("_resolved") and k != "tta"})
-        if data_root is not None:
-            exp = exp.replace(data_root=str(data_root))
-        corpus = corpus_for(exp)
-        texp = tta_experiment(exp)
+        texp = tta_experiment(exp)  # the run's own config (data root included), as speed_tta records it
+        corpus = corpus_for(exp if data_root is None else exp.replace(data_root=str(data_root)))
         out = record_path(results_dir, texp.name, {"corpus": corpus.name, "protocol": exp.protocol,
                                                    "config": run_config(tta_config(texp, factors)),
                                                    "seed": int(src["seed"]), "fold": int(src["split"]["fold"])})
