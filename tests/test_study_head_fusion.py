@@ -279,6 +279,26 @@ def test_levers_table_pairs_each_lever_with_what_it_modifies():
     assert set(hf.reproduction_table(recs)["experiment"]) == {"hf"}
 
 
+def test_every_lever_is_also_paired_with_the_best_chosen_on_validation():
+    def rec(arm, fold, ua, val):
+        return {"kind": f"hf__{arm}", "identity": {"arm": arm}, "status": "ok", "corpus": {"name": "ravdess"},
+                "split": {"protocol": "speaker_independent", "fold": fold}, "seed": 0,
+                "metrics": {"ua": ua, "wa": ua, "val": {"ua": val}}}
+
+    recs = [rec("lever-authors_attention", f, 0.40, 0.40) for f in range(3)]
+    recs += [rec("lever-authors_attention+mixup", f, 0.45 + 0.01 * f, 0.50) for f in range(3)]  # best on validation
+    recs += [rec("lever-authors_attention+long", f, 0.60, 0.45) for f in range(3)]  # best on test only
+    recs += [rec("lever-authors_attention+specaug", f, 0.30, 0.90) for f in range(2)]  # two folds: not a candidate
+    t = hf.levers_table(recs)
+    best = t[t["against"] == "authors_attention+mixup (the best, chosen on validation)"].set_index("lever")
+    assert set(best.index) == {"authors_attention+long", "authors_attention+specaug"}  # not itself, not its base
+    assert best.loc["authors_attention+long", "diff (pp)"] == pytest.approx(14.0)
+    assert best.loc["authors_attention+long", "lever better in"] == "3/3"
+    assert best.loc["authors_attention+specaug", "n pairs"] == 2
+    # the base is paired once, as the base (mixup against authors_attention), not again in reverse
+    assert len(t[(t["lever"] == "authors_attention") & (t["against"].str.contains("mixup"))]) == 0
+
+
 def test_speed_is_also_paired_with_its_same_steps_control():
     def rec(arm, fold, ua):
         return {"kind": f"hf__{arm}", "identity": {"arm": arm}, "status": "ok", "corpus": {"name": "ravdess"},

@@ -341,7 +341,9 @@ def levers_table(records) -> pd.DataFrame:
     paired difference (lever - base, points) with its tests over the runs both have, matched by (seed, fold)
     (:func:`serlib.report.paired_tests`). Positive difference: the lever helped. A lever with a control that has
     records (:func:`lever_control`: speed against repeat3, the same steps unperturbed) gets a second row against it,
-    and so does a lever with a rival (:func:`lever_rival`: speedwide against speed)."""
+    and so does a lever with a rival (:func:`lever_rival`: speedwide against speed). Every lever is also paired with
+    the current best of its corpus, the experiment :func:`serlib.studies.compare.best_speaker_independent` chooses on
+    the validation folds (its ``against`` says so), when its records make one."""
     si = [r for r in records if report.is_ok(r) and r["split"]["protocol"] == "speaker_independent"]
     levers = sorted({report.identity(r)["arm"] for r in si if report.identity(r)["arm"].startswith("lever-")})
     if not levers:
@@ -350,6 +352,11 @@ def levers_table(records) -> pd.DataFrame:
     comparisons = [(a, lever_base(a) or "base") for a in levers]
     comparisons += [(a, c) for a in levers if (c := lever_control(a)) in levers]
     comparisons += [(a, c) for a in levers if (c := lever_rival(a)) in levers]
+    n_own = len(comparisons)
+    best = _best_arms(si)  # the current best (chosen on validation): every other lever is paired with it too
+    comparisons += [(a, b) for b in sorted(set(best.values())) for a in levers
+                    if a != b and (a, b) not in comparisons and (b, a) not in comparisons]
+    own = set(comparisons[:n_own])
     tests = report.paired_tests(si, comparisons, arm_of=arm_of, group_of=lambda r: (r["corpus"]["name"],),
                                 group_names=("corpus",))
     rows = []
@@ -361,14 +368,33 @@ def levers_table(records) -> pd.DataFrame:
             hit = tests[(tests["corpus"] == corpus) & (tests["comparison"] == f"{a} vs {b}")] if len(tests) else tests
             t = hit.iloc[0] if len(hit) else {}
             ua = 100 * pd.Series([r["metrics"]["ua"] for r in mine], dtype=float)
-            rows.append({"corpus": corpus, "lever": a.removeprefix("lever-"),
-                         "against": b.removeprefix("lever-") if b != "base" else "paper's recipe",
+            if (a, b) in own:
+                against = b.removeprefix("lever-") if b != "base" else "paper's recipe"
+            elif b == best.get(corpus):
+                against = f"{b.removeprefix('lever-')} (the best, chosen on validation)"
+            else:
+                continue  # another corpus's best
+            rows.append({"corpus": corpus, "lever": a.removeprefix("lever-"), "against": against,
                          "lever UA (%)": ua.mean(), "folds": len({r["split"]["fold"] for r in mine}),
                          "runs": len(mine), "n pairs": int(t.get("n pairs", 0)),
                          "diff (pp)": t.get("mean diff (pp)", float("nan")),
                          "p (paired t)": t.get("p (paired t)", float("nan")),
-                         "lever better in": t.get("a better in", "")})
+                         "lever better in": t.get("a better in", "") if int(t.get("n pairs", 0)) else ""})
     return pd.DataFrame(rows)
+
+
+def _best_arms(si: list[dict]) -> dict[str, str]:
+    """Per corpus, the arm of the best speaker-independent experiment among these records, chosen on validation
+    (:func:`serlib.studies.compare.best_speaker_independent`'s single-run row); corpora without one are left out."""
+    from serlib.studies import compare
+
+    out = {}
+    for corpus in sorted({r["corpus"]["name"] for r in si}):
+        t = compare.best_speaker_independent(si, corpus=corpus)
+        if not t.empty:
+            kind = t.iloc[0]["experiment"]
+            out[corpus] = next(report.identity(r)["arm"] or "base" for r in si if r["kind"] == kind)
+    return out
 
 
 def levers_summary(records) -> str:
@@ -381,9 +407,12 @@ def levers_summary(records) -> str:
         line = (f"- **{r['lever']}** ({r['corpus']}): {r['lever UA (%)']:.1f} UA over {r['runs']} runs on "
                 f"{r['folds']} folds")
         if r["n pairs"] >= 2:
-            verdict = "helped" if r["diff (pp)"] > 0 else "hurt"
+            if "(the best" in r["against"]:
+                verdict = "it is above the best" if r["diff (pp)"] > 0 else "it is below the best"
+            else:
+                verdict = "it helped" if r["diff (pp)"] > 0 else "it hurt"
             line += (f"; against {r['against']} over {r['n pairs']} matched runs {r['diff (pp)']:+.1f} points "
-                     f"(paired t p = {r['p (paired t)']:.3f}, better in {r['lever better in']}): it {verdict}"
+                     f"(paired t p = {r['p (paired t)']:.3f}, better in {r['lever better in']}): {verdict}"
                      + ("" if r["p (paired t)"] < 0.05 else ", not significantly"))
         else:
             line += f"; fewer than 2 runs matched with {r['against']}: no test"
