@@ -190,7 +190,8 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     best = compare.best_speaker_independent(compared, corpus="ravdess")
     if not best.empty:
         out += ["**Best speaker-independent** (from scratch, every fold; the experiment is chosen on the validation "
-                "folds, the highest mean validation UA of its runs, never on the test set; the test UA is reported; "
+                "folds, the highest mean validation UA of its runs, a tie going to the simpler recipe, never on the test "
+                "set; the test UA is reported; "
                 f"issue 16's goal is {compare.SI_GOAL_UA:g} UA):", "", markdown(best), ""]
     tests = compare.same_split_tests(compared, corpus="ravdess")
     if not tests.empty:

@@ -87,6 +87,11 @@ def test_best_speaker_independent_is_chosen_on_validation_never_on_the_test_set(
     v = compare.validation_means(recs + no_val)
     assert set(v.index) == {"test_lucky", "val_best"} and math.isclose(v["test_lucky"], 40.0)
     assert compare.best_speaker_independent(no_val).empty
+    # a validation tie (within rounding) goes to the simpler recipe, whatever the test set says
+    tie = [rec("a+speed", f, 0.50, 0.6) for f in range(3)] + [rec("a+speed+tta", f, 0.70, 0.6 + 1e-8) for f in range(3)]
+    assert compare.best_speaker_independent(tie).iloc[0]["experiment"] == "a+speed"
+    tie[3]["metrics"]["val"]["ua"] = 0.7  # a real validation gain wins
+    assert compare.best_speaker_independent(tie).iloc[0]["experiment"] == "a+speed+tta"
 
 
 def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b")):

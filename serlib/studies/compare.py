@@ -102,11 +102,22 @@ def validation_means(records: Iterable[dict], *, corpus: str | None = "ravdess",
     return t.loc[complete].mean(axis=1)
 
 
+VAL_TIE_PP = 1e-3  # validation means closer than this (points) are a tie: records round UAs to 6 digits
+
+
+def _val_choice(val: pd.Series) -> str:
+    """The experiment with the highest validation mean; a tie (within :data:`VAL_TIE_PP`) goes to the simpler
+    recipe, the name with fewer ``+`` levers (then the first by name), never to whichever the test set favours."""
+    top = val.max()
+    tied = [e for e in val.index if val[e] >= top - VAL_TIE_PP]
+    return min(tied, key=lambda e: (str(e).count("+"), str(e)))
+
+
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
                              goal: float = SI_GOAL_UA) -> pd.DataFrame:
     """The best speaker-independent result among experiments that have every fold of the protocol, chosen on the
     validation folds (never on the test set), in up to two rows: the experiment whose single runs have the highest
-    mean validation UA over folds (:func:`validation_means`), with its test UA (fold means over seeds); and, among
+    mean validation UA over folds (:func:`validation_means`; a tie goes to the simpler recipe), with its test UA (fold means over seeds); and, among
     experiments with a seed ensemble on every fold (:func:`ensemble_table`: the runs' per-utterance test
     probabilities averaged), the one with the highest mean validation UA of its runs, with its ensemble's test UA.
     Each row: its form, test UA, std over folds, the validation UA it was chosen on, folds, runs, seeds, recipe, and
@@ -129,7 +140,7 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
                 "seeds": " ".join(map(str, sorted({int(r["seed"]) for r in runs}))),
                 f"goal >= {goal:g}": bool(ua >= goal), "recipe": recipe(runs[0]) if runs else ""}
 
-    best = val[full.index].idxmax()
+    best = _val_choice(val[full.index])
     rows = [row("single runs (fold mean over seeds)", best, full.at[best, "mean of folds"],
                 full.at[best, "std over folds"], int(full.at[best, "n folds"]), int(full.at[best, "n runs"]))]
     ens = ensemble_table([r for r in records if corpus is None or (r.get("corpus") or {}).get("name") == corpus])
@@ -139,7 +150,7 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
                                                std=("ensemble UA (%)", "std"), runs=("runs", "sum"))
         stats_ = stats_[(stats_["n"] == n_all) & stats_.index.isin(val.index)]
         if not stats_.empty:
-            e = val[stats_.index].idxmax()
+            e = _val_choice(val[stats_.index])
             rows.append(row("seed ensemble (mean probabilities)", e, float(stats_.at[e, "ua"]),
                             float(stats_.at[e, "std"]), n_all, int(stats_.at[e, "runs"])))
     return pd.DataFrame(rows)
