@@ -23,9 +23,11 @@ import torch
 from serlib.augment import speed_fraction, speed_perturb
 from serlib.data.corpus import Corpus
 
-__all__ = ["DEFAULT_FACTORS", "SpeedCorpus", "speed_segments_view"]
+__all__ = ["DEFAULT_FACTORS", "NONFINITE", "NO_WINDOW", "SpeedCorpus", "speed_copy", "speed_segments_view"]
 
 DEFAULT_FACTORS: tuple[float, ...] = (0.9, 1.1)
+NO_WINDOW = "no window after the speed change"
+NONFINITE = "non-finite features after the speed change"
 
 
 class SpeedCorpus(Corpus):
@@ -60,6 +62,28 @@ def view_factors(view_kwargs: dict) -> tuple[float, ...]:
     return factors
 
 
+def speed_copy(exp, corpus: Corpus, rows, factor: float, *, part: str = "train", device=None):
+    """The segments of utterances ``rows`` (ints, rows of ``corpus.table``) played ``factor`` times faster, cut as
+    ``exp`` cuts part ``part`` (``"train"``: ``exp.train_step_s``; ``"val"`` / ``"test"``: ``exp.test_step_s``; the
+    part's short-utterance policy). Features come from the :class:`SpeedCorpus` cache (once per corpus content and
+    factor), unnormalised.
+
+    Returns ``(x, groups, bad)``: ``x`` (N, *feature shape) float tensor and ``groups`` (N,) int64 tensor, the
+    segments of the rows the copy gives; ``bad``: {row: reason} for the rows it cannot give (:data:`NO_WINDOW`,
+    :data:`NONFINITE`), which are left out of ``x``."""
+    from serlib.experiment import segment_features, segment_short
+    from serlib.features import PRESETS
+
+    store = segment_features(SpeedCorpus(corpus, factor), PRESETS[exp.features], win_s=exp.win_s,
+                             step_s=exp.train_step_s if part == "train" else exp.test_step_s,
+                             short=segment_short(exp, part), device=device)
+    wanted = {int(i) for i in np.asarray(rows).tolist()}
+    bad = {int(i): NO_WINDOW for i in sorted(set(store["too_short"].tolist()) & wanted)}
+    bad.update({int(i): NONFINITE for i in sorted(set(store["nonfinite"].tolist()) & wanted)})
+    sel = np.isin(store["groups"], np.asarray(sorted(wanted - set(bad)), np.int64))
+    return torch.as_tensor(store["x"][sel]), torch.as_tensor(store["groups"][sel]), bad
+
+
 def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
     """The ``speed_segments`` view (see the module docstring). ``exp.view_kwargs``: ``factors`` (list of floats)."""
     from serlib.experiment import (
@@ -67,10 +91,7 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
         Views,
         _normalizer,
         build_views,
-        segment_features,
-        segment_short,
     )
-    from serlib.features import PRESETS
     from serlib.train import ArrayData
 
     factors = view_factors(exp.view_kwargs)
@@ -84,24 +105,19 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
             per_factor[f"{f:g}"] = {"utterances": int(len(rows)), "segments": len(clean.train), "skipped": 0,
                                     "copies": per_factor.get(f"{f:g}", {}).get("copies", 0) + 1}
             continue
-        store = segment_features(SpeedCorpus(corpus, f), PRESETS[exp.features], win_s=exp.win_s,
-                                 step_s=exp.train_step_s, short=segment_short(exp, "train"), device=device)
-        bad = {"no window after the speed change": set(store["too_short"].tolist()) & set(rows.tolist()),
-               "non-finite features after the speed change": set(store["nonfinite"].tolist()) & set(rows.tolist())}
-        if bad["non-finite features after the speed change"] and exp.nonfinite == "fail":
-            paths = [str(corpus.abspath(i)) for i in sorted(bad["non-finite features after the speed change"])]
+        x, g, bad = speed_copy(exp, corpus, rows, f, part="train", device=device)
+        broken = sorted(i for i, why in bad.items() if why == NONFINITE)
+        if broken and exp.nonfinite == "fail":
+            paths = [str(corpus.abspath(i)) for i in broken]
             raise NonFiniteFeaturesError(f"{exp.name}: speed {f:g} gives non-finite features for {paths[:5]} "
                                          f"({len(paths)} files); fix or remove them, or set nonfinite='skip'")
-        dropped = set().union(*bad.values())
-        for reason, idx in bad.items():
+        for reason in (NO_WINDOW, NONFINITE):
             skips += [{"path": str(corpus.table.at[i, "path"]), "reason": f"{reason} ({f:g}x; copy only)",
-                       "stage": "speed"} for i in sorted(idx)]
-        keep_rows = np.setdiff1d(rows, np.asarray(sorted(dropped), np.int64))
-        sel = np.isin(store["groups"], keep_rows)
-        g = torch.as_tensor(store["groups"][sel])
-        units.append(ArrayData(x=torch.as_tensor(store["x"][sel]), y=y_all[g], lengths=None, groups=g))
-        per_factor[f"{f:g}"] = {"utterances": int(len(keep_rows)), "segments": int(sel.sum()),
-                                "skipped": int(len(dropped))}
+                       "stage": "speed"} for i in sorted(bad) if bad[i] == reason]
+        keep_rows = np.setdiff1d(rows, np.asarray(sorted(bad), np.int64))
+        units.append(ArrayData(x=x, y=y_all[g], lengths=None, groups=g))
+        per_factor[f"{f:g}"] = {"utterances": int(len(keep_rows)), "segments": int(len(g)),
+                                "skipped": int(len(bad))}
     train = ArrayData(x=torch.cat([u.x for u in units]), y=torch.cat([u.y for u in units]), lengths=None,
                       groups=torch.cat([u.groups for u in units]))
     val, test = clean.val, clean.test

@@ -71,24 +71,14 @@ def _utterance_probs(model, data, how: str, batch: int = 256) -> tuple[np.ndarra
 
 def _copy(exp, corpus, part, factor: float, mean, std):
     """Part ``part`` (clean ArrayData, unnormalised) played ``factor`` times faster, normalised; and the rows of
-    ``part`` the copy could not give, with their reasons."""
-    from serlib.experiment import segment_features, segment_short
-    from serlib.features import PRESETS
-    from serlib.speed_perturb import SpeedCorpus
+    ``part`` the copy could not give, with their reasons (:func:`serlib.speed_perturb.speed_copy`)."""
+    from serlib.speed_perturb import speed_copy
     from serlib.train import ArrayData
 
     if factor == 1.0:
         x, g, missing = part.x, part.groups, {}
     else:
-        store = segment_features(SpeedCorpus(corpus, factor), PRESETS[exp.features], win_s=exp.win_s,
-                                 step_s=exp.test_step_s, short=segment_short(exp, "test"))
-        rows = np.unique(part.groups.numpy())
-        missing = {int(i): "no window after the speed change" for i in set(store["too_short"].tolist()) & set(rows)}
-        missing.update({int(i): "non-finite features after the speed change"
-                        for i in set(store["nonfinite"].tolist()) & set(rows)})
-        keep = np.setdiff1d(rows, np.asarray(sorted(missing), np.int64))
-        sel = np.isin(store["groups"], keep)
-        x, g = torch.as_tensor(store["x"][sel]), torch.as_tensor(store["groups"][sel])
+        x, g, missing = speed_copy(exp, corpus, np.unique(part.groups.numpy()), factor, part="test")
     x = x if mean is None else (x - mean) / std
     return ArrayData(x=x, y=torch.zeros(len(g), dtype=torch.long), lengths=None, groups=g), missing
 
@@ -205,6 +195,9 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
     written = []
     for p in map(Path, run_paths):
         src = json.loads(p.read_text())
+        if not isinstance(src, dict) or not isinstance(src.get("config"), dict) or "split" not in src:
+            raise ValueError(f"{p}: not a serlib run record (no config or split); pass the JSON record a training "
+                             "run wrote under results/")
         if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX):
             print(f"{p}: not a successful training run record; skipped")
             continue

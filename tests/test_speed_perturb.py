@@ -84,6 +84,11 @@ def test_view_adds_perturbed_copies_of_training_utterances_only(synthetic):
     assert set(v.train.groups.tolist()) == set(clean.train.groups.tolist())  # no val / test utterance leaks in
     assert torch.equal(v.test.x, clean.test.x) and torch.equal(v.val.x, clean.val.x)  # clean, unchanged
     assert v.counts["segments"]["train"] == len(v.train) and not v.skips
+    # the copy is speed_copy's (the helper test-time perturbation shares), at the training step
+    x, g, bad = sp.speed_copy(exp, synthetic, np.unique(clean.train.groups.numpy()), 0.9)
+    assert not bad and torch.equal(v.train.x[n: n + len(x)], x) and torch.equal(v.train.groups[n: n + len(g)], g)
+    x_test, _, _ = sp.speed_copy(exp, synthetic, np.unique(clean.train.groups.numpy()), 0.9, part="test")
+    assert (len(x_test) < len(x)) == (exp.test_step_s > exp.train_step_s)
     normed = build_views(_exp(), synthetic, split)  # statistics from the whole training part, copies included
     mean = v.train.x.mean(dim=(0, 2), keepdim=True)
     std = v.train.x.std(dim=(0, 2), keepdim=True)
@@ -119,6 +124,9 @@ def test_non_finite_copies_fail_the_run_or_are_listed(synthetic, monkeypatch, tm
     assert v.skips[0]["path"] == str(synthetic.table.at[first, "path"])
     assert v.counts["speed"]["copies"]["0.8"]["skipped"] == 1
     assert first in v.train.groups.tolist()  # its clean segments stay; only the copy is dropped
+    other = int(split.indices(synthetic)[0][1])
+    x, g, bad = sp.speed_copy(exp, synthetic, [first, other], 0.8)
+    assert bad == {first: sp.NONFINITE} and set(g.tolist()) == {other} and torch.isfinite(x).all()
     assert torch.isfinite(v.train.x).all()
 
 

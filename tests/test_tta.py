@@ -99,3 +99,14 @@ def test_changed_audio_is_refused_and_non_segment_runs_are_named(saved, tmp_path
     with pytest.raises(ValueError, match="needs a segments run"):
         speed_tta(bad)
     assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
+
+
+def test_a_file_that_is_not_a_run_record_is_named(saved, tmp_path, capsys):
+    rec = json.loads(saved["record"].read_text())
+    del rec["config"]
+    bad = tmp_path / "no_config.json"
+    bad.write_text(json.dumps(rec))
+    assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
+    assert "no_config.json: not a serlib run record" in capsys.readouterr().err
+    bad.write_text("[1, 2]")
+    assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
