@@ -201,6 +201,11 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not ens.empty:
         out += ["**Seed ensembles** (the mean of the runs' per-utterance test probabilities, recorded by runs since "
                 "this table exists; folds with at least two such runs):", "", markdown(ens), ""]
+    size = compare.ensemble_size_table(compared)
+    if not size.empty:
+        out += ["**Ensemble size** (experiments with at least three seeds on every fold: the ensemble UA, mean over "
+                "folds, for every subset of k of those seeds; size 1 is the single runs; measured, not "
+                "extrapolated):", "", markdown(size), ""]
     from serlib.tta import tta_table
 
     tta = tta_table(compared)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from serlib.studies import compare
@@ -133,6 +134,32 @@ def test_ensemble_table_averages_probabilities_not_votes():
     with pytest.raises(ValueError, match="different utterances"):
         ensemble_table([r0, r1, bad])
     assert ensemble_table([solo]).empty
+
+
+def test_ensemble_size_table_is_the_measured_curve_over_every_subset_of_seeds():
+    from itertools import combinations
+
+    from serlib.studies.compare import ensemble_size_table, ensemble_table
+
+    p = {0: [[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]], 1: [[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]],
+         2: [[0.4, 0.6], [0.3, 0.7], [0.3, 0.7]], 3: [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]}
+    recs = [_pred_rec("m", f, s, p[(s + f) % 3]) for f in (0, 1) for s in (0, 1, 2)]
+    recs.append(_pred_rec("m", 0, 3, p[3]))  # seed 3 on fold 0 only: not in the curve
+    t = ensemble_size_table(recs)
+    assert list(t["ensemble size"]) == [1, 2, 3] and list(t["subsets"]) == [3, 3, 1]
+    assert set(t["seeds"]) == {"0 1 2"} and set(t["folds"]) == {2}
+    single = np.mean([100 * r["metrics"]["ua"] for r in recs[:6]])
+    assert t.iloc[0]["UA mean of folds (%)"] == pytest.approx(single)
+    full = ensemble_table(recs[:6])
+    assert t.iloc[2]["UA mean of folds (%)"] == pytest.approx(full.iloc[-1]["ensemble UA (%)"])
+    pairs = [ensemble_table([r for r in recs[:6] if r["seed"] in sub]).iloc[-1]["ensemble UA (%)"]
+             for sub in combinations((0, 1, 2), 2)]
+    assert t.iloc[1]["UA mean of folds (%)"] == pytest.approx(np.mean(pairs))
+    assert t.iloc[1]["min over subsets"] == pytest.approx(min(pairs))
+    assert t.iloc[1]["max over subsets"] == pytest.approx(max(pairs))
+    assert t.iloc[2]["gain over size k-1 (pp)"] == pytest.approx(t.iloc[2]["UA mean of folds (%)"] - np.mean(pairs))
+    assert math.isnan(t.iloc[0]["gain over size k-1 (pp)"])
+    assert ensemble_size_table(recs, min_seeds=4).empty
 
 
 def test_run_records_carry_their_test_predictions(tmp_path):

@@ -173,6 +173,50 @@ def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
 
 
+def _ensemble_ua(runs: list[dict], where: str) -> float:
+    """UA (%) of the mean of ``runs``' per-utterance test probabilities (argmax); the runs must have tested the same
+    utterances (else ``ValueError`` naming ``where``)."""
+    from serlib.evaluate import classification_metrics
+
+    first = runs[0]["predictions"]
+    if any(r["predictions"]["utt_id"] != first["utt_id"] for r in runs):
+        raise ValueError(f"{where}: runs tested different utterances; not an ensemble")
+    labels = list(runs[0]["corpus"]["labels"])
+    prob = np.mean([np.asarray(r["predictions"]["prob"], dtype=float) for r in runs], axis=0)
+    return 100 * classification_metrics(first["label"], [labels[i] for i in prob.argmax(axis=1)], labels=labels)["ua"]
+
+
+def ensemble_size_table(records: Iterable[dict], *, protocol: str = "speaker_independent",
+                        min_seeds: int = 3) -> pd.DataFrame:
+    """How a seed ensemble's test UA grows with its size: per experiment and corpus, over the seeds that have a run
+    with predictions on every fold the experiment has (at least ``min_seeds``), for each size k the ensemble UA
+    (mean of probabilities, :func:`ensemble_table`'s rule) averaged over folds, for every k-subset of those seeds;
+    columns: the subsets, their mean, min and max, and the gain of the mean over size k - 1. Size 1 is the single
+    runs' mean over folds. The measured curve only: nothing is extrapolated. Empty when no experiment qualifies."""
+    cells: dict[tuple, dict[int, dict[int, dict]]] = {}
+    for r in records:
+        if isinstance(r, dict) and r.get("status", "ok") == "ok" and r.get("predictions") and \
+                r["split"].get("protocol") == protocol:
+            cells.setdefault((r["kind"], r["corpus"]["name"]), {}).setdefault(
+                int(r["split"]["fold"]), {})[int(r["seed"])] = r
+    rows = []
+    for (name, corpus), folds in sorted(cells.items()):
+        seeds = sorted(set.intersection(*(set(by_seed) for by_seed in folds.values())))
+        if len(seeds) < min_seeds:
+            continue
+        prev = None
+        for k in range(1, len(seeds) + 1):
+            uas = [float(np.mean([_ensemble_ua([folds[f][s] for s in sub], f"{name} fold {f}") for f in sorted(folds)]))
+                   for sub in combinations(seeds, k)]
+            mean = float(np.mean(uas))
+            rows.append({"experiment": name, "corpus": corpus, "folds": len(folds),
+                         "seeds": " ".join(map(str, seeds)), "ensemble size": k, "subsets": len(uas),
+                         "UA mean of folds (%)": mean, "min over subsets": min(uas), "max over subsets": max(uas),
+                         "gain over size k-1 (pp)": np.nan if prev is None else mean - prev})
+            prev = mean
+    return pd.DataFrame(rows)
+
+
 def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independent",
                    group=lambda r: r["kind"]) -> pd.DataFrame:
     """Seed (or model) ensembles from the per-utterance test probabilities runs record (``record["predictions"]``).
@@ -182,8 +226,6 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
     gain (ensemble - single mean, points), in %; a last row per group averages the folds, with the paired t-test of
     ensemble against single-run mean over the folds and the folds where the ensemble gained. Only folds with at least two such runs get a row; runs of one fold must
     have tested the same utterances (else ``ValueError`` naming the group and fold). Empty when nothing qualifies."""
-    from serlib.evaluate import classification_metrics
-
     cells: dict[tuple, list[dict]] = {}
     for r in records:
         if isinstance(r, dict) and r.get("status", "ok") == "ok" and r.get("predictions") and \
@@ -193,14 +235,8 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
     for (name, corpus, fold), runs in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
         if len(runs) < 2:
             continue
-        first = runs[0]["predictions"]
-        if any(r["predictions"]["utt_id"] != first["utt_id"] for r in runs):
-            raise ValueError(f"{name} fold {fold}: runs tested different utterances; not an ensemble")
-        labels = list(runs[0]["corpus"]["labels"])
-        prob = np.mean([np.asarray(r["predictions"]["prob"], dtype=float) for r in runs], axis=0)
-        m = classification_metrics(first["label"], [labels[i] for i in prob.argmax(axis=1)], labels=labels)
         rows.append({"experiment": name, "corpus": corpus, "fold": fold, "runs": len(runs),
-                     "ensemble UA (%)": 100 * m["ua"],
+                     "ensemble UA (%)": _ensemble_ua(runs, f"{name} fold {fold}"),
                      "single-run UA mean (%)": float(np.mean([100 * r["metrics"]["ua"] for r in runs]))})
     if not rows:
         return pd.DataFrame()
@@ -242,5 +278,5 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
-__all__ = ["best_speaker_independent", "ensemble_table", "fold_means", "fold_table", "same_split_table",
+__all__ = ["best_speaker_independent", "ensemble_size_table", "ensemble_table", "fold_means", "fold_table", "same_split_table",
            "same_split_tests", "validation_means"]
