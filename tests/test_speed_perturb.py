@@ -196,3 +196,20 @@ def test_speedwide_lever_is_wider_and_paired_with_speed(tmp_path):
     with pytest.raises(ValueError, match="stacks the view levers"):
         hf.lever_experiments(hf.speaker_independent_experiment("synthetic", profile="quick"),
                              ["authors_attention+speed+speedwide"])
+
+
+def test_speedfar_lever_has_speeds_steps_and_speedwides_range():
+    """speedfar: copies at 0.8 and 1.2 only (speed's number of copies, speedwide's range), paired with speed."""
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention+speed", "authors_attention+speedfar",
+                                  "authors_attention+speedwide"))
+    _, speed, far, wide = exps
+    assert far.view == "speed_segments" and far.view_kwargs == {"factors": [0.8, 1.2]}
+    assert len(far.view_kwargs["factors"]) == len(speed.view_kwargs["factors"])
+    assert min(far.view_kwargs["factors"]) == min(wide.view_kwargs["factors"])
+    assert max(far.view_kwargs["factors"]) == max(wide.view_kwargs["factors"])
+    assert far.model_kwargs == speed.model_kwargs and far.train == speed.train
+    assert hf.lever_rival(far.arm) == speed.arm and hf.lever_base(far.arm) == hf.lever_base(speed.arm)
+    with pytest.raises(ValueError, match="stacks the view levers"):
+        hf.lever_experiments(hf.speaker_independent_experiment("synthetic", profile="quick"),
+                             ["authors_attention+speedfar+speed"])

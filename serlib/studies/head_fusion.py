@@ -98,6 +98,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "long": ({}, {"epochs": 100, "step_size": 20}),
     "speed": ({}, {}),
     "speedwide": ({}, {}),
+    "speedfar": ({}, {}),
     "noise": ({}, {}),
     "repeat3": ({}, {}),
 }
@@ -107,14 +108,17 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # of every type at the paper's mildest amplitude factor, NOISE_LEVER_AF; twice the steps; validation and test clean);
 # "repeat3", speed's control: the training part three times per epoch, unperturbed (speed's steps and schedule);
 # "speedwide", speed perturbation over a wider range (copies at 0.8, 0.9, 1.1 and 1.2: five times the steps), paired
-# with "speed" (:data:`LEVER_RIVALS`) to ask whether more and stronger copies help beyond speed's
+# with "speed" (:data:`LEVER_RIVALS`) to ask whether more and stronger copies help beyond speed's; "speedfar", copies
+# at 0.8 and 1.2 only: speed's steps with speedwide's range, paired with "speed" (the same steps, milder copies), so
+# the range and the number of copies can be told apart
 SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
 SPEEDWIDE_LEVER_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
+SPEEDFAR_LEVER_FACTORS: tuple[float, ...] = (0.8, 1.2)
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
 # the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
 # (speed, noise, repeat3) never stack, each replaces the experiment's view
-VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "noise", "repeat3")
+VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "speedfar", "noise", "repeat3")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
@@ -188,7 +192,7 @@ def lever_base(spec: str) -> str:
 # perturbation triples the steps per epoch; repeat3 triples them with unperturbed copies)
 LEVER_CONTROLS: dict[str, str] = {"speed": "repeat3"}
 # a lever's rival: the lever it refines, compared run by run in :func:`levers_table` as well (not a same-steps control)
-LEVER_RIVALS: dict[str, str] = {"speedwide": "speed"}
+LEVER_RIVALS: dict[str, str] = {"speedwide": "speed", "speedfar": "speed"}
 
 
 def _swap_last_lever(spec: str, table: dict[str, str]) -> str:
@@ -217,6 +221,8 @@ def lever_view(part: str, base: Experiment) -> dict:
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_LEVER_FACTORS)}}
     if part == "speedwide":
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEEDWIDE_LEVER_FACTORS)}}
+    if part == "speedfar":
+        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEEDFAR_LEVER_FACTORS)}}
     if part == "repeat3":
         return {"view": "speed_segments", "view_kwargs": {"factors": [1.0, 1.0]}}
     if part == "noise":
