@@ -795,6 +795,11 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
             metrics["best_test_epoch"] = {**best["test"], "epoch": best["epoch"],
                                           "note": "checkpoint selected on the TEST set (the authors' protocol)"}
             metrics["last_epoch"] = {**tested[-1]["test"], "epoch": tested[-1]["epoch"]}
+        val_pred = None
+        if views.val is not None and len(views.val):  # the selected weights on the validation part, per utterance
+            v_logits, v_gid = aggregate(trainer.predict(views.val), views.val.groups, how=exp.aggregate)
+            val_pred = test_predictions(v_logits, corpus.table["utt_id"].to_numpy()[v_gid],
+                                        [labels[i] for i in corpus.y[v_gid]], exp.aggregate)
         if views.extra_tests:  # further test conditions of a registered view (e.g. noisy copies of the test part)
             metrics["conditions"] = {}
             for cond, make in views.extra_tests.items():
@@ -831,6 +836,8 @@ def run_one(exp: Experiment, corpus: Corpus, split: Split, seed: int, *, results
     if result is not None:
         record["predictions"] = test_predictions(utt_logits, corpus.table["utt_id"].to_numpy()[gid],
                                                  [labels[i] for i in y_true], exp.aggregate)
+        if val_pred is not None:  # what an ensemble is chosen on without the test set
+            record["val_predictions"] = val_pred
     if tcfg.checkpoint_dir:  # what ``serlib predict`` needs beside the weights: the run and its statistics
         save_serving(tcfg.checkpoint_dir, record, views.normalizer)
     if results_dir is not None:

@@ -20,7 +20,7 @@ speaker-independent rows count it like any experiment), written beside the run's
 * ``metrics``: test UA / WA / macro-F1 with the averaged probabilities; ``clean`` (the checkpoint's clean test
   figures, equal to the run's), ``val`` / ``val_clean`` (the same on the validation part: the evidence a researcher
   may use to adopt test-time perturbation without looking at the test set) and ``per_factor`` test UA;
-* ``predictions``: the averaged per-utterance probabilities;
+* ``predictions`` / ``val_predictions``: the averaged per-utterance test / validation probabilities;
 * ``extra.tta_source``: the run record's path, config hash and git revision; ``git``: this evaluation's revision;
 * ``counts.tta``: per factor and part, the utterances evaluated and those the copy could not give (no window or
   non-finite features after the speed change: such an utterance averages the factors it has, listed in ``skips``).
@@ -178,6 +178,9 @@ def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS,
     from serlib.experiment import test_predictions
 
     record["predictions"] = test_predictions(np.log(np.clip(avg, 1e-12, None)), ids[rows], y_true, "mean_prob")
+    if clean.val is not None:  # what an ensemble of TTA runs is chosen on
+        record["val_predictions"] = test_predictions(np.log(np.clip(v_avg, 1e-12, None)), ids[v_rows], v_true,
+                                                     "mean_prob")
     return record
 
 

@@ -105,6 +105,33 @@ def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b"))
             "predictions": {"utt_id": ["u1", "u2", "u3"], "label": list(truth), "prob": probs}}
 
 
+def test_the_best_ensemble_is_chosen_on_its_own_validation_ua_when_every_run_recorded_it():
+    """A's runs are better on validation one by one (87.5 vs 75) but B's ensemble is (100 vs 75): with every run's
+    val_predictions the ensemble row is B, chosen by the ensemble's val UA; without them (one run lacks them), A."""
+    def pr(kind, fold, seed, probs):
+        r = _pred_rec(kind, fold, seed, probs)
+        r["val_predictions"] = dict(r["predictions"])
+        return r
+
+    a = {0: [[0.6, 0.4], [0.4, 0.6], [0.4, 0.6]], 1: [[0.9, 0.1], [0.95, 0.05], [0.2, 0.8]]}
+    b = {0: [[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]], 1: [[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]]}
+    recs = [pr(k, f, s, p[s]) for k, p in (("A", a), ("B", b)) for f in (0, 1) for s in (0, 1)]
+    ens = compare.ensemble_table(recs).set_index(["experiment", "fold"])
+    assert ens.loc[("A", "mean of folds"), "val ensemble UA (%)"] == pytest.approx(75.0)
+    assert ens.loc[("B", "mean of folds"), "val ensemble UA (%)"] == pytest.approx(100.0)
+    row = compare.best_speaker_independent(recs).set_index("form").loc["seed ensemble (mean probabilities)"]
+    assert row["experiment"] == "B" and row["chosen by"] == "the ensemble's val UA"
+    assert row["chosen on: val UA (%)"] == pytest.approx(100.0)
+    del recs[0]["val_predictions"]
+    assert math.isnan(compare.ensemble_table(recs).set_index(["experiment", "fold"]).loc[
+        ("A", "mean of folds"), "val ensemble UA (%)"])
+    t = compare.best_speaker_independent(recs).set_index("form")
+    row = t.loc["seed ensemble (mean probabilities)"]
+    assert row["experiment"] == "A" and row["chosen by"] == "its runs' mean val UA"
+    assert row["chosen on: val UA (%)"] == pytest.approx(87.5)
+    assert t.loc["single runs (fold mean over seeds)", "chosen by"] == "its runs' mean val UA"
+
+
 def test_ensemble_table_averages_probabilities_not_votes():
     from serlib.studies.compare import ensemble_table
 
@@ -180,3 +207,9 @@ def test_run_records_carry_their_test_predictions(tmp_path):
     table = load_experiment_corpus("synthetic").table.set_index("utt_id")
     assert len(set(p["utt_id"])) == len(p["utt_id"])
     assert list(table.loc[p["utt_id"], "label"]) == p["label"]  # the true label of each utterance, in order
+    # and the validation part's, with the same selected weights: its UA is the validation UA the run selected on
+    v = rec["val_predictions"]
+    assert not set(v["utt_id"]) & set(p["utt_id"]) and list(table.loc[v["utt_id"], "label"]) == v["label"]
+    assert len(v["utt_id"]) == rec["counts"]["utterances"]["val"]
+    vpred = [labels[max(range(len(r)), key=r.__getitem__)] for r in v["prob"]]
+    assert classification_metrics(v["label"], vpred, labels=labels)["ua"] == pytest.approx(rec["metrics"]["val"]["ua"])

@@ -68,6 +68,13 @@ def test_cli_writes_a_record_the_levers_table_pairs_with_the_run(saved, capsys):
     prob = np.asarray(t["predictions"]["prob"])
     assert np.allclose(prob.sum(1), 1, atol=1e-3)
     assert "test-time speed factors [0.9, 1.0, 1.1]" in compare.recipe(t)
+    v = t["val_predictions"]  # the validation part's averaged probabilities: its UA is the record's validation UA
+    labels = t["corpus"]["labels"]
+    from serlib.evaluate import classification_metrics
+
+    vpred = [labels[int(np.argmax(row))] for row in v["prob"]]
+    assert classification_metrics(v["label"], vpred, labels=labels)["ua"] == pytest.approx(t["metrics"]["val"]["ua"])
+    assert v["utt_id"] == src["val_predictions"]["utt_id"]
     lev = hf.levers_table(recs)
     row = lev[lev["lever"] == "authors_attention+tta"].iloc[0]
     assert row["against"] == "authors_attention" and row["n pairs"] == 1

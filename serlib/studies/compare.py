@@ -119,9 +119,10 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     validation folds (never on the test set), in up to two rows: the experiment whose single runs have the highest
     mean validation UA over folds (:func:`validation_means`; a tie goes to the simpler recipe), with its test UA (fold means over seeds); and, among
     experiments with a seed ensemble on every fold (:func:`ensemble_table`: the runs' per-utterance test
-    probabilities averaged), the one with the highest mean validation UA of its runs, with its ensemble's test UA.
-    Each row: its form, test UA, std over folds, the validation UA it was chosen on, folds, runs, seeds, recipe, and
-    whether it meets ``goal``. Empty when no experiment has every fold and validation UAs."""
+    probabilities averaged), the one whose ensemble has the highest validation UA (when every candidate's runs
+    recorded ``val_predictions``; else the highest mean validation UA of its runs), with its ensemble's test UA.
+    Each row: its form, test UA, std over folds, the validation UA it was chosen on and which one (``chosen by``),
+    folds, runs, seeds, recipe, and whether it meets ``goal``. Empty when no experiment has every fold and validation UAs."""
     records = [r for r in records if isinstance(r, dict)]
     t = same_split_table(records, corpus=corpus)
     if t.empty:
@@ -136,7 +137,7 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     def row(form: str, name: str, ua: float, std: float, n_folds: int, n_runs: int) -> dict:
         runs = [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"]
         return {"form": form, "experiment": name, "UA mean of folds (%)": ua, "std over folds": std,
-                "chosen on: val UA (%)": float(val[name]), "n folds": n_folds, "n runs": n_runs,
+                "chosen on: val UA (%)": float(val[name]), "chosen by": "its runs' mean val UA", "n folds": n_folds, "n runs": n_runs,
                 "seeds": " ".join(map(str, sorted({int(r["seed"]) for r in runs}))),
                 f"goal >= {goal:g}": bool(ua >= goal), "recipe": recipe(runs[0]) if runs else ""}
 
@@ -147,12 +148,18 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     if not ens.empty:
         per = ens[ens["fold"] != "mean of folds"]
         stats_ = per.groupby("experiment").agg(n=("fold", "nunique"), ua=("ensemble UA (%)", "mean"),
-                                               std=("ensemble UA (%)", "std"), runs=("runs", "sum"))
+                                               std=("ensemble UA (%)", "std"), runs=("runs", "sum"),
+                                               val_ens=("val ensemble UA (%)", lambda v: v.mean(skipna=False)))
         stats_ = stats_[(stats_["n"] == n_all) & stats_.index.isin(val.index)]
         if not stats_.empty:
-            e = _val_choice(val[stats_.index])
-            rows.append(row("seed ensemble (mean probabilities)", e, float(stats_.at[e, "ua"]),
-                            float(stats_.at[e, "std"]), n_all, int(stats_.at[e, "runs"])))
+            own = bool(stats_["val_ens"].notna().all())  # every candidate ensemble has its own validation UA
+            on = stats_["val_ens"] if own else val[stats_.index]
+            e = _val_choice(on)
+            r = row("seed ensemble (mean probabilities)", e, float(stats_.at[e, "ua"]), float(stats_.at[e, "std"]),
+                    n_all, int(stats_.at[e, "runs"]))
+            r["chosen on: val UA (%)"] = float(on[e])
+            r["chosen by"] = "the ensemble's val UA" if own else "its runs' mean val UA"
+            rows.append(r)
     return pd.DataFrame(rows)
 
 
@@ -173,16 +180,17 @@ def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
 
 
-def _ensemble_ua(runs: list[dict], where: str) -> float:
-    """UA (%) of the mean of ``runs``' per-utterance test probabilities (argmax); the runs must have tested the same
-    utterances (else ``ValueError`` naming ``where``)."""
+def _ensemble_ua(runs: list[dict], where: str, key: str = "predictions") -> float:
+    """UA (%) of the mean of ``runs``' per-utterance probabilities ``record[key]`` (test: ``"predictions"``,
+    validation: ``"val_predictions"``; argmax); the runs must have the same utterances (else ``ValueError`` naming
+    ``where``)."""
     from serlib.evaluate import classification_metrics
 
-    first = runs[0]["predictions"]
-    if any(r["predictions"]["utt_id"] != first["utt_id"] for r in runs):
+    first = runs[0][key]
+    if any(r[key]["utt_id"] != first["utt_id"] for r in runs):
         raise ValueError(f"{where}: runs tested different utterances; not an ensemble")
     labels = list(runs[0]["corpus"]["labels"])
-    prob = np.mean([np.asarray(r["predictions"]["prob"], dtype=float) for r in runs], axis=0)
+    prob = np.mean([np.asarray(r[key]["prob"], dtype=float) for r in runs], axis=0)
     return 100 * classification_metrics(first["label"], [labels[i] for i in prob.argmax(axis=1)], labels=labels)["ua"]
 
 
@@ -224,8 +232,10 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
     Per group (default: the experiment) and fold of ``protocol``: the runs that carry predictions, the UA of the
     ensemble (the mean of their probabilities per utterance, then argmax), the mean UA of the single runs and the
     gain (ensemble - single mean, points), in %; a last row per group averages the folds, with the paired t-test of
-    ensemble against single-run mean over the folds and the folds where the ensemble gained. Only folds with at least two such runs get a row; runs of one fold must
-    have tested the same utterances (else ``ValueError`` naming the group and fold). Empty when nothing qualifies."""
+    ensemble against single-run mean over the folds and the folds where the ensemble gained. ``val ensemble UA
+    (%)``: the same ensemble on the validation part, from the runs' ``val_predictions`` (NaN unless every run of the
+    fold recorded them). Only folds with at least two such runs get a row; runs of one fold must have tested the same
+    utterances (else ``ValueError`` naming the group and fold). Empty when nothing qualifies."""
     cells: dict[tuple, list[dict]] = {}
     for r in records:
         if isinstance(r, dict) and r.get("status", "ok") == "ok" and r.get("predictions") and \
@@ -237,6 +247,8 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
             continue
         rows.append({"experiment": name, "corpus": corpus, "fold": fold, "runs": len(runs),
                      "ensemble UA (%)": _ensemble_ua(runs, f"{name} fold {fold}"),
+                     "val ensemble UA (%)": (_ensemble_ua(runs, f"{name} fold {fold} (validation)", "val_predictions")
+                                             if all(r.get("val_predictions") for r in runs) else np.nan),
                      "single-run UA mean (%)": float(np.mean([100 * r["metrics"]["ua"] for r in runs]))})
     if not rows:
         return pd.DataFrame()
@@ -251,6 +263,7 @@ def ensemble_table(records: Iterable[dict], *, protocol: str = "speaker_independ
         out.append(pd.DataFrame([{"experiment": name, "corpus": corpus, "fold": "mean of folds",
                                   "runs": int(part["runs"].sum()),
                                   "ensemble UA (%)": part["ensemble UA (%)"].mean(),
+                                  "val ensemble UA (%)": part["val ensemble UA (%)"].mean(skipna=False),
                                   "single-run UA mean (%)": part["single-run UA mean (%)"].mean(),
                                   "gain (pp)": part["gain (pp)"].mean(),
                                   "p (paired t over folds)": test.get("p_t", float("nan")),
