@@ -122,7 +122,8 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     probabilities averaged), the one whose ensemble has the highest validation UA (when every candidate's runs
     recorded ``val_predictions``; else the highest mean validation UA of its runs), with its ensemble's test UA.
     Each row: its form, test UA, std over folds, the validation UA it was chosen on and which one (``chosen by``),
-    folds, runs, seeds, recipe, and whether it meets ``goal``. Empty when no experiment has every fold and validation UAs."""
+    folds, runs, seeds, recipe, and whether it meets ``goal``. Empty when no experiment has every fold and
+    validation UAs."""
     records = [r for r in records if isinstance(r, dict)]
     t = same_split_table(records, corpus=corpus)
     if t.empty:
@@ -137,7 +138,8 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     def row(form: str, name: str, ua: float, std: float, n_folds: int, n_runs: int) -> dict:
         runs = [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"]
         return {"form": form, "experiment": name, "UA mean of folds (%)": ua, "std over folds": std,
-                "chosen on: val UA (%)": float(val[name]), "chosen by": "its runs' mean val UA", "n folds": n_folds, "n runs": n_runs,
+                "chosen on: val UA (%)": float(val[name]), "chosen by": "its runs' mean val UA", "n folds": n_folds,
+                "n runs": n_runs,
                 "seeds": " ".join(map(str, sorted({int(r["seed"]) for r in runs}))),
                 f"goal >= {goal:g}": bool(ua >= goal), "recipe": recipe(runs[0]) if runs else ""}
 
@@ -291,5 +293,5 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
-__all__ = ["best_speaker_independent", "ensemble_size_table", "ensemble_table", "fold_means", "fold_table", "same_split_table",
-           "same_split_tests", "validation_means"]
+__all__ = ["best_speaker_independent", "ensemble_size_table", "ensemble_table", "fold_means", "fold_table",
+           "same_split_table", "same_split_tests", "validation_means"]
