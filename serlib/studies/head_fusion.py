@@ -111,9 +111,9 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # with "speed" (:data:`LEVER_RIVALS`) to ask whether more and stronger copies help beyond speed's; "speedfar", copies
 # at 0.8 and 1.2 only: speed's steps with speedwide's range, paired with "speed" (the same steps, milder copies), so
 # the range and the number of copies can be told apart
-SPEED_LEVER_FACTORS: tuple[float, ...] = (0.9, 1.1)
-SPEEDWIDE_LEVER_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
-SPEEDFAR_LEVER_FACTORS: tuple[float, ...] = (0.8, 1.2)
+# the speed_segments view's factors of each lever that sets it (1.0: an unperturbed copy)
+SPEED_VIEW_LEVERS: dict[str, tuple[float, ...]] = {"speed": (0.9, 1.1), "speedwide": (0.8, 0.9, 1.1, 1.2),
+                                                   "speedfar": (0.8, 1.2), "repeat3": (1.0, 1.0)}
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
 # the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
@@ -217,14 +217,8 @@ def lever_rival(spec: str) -> str:
 
 def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
-    if part == "speed":
-        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_LEVER_FACTORS)}}
-    if part == "speedwide":
-        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEEDWIDE_LEVER_FACTORS)}}
-    if part == "speedfar":
-        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEEDFAR_LEVER_FACTORS)}}
-    if part == "repeat3":
-        return {"view": "speed_segments", "view_kwargs": {"factors": [1.0, 1.0]}}
+    if part in SPEED_VIEW_LEVERS:
+        return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_VIEW_LEVERS[part])}}
     if part == "noise":
         from serlib.noise_data import default_source
         from serlib.studies.noise import source_types, spec
