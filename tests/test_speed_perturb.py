@@ -213,3 +213,15 @@ def test_speedfar_lever_has_speeds_steps_and_speedwides_range():
     with pytest.raises(ValueError, match="stacks the view levers"):
         hf.lever_experiments(hf.speaker_independent_experiment("synthetic", profile="quick"),
                              ["authors_attention+speedfar+speed"])
+
+
+def test_speedmany_lever_adds_copies_over_speedwides_range_and_is_paired_with_it():
+    """speedmany: six copies over speedwide's range (its four factors plus 0.85 and 1.15), paired with speedwide."""
+    exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                          levers=("authors_attention+speedwide", "authors_attention+speedmany"))
+    _, wide, many = exps
+    assert many.view == "speed_segments" and many.view_kwargs == {"factors": [0.8, 0.85, 0.9, 1.1, 1.15, 1.2]}
+    assert set(wide.view_kwargs["factors"]) < set(many.view_kwargs["factors"])
+    assert (min(many.view_kwargs["factors"]), max(many.view_kwargs["factors"])) == (0.8, 1.2)
+    assert many.model_kwargs == wide.model_kwargs and many.train == wide.train
+    assert hf.lever_rival(many.arm) == wide.arm and hf.lever_base(many.arm) == hf.lever_base(wide.arm)

@@ -99,6 +99,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "speed": ({}, {}),
     "speedwide": ({}, {}),
     "speedfar": ({}, {}),
+    "speedmany": ({}, {}),
     "noise": ({}, {}),
     "repeat3": ({}, {}),
 }
@@ -110,15 +111,19 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # "speedwide", speed perturbation over a wider range (copies at 0.8, 0.9, 1.1 and 1.2: five times the steps), paired
 # with "speed" (:data:`LEVER_RIVALS`) to ask whether more and stronger copies help beyond speed's; "speedfar", copies
 # at 0.8 and 1.2 only: speed's steps with speedwide's range, paired with "speed" (the same steps, milder copies), so
-# the range and the number of copies can be told apart
+# the range and the number of copies can be told apart; "speedmany", six copies over speedwide's range (0.8, 0.85,
+# 0.9, 1.1, 1.15, 1.2: seven times the steps), paired with "speedwide" (the same range, four copies), so the number of
+# copies is the only change
 # the speed_segments view's factors of each lever that sets it (1.0: an unperturbed copy)
 SPEED_VIEW_LEVERS: dict[str, tuple[float, ...]] = {"speed": (0.9, 1.1), "speedwide": (0.8, 0.9, 1.1, 1.2),
-                                                   "speedfar": (0.8, 1.2), "repeat3": (1.0, 1.0)}
+                                                   "speedfar": (0.8, 1.2),
+                                                   "speedmany": (0.8, 0.85, 0.9, 1.1, 1.15, 1.2),
+                                                   "repeat3": (1.0, 1.0)}
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
 # the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
 # (speed, noise, repeat3) never stack, each replaces the experiment's view
-VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "speedfar", "noise", "repeat3")
+VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "speedfar", "speedmany", "noise", "repeat3")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
@@ -192,7 +197,7 @@ def lever_base(spec: str) -> str:
 # perturbation triples the steps per epoch; repeat3 triples them with unperturbed copies)
 LEVER_CONTROLS: dict[str, str] = {"speed": "repeat3"}
 # a lever's rival: the lever it refines, compared run by run in :func:`levers_table` as well (not a same-steps control)
-LEVER_RIVALS: dict[str, str] = {"speedwide": "speed", "speedfar": "speed"}
+LEVER_RIVALS: dict[str, str] = {"speedwide": "speed", "speedfar": "speed", "speedmany": "speedwide"}
 
 
 def _swap_last_lever(spec: str, table: dict[str, str]) -> str:
