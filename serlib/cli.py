@@ -407,6 +407,18 @@ def cmd_tta(args) -> int:
     return 0
 
 
+def cmd_val_predictions(args) -> int:
+    from serlib.tta import backfill_val_predictions
+
+    try:
+        written = backfill_val_predictions(args.records, checkpoints=args.checkpoints, data_root=args.data_root)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} run records given their validation predictions")
+    return 0
+
+
 def cmd_results(args) -> int:
     from serlib import report
 
@@ -570,6 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     tt.add_argument("--results", default="results")
     tt.add_argument("--rerun", action="store_true", help="rewrite existing TTA records")
     tt.set_defaults(fn=cmd_tta)
+
+    vp = sub.add_parser("val-predictions", help="add validation predictions to older run records from their "
+                                                "checkpoints (what ensembles are chosen on)")
+    vp.add_argument("records", nargs="+", help="run record JSON files whose runs kept a checkpoint")
+    vp.add_argument("--checkpoints", default=None, metavar="ROOT",
+                    help="where the runs' checkpoints are (default: the folder each record names)")
+    vp.add_argument("--data-root", default=None, help="the corpus root (default: each run's; same audio)")
+    vp.set_defaults(fn=cmd_val_predictions)
 
     g = sub.add_parser("results", help="regenerate docs/RESULTS.md and README's status table from the records")
     g.add_argument("--results", default="results")

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_TTA_FACTORS", "speed_tta", "tta_config", "tta_experiment", "tta_table", "write_tta_records"]
+__all__ = ["DEFAULT_TTA_FACTORS", "backfill_val_predictions", "speed_tta", "tta_config", "tta_experiment", "tta_table",
+           "write_tta_records"]
 
 DEFAULT_TTA_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
 SUFFIX = "+tta"
@@ -197,10 +198,7 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
 
     written = []
     for p in map(Path, run_paths):
-        src = json.loads(p.read_text())
-        if not isinstance(src, dict) or not isinstance(src.get("config"), dict) or "split" not in src:
-            raise ValueError(f"{p}: not a serlib run record (no config or split); pass the JSON record a training "
-                             "run wrote under results/")
+        src = _read_run_record(p)
         if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX):
             print(f"{p}: not a successful training run record; skipped")
             continue
@@ -218,6 +216,59 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
         written.append(out)
         print(f"wrote {out}: test UA {100 * rec['metrics']['ua']:.1f} (clean {100 * rec['metrics']['clean']['ua']:.1f})"
               f" in {rec['timings']['tta_s']:.0f} s", flush=True)
+    return written
+
+
+def _read_run_record(p: Path) -> dict:
+    """The JSON of run record ``p``; ``ValueError`` naming the file when it is not one."""
+    src = json.loads(p.read_text())
+    if not isinstance(src, dict) or not isinstance(src.get("config"), dict) or "split" not in src:
+        raise ValueError(f"{p}: not a serlib run record (no config or split); pass the JSON record a training "
+                         "run wrote under results/")
+    return src
+
+
+def backfill_val_predictions(run_paths: Iterable[str | Path], *, checkpoints: str | Path | None = None,
+                             data_root: str | Path | None = None) -> list[Path]:
+    """Add ``val_predictions`` to run records written before runs recorded them (what a seed or model ensemble is
+    chosen on without the test set), from each run's checkpoint, in place. For each record without them:
+    :func:`speed_tta` with the clean factor alone evaluates the checkpoint's selected weights on the run's own
+    validation and test parts; the record is rewritten only when those weights reproduce both what the run recorded,
+    the test predictions (:data:`PROB_TOL`) and the validation UA it was selected on (to the record's 6 digits), else
+    ``ValueError`` names the file and nothing is written. Nothing else in the record changes; ``extra.
+    val_predictions_backfill`` says when, at which git revision and with which checks. Records that have them, failed
+    runs and TTA records are left alone. Returns the paths rewritten."""
+    from datetime import datetime, timezone
+
+    from serlib.evaluate import classification_metrics
+    from serlib.records import code_revision, write_record
+    from serlib.report import is_ok
+
+    written = []
+    for p in map(Path, run_paths):
+        src = _read_run_record(p)
+        if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX) or src.get("val_predictions"):
+            print(f"{p}: {'has validation predictions' if src.get('val_predictions') else 'not a successful run'}"
+                  "; left alone")
+            continue
+        if not (src.get("metrics") or {}).get("val"):
+            raise ValueError(f"{p}: the run has no validation part to predict")
+        rec = speed_tta(p, (1.0,), checkpoints=checkpoints, data_root=data_root)  # refuses another model
+        vp = rec.get("val_predictions")
+        labels = list(src["corpus"]["labels"])
+        ua = classification_metrics(vp["label"], [labels[int(np.argmax(q))] for q in vp["prob"]], labels=labels)["ua"]
+        if abs(ua - float(src["metrics"]["val"]["ua"])) > 1e-6:
+            raise ValueError(f"{p}: the checkpoint's validation UA {ua:.6f} is not the {src['metrics']['val']['ua']} "
+                             "the run was selected on; its checkpoint holds other weights, nothing written")
+        src["val_predictions"] = vp
+        src.setdefault("extra", {})["val_predictions_backfill"] = {
+            "git": code_revision(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "checks": "the checkpoint's selected weights reproduced the record's test predictions and its "
+                      "validation UA"}
+        write_record(src, p)
+        written.append(p)
+        print(f"{p}: validation predictions added ({len(vp['utt_id'])} utterances, val UA {100 * ua:.1f})",
+              flush=True)
     return written
 
 

@@ -117,3 +117,36 @@ def test_a_file_that_is_not_a_run_record_is_named(saved, tmp_path, capsys):
     assert "no_config.json: not a serlib run record" in capsys.readouterr().err
     bad.write_text("[1, 2]")
     assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
+
+
+def test_val_predictions_are_backfilled_from_the_checkpoint_and_only_when_it_reproduces_the_run(saved, tmp_path,
+                                                                                                capsys):
+    """``serlib val-predictions``: an older run record (no ``val_predictions``) gets the ones its run would have
+    written, from its checkpoint, and nothing else changes; a record the checkpoint does not reproduce is refused."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(saved["out"] / "results", results)
+    (rec_file,) = [p for p in results.rglob("*.json") if "splits" not in p.relative_to(results).parts
+                   and "+tta" not in str(p)]
+    orig = json.loads(rec_file.read_text())
+    old = {k: v for k, v in orig.items() if k != "val_predictions"}
+    rec_file.write_text(json.dumps(old))
+    assert main(["val-predictions", str(rec_file)]) == 0
+    assert "1 run records given their validation predictions" in capsys.readouterr().out
+    new = json.loads(rec_file.read_text())
+    assert new["val_predictions"]["utt_id"] == orig["val_predictions"]["utt_id"]
+    assert new["val_predictions"]["label"] == orig["val_predictions"]["label"]
+    assert np.abs(np.asarray(new["val_predictions"]["prob"]) - np.asarray(orig["val_predictions"]["prob"])).max() \
+        <= 2e-3
+    assert set(new["extra"]["val_predictions_backfill"]) == {"git", "created", "checks"}
+    del new["extra"]["val_predictions_backfill"]
+    assert {k: v for k, v in new.items() if k != "val_predictions"} == old  # nothing else changed
+    assert main(["val-predictions", str(rec_file)]) == 0  # has them now: left alone
+    assert "0 run records given" in capsys.readouterr().out
+    # a record whose selected validation UA the checkpoint does not give: refused, the file untouched
+    bad = {**old, "metrics": {**old["metrics"], "val": {**old["metrics"]["val"], "ua": old["metrics"]["val"]["ua"] / 2}}}
+    rec_file.write_text(json.dumps(bad))
+    assert main(["val-predictions", str(rec_file)]) == 2
+    assert "is not the" in capsys.readouterr().err
+    assert json.loads(rec_file.read_text()) == bad
