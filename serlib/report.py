@@ -169,7 +169,7 @@ def results_markdown(results_dir: str | Path = "results") -> str:
            "Generated from the run records under `results/` by `python -m serlib results`; do not edit by hand "
            "(CI regenerates it and fails when it differs). Synthetic-corpus records are left out. Every row's "
            "records name their config, seed, git revision, corpus fingerprint and split.", ""]
-    compared = []
+    compared, pools = [], {}
     for study in all_studies().values():
         recs = [r for r in everything if study.owns(r)]
         out += [f"## {study.title}", "", f"Paper: {study.paper}.", ""]
@@ -184,14 +184,19 @@ def results_markdown(results_dir: str | Path = "results") -> str:
         out += [runs_line(recs) if recs else "(no records yet)", ""]
         if study.in_comparison:
             compared += recs
+            if study.ensemble_pools is not None:
+                pools.update(study.ensemble_pools(recs))
     out += ["## Every model on the same speaker-independent RAVDESS folds", "",
             "Test UA (%), mean over seeds per fold; only records of one and the same split are compared.", "",
             markdown(compare.same_split_table(compared, corpus="ravdess")), ""]
-    best = compare.best_speaker_independent(compared, corpus="ravdess")
+    best = compare.best_speaker_independent(compared, corpus="ravdess", pools=pools)
     if not best.empty:
-        out += ["**Best speaker-independent** (from scratch, every fold; the experiment is chosen on the validation "
-                "folds, the highest mean validation UA of its runs, a tie going to the simpler recipe, never on the test "
-                "set; the test UA is reported; "
+        out += ["**Best speaker-independent** (from scratch, every fold; chosen on the validation folds, never on the "
+                "test set: single runs by the highest mean validation UA of their runs, a tie going to the simpler "
+                "recipe; ensembles by their own validation UA, each experiment's seed ensemble and each pool of "
+                "experiments ("
+                + ("; ".join(f"{k}: {', '.join(v)}" for k, v in pools.items()) or "none")
+                + ") over their runs that recorded validation predictions; the test UA is reported; "
                 f"issue 16's goal is {compare.SI_GOAL_UA:g} UA):", "", markdown(best), ""]
     tests = compare.same_split_tests(compared, corpus="ravdess")
     if not tests.empty:

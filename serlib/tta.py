@@ -236,12 +236,13 @@ def backfill_val_predictions(run_paths: Iterable[str | Path], *, checkpoints: st
     validation and test parts; the record is rewritten only when those weights reproduce both what the run recorded,
     the test predictions (:data:`PROB_TOL`) and the validation UA it was selected on (to the record's 6 digits), else
     ``ValueError`` names the file and nothing is written. Nothing else in the record changes; ``extra.
-    val_predictions_backfill`` says when, at which git revision and with which checks. Records that have them, failed
-    runs and TTA records are left alone. Returns the paths rewritten."""
+    val_predictions_backfill`` says when, at which git revision and with which checks; the file keeps its key order
+    and layout, so its diff is the two additions. Records that have them, failed runs and TTA records are left
+    alone. Returns the paths rewritten."""
     from datetime import datetime, timezone
 
     from serlib.evaluate import classification_metrics
-    from serlib.records import code_revision, write_record
+    from serlib.records import code_revision, to_jsonable, write_text_atomic
     from serlib.report import is_ok
 
     written = []
@@ -265,7 +266,8 @@ def backfill_val_predictions(run_paths: Iterable[str | Path], *, checkpoints: st
             "git": code_revision(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checks": "the checkpoint's selected weights reproduced the record's test predictions and its "
                       "validation UA"}
-        write_record(src, p)
+        text = json.dumps(to_jsonable(src, rounded=True), indent=1, allow_nan=False)
+        write_text_atomic(p, text + ("\n" if p.read_text().endswith("\n") else ""))
         written.append(p)
         print(f"{p}: validation predictions added ({len(vp['utt_id'])} utterances, val UA {100 * ua:.1f})",
               flush=True)

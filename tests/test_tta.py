@@ -131,17 +131,20 @@ def test_val_predictions_are_backfilled_from_the_checkpoint_and_only_when_it_rep
                    and "+tta" not in str(p)]
     orig = json.loads(rec_file.read_text())
     old = {k: v for k, v in orig.items() if k != "val_predictions"}
-    rec_file.write_text(json.dumps(old))
+    rec_file.write_text(json.dumps(old, indent=1))
     assert main(["val-predictions", str(rec_file)]) == 0
     assert "1 run records given their validation predictions" in capsys.readouterr().out
-    new = json.loads(rec_file.read_text())
+    text = rec_file.read_text()
+    new = json.loads(text)
+    assert list(new)[:len(old)] == list(old) and not text.endswith("\n")  # its key order and layout are kept
     assert new["val_predictions"]["utt_id"] == orig["val_predictions"]["utt_id"]
     assert new["val_predictions"]["label"] == orig["val_predictions"]["label"]
     assert np.abs(np.asarray(new["val_predictions"]["prob"]) - np.asarray(orig["val_predictions"]["prob"])).max() \
         <= 2e-3
     assert set(new["extra"]["val_predictions_backfill"]) == {"git", "created", "checks"}
     del new["extra"]["val_predictions_backfill"]
-    assert {k: v for k, v in new.items() if k != "val_predictions"} == old  # nothing else changed
+    rest = {k: v for k, v in new.items() if k != "val_predictions"}
+    assert json.dumps(rest, indent=1) == json.dumps(old, indent=1)  # nothing else changed, nor moved
     assert main(["val-predictions", str(rec_file)]) == 0  # has them now: left alone
     assert "0 run records given" in capsys.readouterr().out
     # a record whose selected validation UA the checkpoint does not give: refused, the file untouched

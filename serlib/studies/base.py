@@ -91,6 +91,9 @@ class Study:
     in_comparison: bool = True  # its speaker-independent runs join the every-model-on-the-same-folds table
     main_arm: str = ""  # the arm README's status row reports (the paper's full model)
     paper_claim: str = ""  # the paper's headline figure, quoted (never measured here)
+    # pools of its experiments whose runs may be ensembled together (name -> experiment names, from its records),
+    # candidates of the best speaker-independent ensemble beside each experiment's own seed ensemble
+    ensemble_pools: Callable[[list[dict]], dict[str, list[str]]] | None = None
 
     def status(self, records: list[dict]) -> list[dict]:
         """README's status rows: the main arm's validation-selected test UA per (corpus, protocol, profile) and

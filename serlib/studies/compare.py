@@ -9,7 +9,7 @@ seeds on one fold does not weigh that fold more.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -113,17 +113,55 @@ def _val_choice(val: pd.Series) -> str:
     return min(tied, key=lambda e: (str(e).count("+"), str(e)))
 
 
+def _val_ensembles(records: list[dict], n_all: int, pools: dict[str, Sequence[str]]) -> dict[str, dict]:
+    """The ensembles that can be chosen on their own validation UA: per experiment, and per pool of experiments
+    (``pools``: name -> experiment names, their runs pooled per fold), the runs that recorded both test and validation
+    predictions, where every one of the ``n_all`` folds has at least two. Per candidate: its test and validation
+    ensemble UA per fold (:func:`_ensemble_ua`), its runs and whether it is a pool."""
+    by: dict[str, dict[int, list[dict]]] = {}
+    for r in records:
+        if r.get("status", "ok") == "ok" and r.get("predictions") and r.get("val_predictions") and \
+                r["split"].get("protocol") == "speaker_independent":
+            by.setdefault(r["kind"], {}).setdefault(int(r["split"]["fold"]), []).append(r)
+    cands = {name: (folds, False) for name, folds in by.items()}
+    for name, members in pools.items():
+        folds: dict[int, list[dict]] = {}
+        for m in members:
+            for f, runs in by.get(m, {}).items():
+                folds.setdefault(f, []).extend(runs)
+        if len({m for m in members if m in by}) >= 2:
+            cands[name] = (folds, True)
+    out = {}
+    for name, (folds, pooled) in cands.items():
+        if len(folds) != n_all or any(len(runs) < 2 for runs in folds.values()):
+            continue
+        out[name] = {"pool": pooled, "runs": [r for f in sorted(folds) for r in folds[f]],
+                     "test": [_ensemble_ua(folds[f], f"{name} fold {f}") for f in sorted(folds)],
+                     "val": [_ensemble_ua(folds[f], f"{name} fold {f} (validation)", "val_predictions")
+                             for f in sorted(folds)]}
+    return out
+
+
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
-                             goal: float = SI_GOAL_UA) -> pd.DataFrame:
+                             goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The best speaker-independent result among experiments that have every fold of the protocol, chosen on the
-    validation folds (never on the test set), in up to two rows: the experiment whose single runs have the highest
-    mean validation UA over folds (:func:`validation_means`; a tie goes to the simpler recipe), with its test UA (fold means over seeds); and, among
-    experiments with a seed ensemble on every fold (:func:`ensemble_table`: the runs' per-utterance test
-    probabilities averaged), the one whose ensemble has the highest validation UA (when every candidate's runs
-    recorded ``val_predictions``; else the highest mean validation UA of its runs), with its ensemble's test UA.
+    validation folds (never on the test set), in up to two rows.
+
+    * Single runs: the experiment whose runs have the highest mean validation UA over folds
+      (:func:`validation_means`; a tie goes to the simpler recipe), with its test UA (fold means over seeds).
+    * Ensembles (the runs' per-utterance probabilities averaged, :func:`_ensemble_ua`): each experiment's runs, and
+      each pool of ``pools`` (name -> experiments whose runs are pooled per fold), ensembled over the runs that
+      recorded ``val_predictions`` (at least two on every fold); the one whose ensemble has the highest validation
+      UA, with its ensemble's test UA (``chosen by`` says how many ensembles were compared, and how many experiments
+      could not be, their runs lacking validation predictions). This needs the experiment whose runs lead on
+      validation (the highest mean validation UA among those with a seed ensemble on every fold,
+      :func:`ensemble_table`) to be among them; else, or when no ensemble has them, that experiment is the row, chosen
+      on its runs' mean validation UA: an experiment is never passed over only because it predates validation
+      predictions.
+
     Each row: its form, test UA, std over folds, the validation UA it was chosen on and which one (``chosen by``),
-    folds, runs, seeds, recipe, and whether it meets ``goal``. Empty when no experiment has every fold and
-    validation UAs."""
+    folds, runs, seeds, recipe (a pool's: its experiments), and whether it meets ``goal``. Empty when no experiment
+    has every fold and validation UAs."""
     records = [r for r in records if isinstance(r, dict)]
     t = same_split_table(records, corpus=corpus)
     if t.empty:
@@ -135,33 +173,48 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
     if full.empty:
         return pd.DataFrame()
 
-    def row(form: str, name: str, ua: float, std: float, n_folds: int, n_runs: int) -> dict:
-        runs = [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"]
+    def row(form: str, name: str, ua: float, std: float, n_folds: int, runs: list[dict], on: float, by: str,
+            how: str) -> dict:
         return {"form": form, "experiment": name, "UA mean of folds (%)": ua, "std over folds": std,
-                "chosen on: val UA (%)": float(val[name]), "chosen by": "its runs' mean val UA", "n folds": n_folds,
-                "n runs": n_runs,
+                "chosen on: val UA (%)": on, "chosen by": by, "n folds": n_folds, "n runs": len(runs),
                 "seeds": " ".join(map(str, sorted({int(r["seed"]) for r in runs}))),
-                f"goal >= {goal:g}": bool(ua >= goal), "recipe": recipe(runs[0]) if runs else ""}
+                f"goal >= {goal:g}": bool(ua >= goal), "recipe": how}
+
+    def runs_of(name: str) -> list[dict]:
+        return [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"
+                and r["split"].get("protocol") == "speaker_independent"]
 
     best = _val_choice(val[full.index])
     rows = [row("single runs (fold mean over seeds)", best, full.at[best, "mean of folds"],
-                full.at[best, "std over folds"], int(full.at[best, "n folds"]), int(full.at[best, "n runs"]))]
-    ens = ensemble_table([r for r in records if corpus is None or (r.get("corpus") or {}).get("name") == corpus])
+                full.at[best, "std over folds"], int(full.at[best, "n folds"]), runs_of(best), float(val[best]),
+                "its runs' mean val UA", recipe(runs_of(best)[0]))]
+    mine = [r for r in records if corpus is None or (r.get("corpus") or {}).get("name") == corpus]
+    ens = ensemble_table(mine)
+    lead = None  # the experiment with a seed ensemble on every fold whose runs lead on validation
     if not ens.empty:
         per = ens[ens["fold"] != "mean of folds"]
         stats_ = per.groupby("experiment").agg(n=("fold", "nunique"), ua=("ensemble UA (%)", "mean"),
-                                               std=("ensemble UA (%)", "std"), runs=("runs", "sum"),
-                                               val_ens=("val ensemble UA (%)", lambda v: v.mean(skipna=False)))
+                                               std=("ensemble UA (%)", "std"))
         stats_ = stats_[(stats_["n"] == n_all) & stats_.index.isin(val.index)]
-        if not stats_.empty:
-            own = bool(stats_["val_ens"].notna().all())  # every candidate ensemble has its own validation UA
-            on = stats_["val_ens"] if own else val[stats_.index]
-            e = _val_choice(on)
-            r = row("seed ensemble (mean probabilities)", e, float(stats_.at[e, "ua"]), float(stats_.at[e, "std"]),
-                    n_all, int(stats_.at[e, "runs"]))
-            r["chosen on: val UA (%)"] = float(on[e])
-            r["chosen by"] = "the ensemble's val UA" if own else "its runs' mean val UA"
-            rows.append(r)
+        lead = _val_choice(val[stats_.index]) if not stats_.empty else None
+    own = _val_ensembles(mine, n_all, dict(pools or {}))
+    if own and (lead is None or lead in own):
+        on = pd.Series({name: float(np.mean(c["val"])) for name, c in own.items()})
+        e = _val_choice(on)
+        c = own[e]
+        lacking = sorted(set(stats_.index) - set(own)) if lead is not None else []
+        by = (f"the ensemble's val UA (best of {len(own)} ensembles of runs with validation predictions"
+              + (f"; {len(lacking)} experiments without them not compared" if lacking else "") + ")")
+        how = ("pool of " + ", ".join(sorted({r["kind"] for r in c["runs"]})) if c["pool"]
+               else recipe(c["runs"][0]))
+        rows.append(row("pooled ensemble (mean probabilities)" if c["pool"] else "seed ensemble (mean probabilities)",
+                        e, float(np.mean(c["test"])), float(np.std(c["test"], ddof=1)), n_all, c["runs"], float(on[e]),
+                        by, how))
+    elif lead is not None:
+        rows.append(row("seed ensemble (mean probabilities)", lead, float(stats_.at[lead, "ua"]),
+                        float(stats_.at[lead, "std"]), n_all, runs_of(lead), float(val[lead]),
+                        "its runs' mean val UA" + (" (they lack validation predictions)" if own else ""),
+                        recipe(runs_of(lead)[0])))
     return pd.DataFrame(rows)
 
 

@@ -528,6 +528,21 @@ def speaker_independent_folds(records) -> pd.DataFrame:
     return fold_table(si)
 
 
+SPEED_POOL = "head_fusion_speaker_independent__pool-speed_perturbed"
+
+
+def ensemble_pools(records: list[dict]) -> dict[str, list[str]]:
+    """One pool, :data:`SPEED_POOL`: every speaker-independent experiment of these records that trains on speed
+    perturbed copies (view ``speed_segments`` with a factor other than 1; repeat3, its unperturbed control, is not
+    one) and is not a test-time perturbation record; {} when fewer than two such experiments exist."""
+    kinds = sorted({r["kind"] for r in records
+                    if (r.get("split") or {}).get("protocol") == "speaker_independent"
+                    and (r.get("config") or {}).get("view") == "speed_segments"
+                    and any(float(f) != 1.0 for f in ((r["config"].get("view_kwargs") or {}).get("factors") or ()))
+                    and not (r["config"].get("tta") or str(r["kind"]).endswith("+tta"))})
+    return {SPEED_POOL: kinds} if len(kinds) >= 2 else {}
+
+
 STUDY = Study(
     name="head_fusion",
     title="Head Fusion ACNN",
@@ -547,6 +562,7 @@ STUDY = Study(
              "levers": (LEVER_CHOICES, (), "speaker-independent runs with levers beyond the paper's recipe "
                                           "(a+b: b on top of a)")},
     paper_claim="77.4 UA (RAVDESS, random 80/20, best test epoch)",
+    ensemble_pools=ensemble_pools,
 )
 
 __all__ = [
@@ -557,7 +573,9 @@ __all__ = [
     "PAPER_MODEL",
     "PAPER_SEEDS",
     "PAPER_TRAIN",
+    "SPEED_POOL",
     "ablation_experiments",
+    "ensemble_pools",
     "lever_control",
     "lever_rival",
     "lever_experiments",
