@@ -29,6 +29,7 @@ speaker-independent rows count it like any experiment), written beside the run's
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -172,7 +173,7 @@ def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS,
         history=[], counts={**(src.get("counts") or {}), **counts},
         timings={"tta_s": time.perf_counter() - t0, "source": src.get("timings")},
         selection=src.get("selection", "val"),
-        extra={**(src.get("extra") or {}),
+        extra={**{k: v for k, v in (src.get("extra") or {}).items() if k != "val_predictions_backfill"},
                "tta_source": {"record": str(model), "config_hash": src.get("config_hash")
                               or config_hash(src["config"]), "git": src.get("git")}},
         identity=identity_of(texp), skips=skips, flags=list(src.get("flags") or []), git=code_revision())
@@ -235,43 +236,57 @@ def backfill_val_predictions(run_paths: Iterable[str | Path], *, checkpoints: st
     :func:`speed_tta` with the clean factor alone evaluates the checkpoint's selected weights on the run's own
     validation and test parts; the record is rewritten only when those weights reproduce both what the run recorded,
     the test predictions (:data:`PROB_TOL`) and the validation UA it was selected on (to the record's 6 digits), else
-    ``ValueError`` names the file and nothing is written. Nothing else in the record changes; ``extra.
+    that file is left unwritten and its error (naming it) is collected; the others go on, and when any failed a
+    ``ValueError`` lists them at the end. Nothing else in the record changes; ``extra.
     val_predictions_backfill`` says when, at which git revision and with which checks; the file keeps its key order
     and layout, so its diff is the two additions. Records that have them, failed runs and TTA records are left
     alone. Returns the paths rewritten."""
+    written, failed = [], []
+    for p in map(Path, run_paths):
+        try:
+            out = _backfill_one(p, checkpoints, data_root)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            failed.append(p)
+            continue
+        if out is not None:
+            written.append(out)
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(failed) + len(written)} records not given validation predictions "
+                         f"({', '.join(map(str, failed))}); {len(written)} were")
+    return written
+
+
+def _backfill_one(p: Path, checkpoints, data_root) -> Path | None:
+    """:func:`backfill_val_predictions` for one record: its path when rewritten, None when left alone."""
     from datetime import datetime, timezone
 
     from serlib.evaluate import classification_metrics
     from serlib.records import code_revision, to_jsonable, write_text_atomic
     from serlib.report import is_ok
 
-    written = []
-    for p in map(Path, run_paths):
-        src = _read_run_record(p)
-        if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX) or src.get("val_predictions"):
-            print(f"{p}: {'has validation predictions' if src.get('val_predictions') else 'not a successful run'}"
-                  "; left alone")
-            continue
-        if not (src.get("metrics") or {}).get("val"):
-            raise ValueError(f"{p}: the run has no validation part to predict")
-        rec = speed_tta(p, (1.0,), checkpoints=checkpoints, data_root=data_root)  # refuses another model
-        vp = rec.get("val_predictions")
-        labels = list(src["corpus"]["labels"])
-        ua = classification_metrics(vp["label"], [labels[int(np.argmax(q))] for q in vp["prob"]], labels=labels)["ua"]
-        if abs(ua - float(src["metrics"]["val"]["ua"])) > 1e-6:
-            raise ValueError(f"{p}: the checkpoint's validation UA {ua:.6f} is not the {src['metrics']['val']['ua']} "
-                             "the run was selected on; its checkpoint holds other weights, nothing written")
-        src["val_predictions"] = vp
-        src.setdefault("extra", {})["val_predictions_backfill"] = {
-            "git": code_revision(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "checks": "the checkpoint's selected weights reproduced the record's test predictions and its "
-                      "validation UA"}
-        text = json.dumps(to_jsonable(src, rounded=True), indent=1, allow_nan=False)
-        write_text_atomic(p, text + ("\n" if p.read_text().endswith("\n") else ""))
-        written.append(p)
-        print(f"{p}: validation predictions added ({len(vp['utt_id'])} utterances, val UA {100 * ua:.1f})",
-              flush=True)
-    return written
+    src = _read_run_record(p)
+    if not is_ok(src) or str(src.get("kind", "")).endswith(SUFFIX) or src.get("val_predictions"):
+        print(f"{p}: {'has validation predictions' if src.get('val_predictions') else 'not a successful run'}"
+              "; left alone")
+        return None
+    if not (src.get("metrics") or {}).get("val"):
+        raise ValueError(f"{p}: the run has no validation part to predict")
+    rec = speed_tta(p, (1.0,), checkpoints=checkpoints, data_root=data_root)  # refuses another model
+    vp = rec.get("val_predictions")
+    labels = list(src["corpus"]["labels"])
+    ua = classification_metrics(vp["label"], [labels[int(np.argmax(q))] for q in vp["prob"]], labels=labels)["ua"]
+    if abs(ua - float(src["metrics"]["val"]["ua"])) > 1e-6:
+        raise ValueError(f"{p}: the checkpoint's validation UA {ua:.6f} is not the {src['metrics']['val']['ua']} "
+                         "the run was selected on; its checkpoint holds other weights, nothing written")
+    src["val_predictions"] = vp
+    src.setdefault("extra", {})["val_predictions_backfill"] = {
+        "git": code_revision(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checks": "the checkpoint's selected weights reproduced the record's test predictions and its validation UA"}
+    text = json.dumps(to_jsonable(src, rounded=True), indent=1, allow_nan=False)
+    write_text_atomic(p, text + ("\n" if p.read_text().endswith("\n") else ""))
+    print(f"{p}: validation predictions added ({len(vp['utt_id'])} utterances, val UA {100 * ua:.1f})", flush=True)
+    return p
 
 
 def tta_table(records: Iterable[dict]):

@@ -147,9 +147,21 @@ def test_val_predictions_are_backfilled_from_the_checkpoint_and_only_when_it_rep
     assert json.dumps(rest, indent=1) == json.dumps(old, indent=1)  # nothing else changed, nor moved
     assert main(["val-predictions", str(rec_file)]) == 0  # has them now: left alone
     assert "0 run records given" in capsys.readouterr().out
-    # a record whose selected validation UA the checkpoint does not give: refused, the file untouched
+    # a TTA record of the backfilled run does not inherit the backfill note (its validation predictions are its own)
+    t = speed_tta(rec_file, (0.9, 1.0))
+    assert "val_predictions_backfill" not in t["extra"] and t["val_predictions"]["utt_id"] == vp_ids(orig)
+    # a record whose selected validation UA the checkpoint does not give: refused, the file untouched; the other
+    # records of the call are still done, and the exit code says one failed
     bad = {**old, "metrics": {**old["metrics"], "val": {**old["metrics"]["val"], "ua": old["metrics"]["val"]["ua"] / 2}}}
     rec_file.write_text(json.dumps(bad))
-    assert main(["val-predictions", str(rec_file)]) == 2
-    assert "is not the" in capsys.readouterr().err
+    other = rec_file.with_name("copy_" + rec_file.name)
+    other.write_text(json.dumps(old, indent=1))
+    assert main(["val-predictions", str(rec_file), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "is not the" in err and "1 of 2 records not given validation predictions" in err
     assert json.loads(rec_file.read_text()) == bad
+    assert json.loads(other.read_text())["val_predictions"]["utt_id"] == vp_ids(orig)
+
+
+def vp_ids(record: dict) -> list[str]:
+    return record["val_predictions"]["utt_id"]
