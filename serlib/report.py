@@ -193,7 +193,7 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     if not best.empty:
         out += ["**Best speaker-independent** (from scratch, every fold; chosen on the validation folds, never on the "
                 "test set: single runs by the highest mean validation UA of their runs, a tie going to the simpler "
-                "recipe; ensembles by their own validation UA, each experiment's seed ensemble and each pool of "
+                "recipe, then to the one with more runs; ensembles by their own validation UA, each experiment's seed ensemble and each pool of "
                 "experiments ("
                 + ("; ".join(f"{k}: {', '.join(v)}" for k, v in pools.items()) or "none")
                 + ") over their runs that recorded validation predictions; the test UA is reported; "

@@ -93,6 +93,11 @@ def test_best_speaker_independent_is_chosen_on_validation_never_on_the_test_set(
     assert compare.best_speaker_independent(tie).iloc[0]["experiment"] == "a+speed"
     tie[3]["metrics"]["val"]["ua"] = 0.7  # a real validation gain wins
     assert compare.best_speaker_independent(tie).iloc[0]["experiment"] == "a+speed+tta"
+    # a tie between equally simple recipes goes to the one whose validation mean rests on more runs, not to the
+    # first name (nor to the better test UA)
+    tie = ([rec("a+many", f, 0, 0.70, val=0.6 + 1e-8) for f in range(3)]
+           + [rec("a+wide", f, s, 0.50, val=0.6) for f in range(3) for s in (0, 1)])
+    assert compare.best_speaker_independent(tie).iloc[0]["experiment"] == "a+wide"
 
 
 def _pred_rec(kind, fold, seed, probs, labels=("a", "b"), truth=("a", "b", "b")):

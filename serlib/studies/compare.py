@@ -105,12 +105,13 @@ def validation_means(records: Iterable[dict], *, corpus: str | None = "ravdess",
 VAL_TIE_PP = 1e-3  # validation means closer than this (points) are a tie: records round UAs to 6 digits
 
 
-def _val_choice(val: pd.Series) -> str:
+def _val_choice(val: pd.Series, n_runs: dict | None = None) -> str:
     """The experiment with the highest validation mean; a tie (within :data:`VAL_TIE_PP`) goes to the simpler
-    recipe, the name with fewer ``+`` levers (then the first by name), never to whichever the test set favours."""
+    recipe, the name with fewer ``+`` levers, then to the one whose validation figure rests on more runs
+    (``n_runs``), then the first by name; never to whichever the test set favours."""
     top = val.max()
     tied = [e for e in val.index if val[e] >= top - VAL_TIE_PP]
-    return min(tied, key=lambda e: (str(e).count("+"), str(e)))
+    return min(tied, key=lambda e: (str(e).count("+"), -int((n_runs or {}).get(e, 0)), str(e)))
 
 
 def _val_ensembles(records: list[dict], n_all: int, pools: dict[str, Sequence[str]]) -> dict[str, dict]:
@@ -184,7 +185,7 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
         return [r for r in records if r.get("kind") == name and r.get("status", "ok") == "ok"
                 and r["split"].get("protocol") == "speaker_independent"]
 
-    best = _val_choice(val[full.index])
+    best = _val_choice(val[full.index], full["n runs"].to_dict())
     rows = [row("single runs (fold mean over seeds)", best, full.at[best, "mean of folds"],
                 full.at[best, "std over folds"], int(full.at[best, "n folds"]), runs_of(best), float(val[best]),
                 "its runs' mean val UA", recipe(runs_of(best)[0]))]
@@ -196,11 +197,11 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
         stats_ = per.groupby("experiment").agg(n=("fold", "nunique"), ua=("ensemble UA (%)", "mean"),
                                                std=("ensemble UA (%)", "std"))
         stats_ = stats_[(stats_["n"] == n_all) & stats_.index.isin(val.index)]
-        lead = _val_choice(val[stats_.index]) if not stats_.empty else None
+        lead = _val_choice(val[stats_.index], full["n runs"].to_dict()) if not stats_.empty else None
     own = _val_ensembles(mine, n_all, dict(pools or {}))
     if own and (lead is None or lead in own):
         on = pd.Series({name: float(np.mean(c["val"])) for name, c in own.items()})
-        e = _val_choice(on)
+        e = _val_choice(on, {name: len(c["runs"]) for name, c in own.items()})
         c = own[e]
         lacking = sorted(set(stats_.index) - set(own)) if lead is not None else []
         by = (f"the ensemble's val UA (best of {len(own)} ensembles of runs with validation predictions"
