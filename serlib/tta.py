@@ -222,7 +222,10 @@ def write_tta_records(run_paths: Iterable[str | Path], factors: Sequence[float] 
 
 def _read_run_record(p: Path) -> dict:
     """The JSON of run record ``p``; ``ValueError`` naming the file when it is not one."""
-    src = json.loads(p.read_text())
+    try:
+        src = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not JSON ({exc}); pass the JSON record a training run wrote under results/") from None
     if not isinstance(src, dict) or not isinstance(src.get("config"), dict) or "split" not in src:
         raise ValueError(f"{p}: not a serlib run record (no config or split); pass the JSON record a training "
                          "run wrote under results/")

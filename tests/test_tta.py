@@ -117,6 +117,12 @@ def test_a_file_that_is_not_a_run_record_is_named(saved, tmp_path, capsys):
     assert "no_config.json: not a serlib run record" in capsys.readouterr().err
     bad.write_text("[1, 2]")
     assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
+    capsys.readouterr()
+    bad.write_text("{truncated")
+    assert main(["tta", str(bad), "--results", str(tmp_path / "r")]) == 2
+    assert main(["val-predictions", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no_config.json: not JSON") == 2
 
 
 def test_val_predictions_are_backfilled_from_the_checkpoint_and_only_when_it_reproduces_the_run(saved, tmp_path,

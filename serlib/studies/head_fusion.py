@@ -122,8 +122,8 @@ SPEED_VIEW_LEVERS: dict[str, tuple[float, ...]] = {"speed": (0.9, 1.1), "speedwi
 NOISE_LEVER_AF = 0.1
 # the choices: each lever alone, each other lever on top of the authors' attention (the cheap base on a CPU), and
 # the training-side levers on top of the best so far (authors' attention + speed perturbation); two view levers
-# (speed, noise, repeat3) never stack, each replaces the experiment's view
-VIEW_LEVERS: tuple[str, ...] = ("speed", "speedwide", "speedfar", "speedmany", "noise", "repeat3")
+# (the speed_segments ones and noise) never stack, each replaces the experiment's view
+VIEW_LEVERS: tuple[str, ...] = (*SPEED_VIEW_LEVERS, "noise")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
