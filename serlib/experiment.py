@@ -50,6 +50,7 @@ from scipy.special import softmax
 
 from serlib import cache as feature_cache
 from serlib import features as F
+from serlib import speaker_norm
 from serlib.data.audio import AudioError, load_audio
 from serlib.data.corpus import Corpus
 from serlib.data.segment import center_pad_or_crop, segment_batch
@@ -541,6 +542,8 @@ def _left_out(exp: Experiment, corpus: Corpus, stores: list[dict], keep: np.ndar
 
 
 def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
+    if speaker_norm.wanted(exp):
+        return _speaker_normalised_views(exp, corpus, split, device=device)
     if exp.view not in ("segments", "sequence", "fixed") and exp.view not in VIEWS:
         from serlib.studies.base import all_studies
 
@@ -659,6 +662,30 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
                     mask = torch.arange(part.x.shape[-1])[None, :] < part.lengths[:, None]
                     part.x = part.x * mask[:, None, :]
     return Views(train, val, test, counts, skips, flags, normalizer=normalizer if exp.normalize else {})
+
+
+def _speaker_normalised_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
+    """The view of ``exp`` with every speaker's inputs standardised by that speaker's statistics
+    (:mod:`serlib.speaker_norm`), then the training part's normalisation as usual."""
+    views = build_views(speaker_norm.without(exp), corpus, split, device=device)
+    store = segment_features(corpus, F.PRESETS[exp.features], win_s=exp.win_s, step_s=exp.test_step_s,
+                             short=segment_short(exp, "test"), device=device)
+    speakers = corpus.table["speaker"].astype(str).to_numpy()
+    stats = speaker_norm.speaker_stats(store["x"], store["groups"], speakers,
+                                       exclude=set(store["failed"].tolist()) | set(store["nonfinite"].tolist()))
+    parts = (views.train, views.val, views.test)
+    speaker_norm.apply(parts, speakers, stats)
+    views.counts[speaker_norm.KEY] = {
+        "speakers": len(stats), "stats_from": "every utterance of each speaker, its test-step segments, no labels "
+        "(test speakers: their unlabelled test speech)"}
+    views.normalizer = {}
+    if exp.normalize:
+        mean, std = _normalizer(views.train.x, None)
+        for part in parts:
+            if part is not None:
+                part.x = (part.x - mean) / std
+        views.normalizer = {"x": (mean, std)}
+    return views
 
 
 # --------------------------------------------------------------------------------------------- running

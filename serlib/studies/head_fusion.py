@@ -102,6 +102,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "speedmany": ({}, {}),
     "noise": ({}, {}),
     "repeat3": ({}, {}),
+    "spknorm": ({}, {}),
 }
 # levers that change the experiment's view, not the model or the trainer (:func:`lever_view`): "speed", Kaldi's speed
 # perturbation (the training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the
@@ -114,6 +115,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # the range and the number of copies can be told apart; "speedmany", six copies over speedwide's range (0.8, 0.85,
 # 0.9, 1.1, 1.15, 1.2: seven times the steps), paired with "speedwide" (the same range, four copies), so the number of
 # copies is the only change
+# "spknorm": per-speaker feature normalisation (serlib.speaker_norm; each speaker's inputs standardised with that
+# speaker's own statistics, from all of its utterances, no labels, so the test speakers' unlabelled test speech is
+# used: transductive, stated wherever it is reported); it modifies the view rather than replacing it, so it stacks on
+# a view lever, and its arms are kept out of the speed pool (:func:`ensemble_pools`), which holds inductive arms only
 # the speed_segments view's factors of each lever that sets it (1.0: an unperturbed copy)
 SPEED_VIEW_LEVERS: dict[str, tuple[float, ...]] = {"speed": (0.9, 1.1), "speedwide": (0.8, 0.9, 1.1, 1.2),
                                                    "speedfar": (0.8, 1.2),
@@ -126,7 +131,8 @@ NOISE_LEVER_AF = 0.1
 VIEW_LEVERS: tuple[str, ...] = (*SPEED_VIEW_LEVERS, "noise")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
-                                  + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long")))
+                                  + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long"))
+                                  + ("authors_attention+speedwide+spknorm",))
 SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
 SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -224,6 +230,10 @@ def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
     if part in SPEED_VIEW_LEVERS:
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_VIEW_LEVERS[part])}}
+    if part == "spknorm":  # merged into the view's settings by lever_experiments, not replacing them
+        from serlib import speaker_norm
+
+        return {"view_kwargs": {speaker_norm.KEY: True}}
     if part == "noise":
         from serlib.noise_data import default_source
         from serlib.studies.noise import source_types, spec
@@ -252,7 +262,10 @@ def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experimen
         for part in spec.split("+"):
             model.update(LEVERS[part][0])
             train.update(LEVERS[part][1])
-            view.update(lever_view(part, base))
+            change = lever_view(part, base)
+            if part == "spknorm":  # a modifier: onto the view a lever before it chose
+                change = {"view_kwargs": {**view.get("view_kwargs", base.view_kwargs), **change["view_kwargs"]}}
+            view.update(change)
         out.append(base.replace(name=f"{base.name}__lever-{spec}", arm=f"lever-{spec}", model_kwargs=model,
                                 train=train, **view))
     return out
@@ -534,12 +547,14 @@ SPEED_POOL = "head_fusion_speaker_independent__pool-speed_perturbed"
 def ensemble_pools(records: list[dict]) -> dict[str, list[str]]:
     """One pool, :data:`SPEED_POOL`: every speaker-independent experiment of these records that trains on speed
     perturbed copies (view ``speed_segments`` with a factor other than 1; repeat3, its unperturbed control, is not
-    one) and is not a test-time perturbation record; {} when fewer than two such experiments exist."""
+    one), is not a test-time perturbation record and is not speaker-normalised (transductive); {} when fewer than
+    two such experiments exist."""
     kinds = sorted({r["kind"] for r in records
                     if (r.get("split") or {}).get("protocol") == "speaker_independent"
                     and (r.get("config") or {}).get("view") == "speed_segments"
                     and any(float(f) != 1.0 for f in ((r["config"].get("view_kwargs") or {}).get("factors") or ()))
-                    and not (r["config"].get("tta") or str(r["kind"]).endswith("+tta"))})
+                    and not (r["config"].get("tta") or str(r["kind"]).endswith("+tta"))
+                    and not (r["config"].get("view_kwargs") or {}).get("speaker_norm")})
     return {SPEED_POOL: kinds} if len(kinds) >= 2 else {}
 
 

@@ -1,0 +1,83 @@
+"""Per-speaker feature normalisation, a lever of the speaker-independent protocol (issue 16).
+
+Every speaker's inputs are standardised per feature bin with that speaker's own mean and standard deviation, computed
+over all of the speaker's utterances (their evaluation-step segments, the windows the model is tested on) -- no label
+is read. It removes much of what one voice differs from another by (vocal-tract length, recording level, habitual
+pitch shows in the MFCCs), the classic speaker normalisation of SER (Busso et al.'s and Schuller's work).
+
+**What it assumes:** the test speakers' *unlabelled* speech is available at test time (transductive, as in a
+deployment that has some enrolment speech of the speaker). The statistics of a test speaker come from that speaker's
+test utterances, so the setting is named in the run's config (``view_kwargs["speaker_norm"]``) and in its counts;
+it is never the default.
+
+An experiment asks for it with ``view_kwargs={"speaker_norm": True, ...}`` on a segment-shaped view ("segments" or a
+registered one built on it such as "speed_segments"): :func:`serlib.experiment.build_views` builds the view without
+it and without the training-part normalisation, calls :func:`apply`, and then normalises with the training part's
+statistics as usual. Copies a view adds to the training part (speed perturbation) are standardised with their
+speaker's clean statistics, so the perturbation stays visible to the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+KEY = "speaker_norm"
+
+
+def wanted(exp) -> bool:
+    """Whether experiment ``exp`` asks for per-speaker normalisation."""
+    return bool((exp.view_kwargs or {}).get(KEY))
+
+
+def without(exp):
+    """``exp`` with the per-speaker normalisation and the training-part normalisation off (the inner view)."""
+    kw = {k: v for k, v in (exp.view_kwargs or {}).items() if k != KEY}
+    return exp.replace(view_kwargs=kw, normalize=False)
+
+
+def refuse(exp, what: str) -> None:
+    """Raise a clear error when ``what`` (a tool that rebuilds a run's inputs itself) meets a speaker-normalised run."""
+    if wanted(exp):
+        raise ValueError(f"{exp.name}: {what} does not support per-speaker normalisation (view_kwargs"
+                         f"[{KEY!r}]): the model's inputs need the speaker's own statistics, which {what} does not "
+                         "rebuild; use a run without it")
+
+
+def speaker_stats(x: np.ndarray, groups: np.ndarray, speakers: np.ndarray, *, exclude=()) -> dict:
+    """Per-speaker mean and std of every feature bin.
+
+    ``x`` (N, F, T) segment features, ``groups`` (N,) the corpus row of each segment, ``speakers`` (n_rows,) the
+    speaker of each corpus row; rows in ``exclude`` (undecodable, non-finite) are left out. Returns
+    ``{speaker: (mean (F, 1), std (F, 1))}`` as float32 tensors, std clamped at 1e-5.
+    """
+    keep = ~np.isin(groups, np.asarray(sorted(exclude), np.int64))
+    x, groups = x[keep], groups[keep]
+    spk = np.asarray(speakers)[groups]
+    out = {}
+    for s in np.unique(spk):
+        xs = torch.as_tensor(x[spk == s], dtype=torch.float64)
+        mean = xs.mean(dim=(0, 2))
+        std = xs.std(dim=(0, 2)).clamp(min=1e-5)
+        out[str(s)] = (mean[:, None].float(), std[:, None].float())
+    return out
+
+
+def apply(parts, speakers: np.ndarray, stats: dict) -> None:
+    """Standardise each ``ArrayData`` of ``parts`` (None skipped) in place, every segment with its speaker's
+    statistics. ``x`` must be (N, F, T) without lengths (a segment view)."""
+    for part in parts:
+        if part is None:
+            continue
+        if part.lengths is not None or part.x.dim() != 3:
+            raise ValueError("per-speaker normalisation needs a segment view (N, F, T inputs without lengths)")
+        spk = np.asarray(speakers)[part.groups.numpy()]
+        missing = sorted(set(spk.tolist()) - set(stats))
+        if missing:
+            raise ValueError(f"no per-speaker statistics for speakers {missing[:5]}")
+        x = part.x.clone()
+        for s in np.unique(spk):
+            sel = torch.as_tensor(spk == s)
+            mean, std = stats[str(s)]
+            x[sel] = (x[sel] - mean) / std
+        part.x = x
