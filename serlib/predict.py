@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serlib import speaker_norm
 from serlib.data.audio import AudioError, load_audio
 
 __all__ = ["LoadedRun", "load_run", "main_predict", "predict_emotion", "register_inputs"]
@@ -183,6 +184,7 @@ def predict_emotion(paths: str | Path | Sequence[str | Path], model: str | Path 
     for a file that could not be read or predicted. ``model``: a run record JSON, its checkpoint folder, or a
     :class:`LoadedRun`."""
     run = model if isinstance(model, LoadedRun) else load_run(model, checkpoints)
+    speaker_norm.refuse(run.exp, "prediction on single files")  # a model error, not one file's
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     sr = 16_000
     out = []

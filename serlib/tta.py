@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serlib import speaker_norm
+
 __all__ = ["DEFAULT_TTA_FACTORS", "backfill_val_predictions", "speed_tta", "tta_config", "tta_experiment", "tta_table",
            "write_tta_records"]
 
@@ -117,6 +119,7 @@ def speed_tta(model: str | Path, factors: Sequence[float] = DEFAULT_TTA_FACTORS,
     run = load_run(model, checkpoints)
     src = run.record
     exp = run.exp if data_root is None else run.exp.replace(data_root=str(data_root))
+    speaker_norm.refuse(exp, "test-time speed perturbation")
     if exp.view not in ("segments", "speed_segments"):
         raise ValueError(f"{model}: test-time speed perturbation needs a segments run, this one has view {exp.view!r}")
     if not src.get("predictions"):
