@@ -100,6 +100,11 @@ def test_spknorm_arms_pair_with_their_base_and_stay_out_of_the_inductive_speed_p
     assert recs[2]["counts"]["speaker_norm"]["speakers"] > 0
     pools = hf.ensemble_pools(recs)
     assert pools == {hf.SPEED_POOL: sorted([wide.name, speed.name])}  # the speaker-normalised arm is not in it
+    # two speaker-normalised speed arms pool among themselves, never with the inductive ones
+    twin = {**recs[2], "kind": recs[2]["kind"].replace("speedwide", "speed"),
+            "config": {**recs[2]["config"], "view_kwargs": {"factors": [0.9, 1.1], "speaker_norm": True}}}
+    assert hf.ensemble_pools([*recs, twin]) == {hf.SPEED_POOL: sorted([wide.name, speed.name]),
+                                                hf.SPEED_SPKNORM_POOL: sorted([both.name, twin["kind"]])}
     t = hf.levers_table(recs).set_index("lever")
     assert t.loc["authors_attention+speedwide+spknorm", "against"] == "authors_attention+speedwide"
     # tools that rebuild a run's inputs themselves refuse it by name instead of feeding it unnormalised inputs

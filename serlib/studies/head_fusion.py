@@ -132,7 +132,7 @@ VIEW_LEVERS: tuple[str, ...] = (*SPEED_VIEW_LEVERS, "noise")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long"))
-                                  + ("authors_attention+speedwide+spknorm",))
+                                  + ("authors_attention+speed+spknorm", "authors_attention+speedwide+spknorm"))
 SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
 SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -542,20 +542,24 @@ def speaker_independent_folds(records) -> pd.DataFrame:
 
 
 SPEED_POOL = "head_fusion_speaker_independent__pool-speed_perturbed"
+SPEED_SPKNORM_POOL = "head_fusion_speaker_independent__pool-speed_perturbed+spknorm"
 
 
 def ensemble_pools(records: list[dict]) -> dict[str, list[str]]:
-    """One pool, :data:`SPEED_POOL`: every speaker-independent experiment of these records that trains on speed
-    perturbed copies (view ``speed_segments`` with a factor other than 1; repeat3, its unperturbed control, is not
-    one), is not a test-time perturbation record and is not speaker-normalised (transductive); {} when fewer than
-    two such experiments exist."""
-    kinds = sorted({r["kind"] for r in records
-                    if (r.get("split") or {}).get("protocol") == "speaker_independent"
-                    and (r.get("config") or {}).get("view") == "speed_segments"
-                    and any(float(f) != 1.0 for f in ((r["config"].get("view_kwargs") or {}).get("factors") or ()))
-                    and not (r["config"].get("tta") or str(r["kind"]).endswith("+tta"))
-                    and not (r["config"].get("view_kwargs") or {}).get("speaker_norm")})
-    return {SPEED_POOL: kinds} if len(kinds) >= 2 else {}
+    """Two pools, each when at least two experiments fall in it: :data:`SPEED_POOL`, every speaker-independent
+    experiment of these records that trains on speed perturbed copies (view ``speed_segments`` with a factor other
+    than 1; repeat3, its unperturbed control, is not one), is not a test-time perturbation record and is not
+    speaker-normalised; and :data:`SPEED_SPKNORM_POOL`, the same among the speaker-normalised ones (transductive:
+    they are never pooled with the others)."""
+    kinds: dict[bool, set] = {False: set(), True: set()}
+    for r in records:
+        c = r.get("config") or {}
+        if ((r.get("split") or {}).get("protocol") == "speaker_independent" and c.get("view") == "speed_segments"
+                and any(float(f) != 1.0 for f in ((c.get("view_kwargs") or {}).get("factors") or ()))
+                and not (c.get("tta") or str(r["kind"]).endswith("+tta"))):
+            kinds[bool((c.get("view_kwargs") or {}).get("speaker_norm"))].add(r["kind"])
+    return {name: sorted(kinds[spk]) for name, spk in ((SPEED_POOL, False), (SPEED_SPKNORM_POOL, True))
+            if len(kinds[spk]) >= 2}
 
 
 STUDY = Study(
@@ -589,6 +593,7 @@ __all__ = [
     "PAPER_SEEDS",
     "PAPER_TRAIN",
     "SPEED_POOL",
+    "SPEED_SPKNORM_POOL",
     "ablation_experiments",
     "ensemble_pools",
     "lever_control",
