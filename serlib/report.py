@@ -197,7 +197,9 @@ def results_markdown(results_dir: str | Path = "results") -> str:
                 "experiments ("
                 + ("; ".join(f"{k}: {', '.join(v)}" for k, v in pools.items()) or "none")
                 + ") over their runs that recorded validation predictions; the test UA is reported; "
-                f"issue 16's goal is {compare.SI_GOAL_UA:g} UA):", "", markdown(best), ""]
+                f"issue 16's goal is {compare.SI_GOAL_UA:g} UA). Chosen separately per setting: inductive runs "
+                "(the headline) and runs with per-speaker normalisation, which use the test speakers' unlabelled "
+                "speech; the two are never compared with or pooled into each other:", "", markdown(best), ""]
     tests = compare.same_split_tests(compared, corpus="ravdess")
     if not tests.empty:
         out += [markdown(tests[tests["n folds"] >= 2], digits=3), "",

@@ -264,3 +264,26 @@ def test_run_records_carry_their_test_predictions(tmp_path):
     assert len(v["utt_id"]) == rec["counts"]["utterances"]["val"]
     vpred = [labels[max(range(len(r)), key=r.__getitem__)] for r in v["prob"]]
     assert classification_metrics(v["label"], vpred, labels=labels)["ua"] == pytest.approx(rec["metrics"]["val"]["ua"])
+
+
+def test_speaker_normalised_runs_get_their_own_best_rows_never_the_headline():
+    """A speaker-normalised experiment (it used the test speakers' unlabelled speech) better on validation and test
+    does not take the inductive rows; it gets rows of its own, named by setting, with the setting in its recipe, and
+    a pool never mixes the two."""
+    spk_cfg = {"model": "m", "view": "segments", "view_kwargs": {"speaker_norm": True}}
+    recs = [rec("plain", f, 0, 0.50, val=0.50) for f in range(3)]
+    recs += [{**rec("plain+spknorm", f, 0, 0.70, val=0.70), "config": spk_cfg} for f in range(3)]
+    t = compare.best_speaker_independent(recs)
+    assert list(t["setting"]) == [compare.INDUCTIVE, compare.TRANSDUCTIVE]
+    assert list(t["experiment"]) == ["plain", "plain+spknorm"]
+    assert "per-speaker normalisation" in t.iloc[1]["recipe"] and compare.speaker_normalised(recs[3])
+    assert not compare.speaker_normalised(recs[0])
+    # ensembles: a pool naming experiments of both settings is an ensemble of neither
+    recs = [_pr(k, f, s, p[s]) for k, p in (("A", _A), ("B", _B)) for f in (0, 1) for s in (0, 1)]
+    for r in recs:
+        if r["kind"] == "B":
+            r["config"] = spk_cfg
+    t = compare.best_speaker_independent(recs, pools={"A+B": ["A", "B"]})
+    ens = t[t["form"] != "single runs (fold mean over seeds)"].set_index("setting")["experiment"]
+    assert ens.to_dict() == {compare.INDUCTIVE: "A", compare.TRANSDUCTIVE: "B"}
+    assert compare.best_speaker_independent([]).empty

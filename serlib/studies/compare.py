@@ -78,6 +78,8 @@ def recipe(record: dict) -> str:
     aug = c.get("augment_features") or []
     factors = (c.get("view_kwargs") or {}).get("factors")
     view = f"{c.get('view')}" + (f"(factors={factors})" if factors else "")
+    if (c.get("view_kwargs") or {}).get("speaker_norm"):
+        view += ", per-speaker normalisation"
     tta = (c.get("tta") or {}).get("factors")
     return (f"{c.get('model')}({mk}); features {c.get('features')}, view {view}"
             + (f", augment {aug}" if aug else "") + f"; train {train}"
@@ -143,8 +145,33 @@ def _val_ensembles(records: list[dict], n_all: int, pools: dict[str, Sequence[st
     return out
 
 
+INDUCTIVE = "inductive (training speakers' data only)"
+TRANSDUCTIVE = "per-speaker normalisation (uses the test speakers' unlabelled speech)"
+
+
+def speaker_normalised(record: dict) -> bool:
+    """Whether a run standardised each speaker's inputs with that speaker's statistics (:mod:`serlib.speaker_norm`),
+    which uses the test speakers' unlabelled speech."""
+    return bool(((record.get("config") or {}).get("view_kwargs") or {}).get("speaker_norm"))
+
+
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
                              goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """The best speaker-independent results (:func:`_best_of`), chosen separately, with their ``setting``, among
+    the inductive experiments (the headline) and among the speaker-normalised ones, whose test speakers' unlabelled
+    speech was used: the two are never compared with or pooled into each other."""
+    records = [r for r in records if isinstance(r, dict)]
+    out = []
+    for setting, spk in ((INDUCTIVE, False), (TRANSDUCTIVE, True)):
+        t = _best_of([r for r in records if speaker_normalised(r) == spk], corpus=corpus, goal=goal, pools=pools)
+        if not t.empty:
+            t.insert(0, "setting", setting)
+            out.append(t)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _best_of(records: list[dict], *, corpus: str | None = "ravdess",
+             goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The best speaker-independent result among experiments that have every fold of the protocol, chosen on the
     validation folds (never on the test set), in up to two rows.
 
@@ -347,5 +374,5 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
-__all__ = ["best_speaker_independent", "ensemble_size_table", "ensemble_table", "fold_means", "fold_table",
-           "same_split_table", "same_split_tests", "validation_means"]
+__all__ = ["INDUCTIVE", "TRANSDUCTIVE", "best_speaker_independent", "ensemble_size_table", "ensemble_table",
+           "fold_means", "fold_table", "same_split_table", "same_split_tests", "speaker_normalised", "validation_means"]

@@ -403,12 +403,14 @@ def levers_table(records) -> pd.DataFrame:
 
 def _best_arms(si: list[dict]) -> dict[str, str]:
     """Per corpus, the arm of the best speaker-independent experiment among these records, chosen on validation
-    (:func:`serlib.studies.compare.best_speaker_independent`'s single-run row); corpora without one are left out."""
+    (:func:`serlib.studies.compare.best_speaker_independent`'s inductive single-run row); corpora without one are
+    left out."""
     from serlib.studies import compare
 
     out = {}
     for corpus in sorted({r["corpus"]["name"] for r in si}):
         t = compare.best_speaker_independent(si, corpus=corpus)
+        t = t[t["setting"] == compare.INDUCTIVE] if not t.empty else t  # the headline, not a transductive one
         if not t.empty:
             kind = t.iloc[0]["experiment"]
             out[corpus] = next(report.identity(r)["arm"] or "base" for r in si if r["kind"] == kind)
