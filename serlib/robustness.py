@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from serlib import speaker_norm
+
 ROBUSTNESS_DIR = "robustness"
 RUN_KEYS = ("kind", "status", "seed", "identity", "config", "config_hash", "metrics", "split", "corpus",
             "environment", "git", "git_revision", "timings", "skips")
@@ -41,6 +43,7 @@ def evaluate_run(run: dict, checkpoint_root: str | Path, *, profile: str = "cpu"
     from serlib.studies.noise import default_source as _source
     from serlib.studies.noise import model_robustness
 
+    speaker_norm.refuse_record(run, "the noise robustness evaluation")
     t0 = time.perf_counter()
     df = model_robustness([run], checkpoint_root, profile=profile, data_root=data_root, offsets=offsets)
     src = _source(run["config"]["corpus"])

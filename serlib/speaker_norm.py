@@ -44,6 +44,14 @@ def refuse(exp, what: str) -> None:
                          "rebuild; use a run without it")
 
 
+def refuse_record(record: dict, what: str) -> None:
+    """:func:`refuse` for a run record (its config's ``view_kwargs``)."""
+    if ((record.get("config") or {}).get("view_kwargs") or {}).get(KEY):
+        raise ValueError(f"{record.get('kind')}: {what} does not support per-speaker normalisation (view_kwargs"
+                         f"[{KEY!r}]): the model's inputs need the speaker's own statistics, which {what} does not "
+                         "rebuild; use a run without it")
+
+
 def speaker_stats(x: np.ndarray, groups: np.ndarray, speakers: np.ndarray, *, exclude=()) -> dict:
     """Per-speaker mean and std of every feature bin.
 

@@ -111,3 +111,7 @@ def test_spknorm_arms_pair_with_their_base_and_stay_out_of_the_inductive_speed_p
     with pytest.raises(ValueError, match="per-speaker normalisation"):
         speaker_norm.refuse(both, "test-time speed perturbation")
     speaker_norm.refuse(wide, "test-time speed perturbation")  # no error without it
+    from serlib.robustness import evaluate_run
+
+    with pytest.raises(ValueError, match="noise robustness evaluation does not support per-speaker normalisation"):
+        evaluate_run(recs[2], tmp_path / "no_checkpoints")
