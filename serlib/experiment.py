@@ -667,6 +667,10 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
 def _speaker_normalised_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
     """The view of ``exp`` with every speaker's inputs standardised by that speaker's statistics
     (:mod:`serlib.speaker_norm`), then the training part's normalisation as usual."""
+    if exp.view not in speaker_norm.SEGMENT_VIEWS:
+        raise ValueError(f"{exp.name}: per-speaker normalisation works on the segment views "
+                         f"{list(speaker_norm.SEGMENT_VIEWS)}, not on view {exp.view!r}; drop "
+                         f"view_kwargs[{speaker_norm.KEY!r}] or use a segment view")
     views = build_views(speaker_norm.without(exp), corpus, split, device=device)
     store = segment_features(corpus, F.PRESETS[exp.features], win_s=exp.win_s, step_s=exp.test_step_s,
                              short=segment_short(exp, "test"), device=device)

@@ -10,11 +10,12 @@ deployment that has some enrolment speech of the speaker). The statistics of a t
 test utterances, so the setting is named in the run's config (``view_kwargs["speaker_norm"]``) and in its counts;
 it is never the default.
 
-An experiment asks for it with ``view_kwargs={"speaker_norm": True, ...}`` on a segment-shaped view ("segments" or a
-registered one built on it such as "speed_segments"): :func:`serlib.experiment.build_views` builds the view without
-it and without the training-part normalisation, calls :func:`apply`, and then normalises with the training part's
-statistics as usual. Copies a view adds to the training part (speed perturbation) are standardised with their
-speaker's clean statistics, so the perturbation stays visible to the model.
+An experiment asks for it with ``view_kwargs={"speaker_norm": True, ...}`` on a segment view
+(:data:`SEGMENT_VIEWS`: "segments", "speed_segments"; another view is refused by name):
+:func:`serlib.experiment.build_views` builds the view without it and without the training-part normalisation, calls
+:func:`apply`, and then normalises with the training part's statistics as usual. Copies a view adds to the training
+part (speed perturbation) are standardised with their speaker's clean statistics, so the perturbation stays visible
+to the model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 KEY = "speaker_norm"
+# the views whose inputs are the segments its statistics are computed on (the same windows and features)
+SEGMENT_VIEWS: tuple[str, ...] = ("segments", "speed_segments")
 
 
 def wanted(exp) -> bool:

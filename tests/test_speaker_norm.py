@@ -86,6 +86,9 @@ def test_spknorm_view_uses_every_speakers_own_statistics_then_the_training_parts
     assert len(w.train) > n and torch.allclose(w.test.x * w.normalizer["x"][1] + w.normalizer["x"][0],
                                                v.test.x * std + mean, atol=1e-4)
     assert not torch.allclose(w.train.x[n: 2 * n].mean(), w.train.x[:n].mean(), atol=1e-3)
+    # a view its statistics do not describe (whole-utterance inputs) is refused by name, not normalised wrongly
+    with pytest.raises(ValueError, match="segment views .* not on view 'fixed'"):
+        build_views(spk.replace(view="fixed"), synthetic, split)
 
 
 def test_spknorm_arms_pair_with_their_base_and_stay_out_of_the_inductive_speed_pool(tmp_path):
