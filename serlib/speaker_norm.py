@@ -33,26 +33,33 @@ def wanted(exp) -> bool:
     return bool((exp.view_kwargs or {}).get(KEY))
 
 
+def in_record(record: dict) -> bool:
+    """Whether the run of ``record`` used per-speaker normalisation (its config's ``view_kwargs``)."""
+    return bool(((record.get("config") or {}).get("view_kwargs") or {}).get(KEY))
+
+
 def without(exp):
     """``exp`` with the per-speaker normalisation and the training-part normalisation off (the inner view)."""
     kw = {k: v for k, v in (exp.view_kwargs or {}).items() if k != KEY}
     return exp.replace(view_kwargs=kw, normalize=False)
 
 
+def _refusal(name, what: str) -> ValueError:
+    return ValueError(f"{name}: {what} does not support per-speaker normalisation (view_kwargs[{KEY!r}]): the "
+                      f"model's inputs need the speaker's own statistics, which {what} does not rebuild; use a run "
+                      "without it")
+
+
 def refuse(exp, what: str) -> None:
     """Raise a clear error when ``what`` (a tool that rebuilds a run's inputs itself) meets a speaker-normalised run."""
     if wanted(exp):
-        raise ValueError(f"{exp.name}: {what} does not support per-speaker normalisation (view_kwargs"
-                         f"[{KEY!r}]): the model's inputs need the speaker's own statistics, which {what} does not "
-                         "rebuild; use a run without it")
+        raise _refusal(exp.name, what)
 
 
 def refuse_record(record: dict, what: str) -> None:
-    """:func:`refuse` for a run record (its config's ``view_kwargs``)."""
-    if ((record.get("config") or {}).get("view_kwargs") or {}).get(KEY):
-        raise ValueError(f"{record.get('kind')}: {what} does not support per-speaker normalisation (view_kwargs"
-                         f"[{KEY!r}]): the model's inputs need the speaker's own statistics, which {what} does not "
-                         "rebuild; use a run without it")
+    """:func:`refuse` for a run record."""
+    if in_record(record):
+        raise _refusal(record.get("kind"), what)
 
 
 def speaker_stats(x: np.ndarray, groups: np.ndarray, speakers: np.ndarray, *, exclude=()) -> dict:

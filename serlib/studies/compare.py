@@ -15,6 +15,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from serlib import speaker_norm
 from serlib.evaluate import paired_test
 
 
@@ -78,7 +79,7 @@ def recipe(record: dict) -> str:
     aug = c.get("augment_features") or []
     factors = (c.get("view_kwargs") or {}).get("factors")
     view = f"{c.get('view')}" + (f"(factors={factors})" if factors else "")
-    if (c.get("view_kwargs") or {}).get("speaker_norm"):
+    if speaker_normalised(record):
         view += ", per-speaker normalisation"
     tta = (c.get("tta") or {}).get("factors")
     return (f"{c.get('model')}({mk}); features {c.get('features')}, view {view}"
@@ -152,7 +153,7 @@ TRANSDUCTIVE = "per-speaker normalisation (uses the test speakers' unlabelled sp
 def speaker_normalised(record: dict) -> bool:
     """Whether a run standardised each speaker's inputs with that speaker's statistics (:mod:`serlib.speaker_norm`),
     which uses the test speakers' unlabelled speech."""
-    return bool(((record.get("config") or {}).get("view_kwargs") or {}).get("speaker_norm"))
+    return speaker_norm.in_record(record)
 
 
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
