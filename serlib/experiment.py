@@ -665,23 +665,29 @@ def build_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -
 
 
 def _speaker_normalised_views(exp: Experiment, corpus: Corpus, split: Split, *, device=None) -> Views:
-    """The view of ``exp`` with every speaker's inputs standardised by that speaker's statistics
-    (:mod:`serlib.speaker_norm`), then the training part's normalisation as usual."""
+    """The view of ``exp`` with every speaker's (or every utterance's) inputs standardised by that speaker's (that
+    utterance's) statistics (:mod:`serlib.speaker_norm`), then the training part's normalisation as usual."""
+    lvl = speaker_norm.level(exp.view_kwargs)
+    key = speaker_norm.KEY if lvl == "speaker" else speaker_norm.UTTERANCE_KEY
     if exp.view not in speaker_norm.SEGMENT_VIEWS:
-        raise ValueError(f"{exp.name}: per-speaker normalisation works on the segment views "
+        raise ValueError(f"{exp.name}: per-{lvl} normalisation works on the segment views "
                          f"{list(speaker_norm.SEGMENT_VIEWS)}, not on view {exp.view!r}; drop "
-                         f"view_kwargs[{speaker_norm.KEY!r}] or use a segment view")
+                         f"view_kwargs[{key!r}] or use a segment view")
     views = build_views(speaker_norm.without(exp), corpus, split, device=device)
     store = segment_features(corpus, F.PRESETS[exp.features], win_s=exp.win_s, step_s=exp.test_step_s,
                              short=segment_short(exp, "test"), device=device)
-    speakers = corpus.table["speaker"].astype(str).to_numpy()
-    stats = speaker_norm.speaker_stats(store["x"], store["groups"], speakers,
+    # per-utterance: every corpus row is its own group
+    owners = (corpus.table["speaker"].astype(str).to_numpy() if lvl == "speaker"
+              else np.arange(len(corpus)).astype(str))
+    stats = speaker_norm.speaker_stats(store["x"], store["groups"], owners,
                                        exclude=set(store["failed"].tolist()) | set(store["nonfinite"].tolist()))
     parts = (views.train, views.val, views.test)
-    speaker_norm.apply(parts, speakers, stats)
-    views.counts[speaker_norm.KEY] = {
-        "speakers": len(stats), "stats_from": "every utterance of each speaker, its test-step segments, no labels "
-        "(test speakers: their unlabelled test speech)"}
+    speaker_norm.apply(parts, owners, stats)
+    views.counts[key] = (
+        {"speakers": len(stats), "stats_from": "every utterance of each speaker, its test-step segments, no labels "
+         "(test speakers: their unlabelled test speech)"} if lvl == "speaker" else
+        {"utterances": len(stats), "stats_from": "each utterance's own test-step segments (nothing of another "
+         "utterance)"})
     views.normalizer = {}
     if exp.normalize:
         mean, std = _normalizer(views.train.x, None)

@@ -278,6 +278,13 @@ def test_speaker_normalised_runs_get_their_own_best_rows_never_the_headline():
     assert list(t["experiment"]) == ["plain", "plain+spknorm"]
     assert "per-speaker normalisation" in t.iloc[1]["recipe"] and compare.speaker_normalised(recs[3])
     assert not compare.speaker_normalised(recs[0])
+    # per-utterance normalisation uses nothing of another utterance: it competes in the inductive setting, named
+    utt_cfg = {"model": "m", "view": "segments", "view_kwargs": {"utterance_norm": True}}
+    recs += [{**rec("plain+uttnorm", f, 0, 0.60, val=0.60), "config": utt_cfg} for f in range(3)]
+    t = compare.best_speaker_independent(recs)
+    assert list(t["experiment"]) == ["plain+uttnorm", "plain+spknorm"]
+    assert list(t["setting"]) == [compare.INDUCTIVE, compare.TRANSDUCTIVE]
+    assert "per-utterance normalisation" in t.iloc[0]["recipe"] and not compare.speaker_normalised(recs[-1])
     # ensembles: a pool naming experiments of both settings is an ensemble of neither
     recs = [_pr(k, f, s, p[s]) for k, p in (("A", _A), ("B", _B)) for f in (0, 1) for s in (0, 1)]
     for r in recs:

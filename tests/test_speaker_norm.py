@@ -1,4 +1,5 @@
-"""Per-speaker feature normalisation (serlib.speaker_norm) and its lever, spknorm (issue 16)."""
+"""Per-speaker and per-utterance feature normalisation (serlib.speaker_norm) and their levers, spknorm and uttnorm
+(issue 16)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,45 @@ def test_spknorm_arms_pair_with_their_base_and_stay_out_of_the_inductive_speed_p
 
     with pytest.raises(ValueError, match="noise robustness evaluation does not support per-speaker normalisation"):
         evaluate_run(recs[2], tmp_path / "no_checkpoints")
+
+
+def test_uttnorm_standardises_every_utterance_with_its_own_statistics_and_is_inductive(synthetic, tmp_path):
+    _, plain, utt, wide, speed = hf.STUDY.build(
+        "synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+        levers=("authors_attention", "authors_attention+uttnorm", "authors_attention+speedwide+uttnorm",
+                "authors_attention+speed"))
+    assert utt.view == "segments" and utt.view_kwargs == {"utterance_norm": True}
+    assert wide.view_kwargs == {"factors": [0.8, 0.9, 1.1, 1.2], "utterance_norm": True}
+    assert hf.lever_base(utt.arm) == plain.arm
+    with pytest.raises(ValueError, match="stacks the normalisation levers"):
+        hf.lever_experiments(plain, ["authors_attention+spknorm+uttnorm"])
+    with pytest.raises(ValueError, match="both 'speaker_norm' and 'utterance_norm'"):
+        speaker_norm.level({"speaker_norm": True, "utterance_norm": True})
+    split = make_splits("speaker_independent", synthetic, seed=0)[0]
+    raw = build_views(plain.replace(normalize=False), synthetic, split)
+    v = build_views(utt, synthetic, split)
+    store = segment_features(synthetic, F.PRESETS[utt.features], win_s=utt.win_s, step_s=utt.test_step_s,
+                             short=segment_short(utt, "test"))
+    assert v.counts["utterance_norm"]["utterances"] == len(np.unique(store["groups"]))
+    # by hand: each test utterance's statistics over its own test-step segments, then the training part's
+    want = raw.test.x.clone()
+    g = raw.test.groups.numpy()
+    for row in np.unique(g):
+        xs = torch.as_tensor(store["x"][store["groups"] == row], dtype=torch.float64)
+        sel = torch.as_tensor(g == row)
+        want[sel] = ((want[sel].double() - xs.mean(dim=(0, 2))[:, None]) / xs.std(dim=(0, 2))[:, None]).float()
+    mean, std = v.normalizer["x"]
+    assert torch.allclose(v.test.x, (want - mean) / std, atol=1e-4)
+    # a speaker-normalised view of the same experiment differs: the level is what is asked, not a synonym
+    spk = build_views(utt.replace(view_kwargs={"speaker_norm": True}), synthetic, split)
+    assert not torch.allclose(v.test.x, spk.test.x, atol=1e-2)
+    # the runs are inductive: their records say so, their speed arms join the inductive pool, tools refuse by name
+    recs = hf.run_study([wide, speed], results_dir=tmp_path, backend="serial")
+    assert all(r["status"] == "ok" for r in recs)
+    from serlib.studies import compare
+
+    assert recs[0]["counts"]["utterance_norm"]["utterances"] > 0 and not compare.speaker_normalised(recs[0])
+    assert hf.ensemble_pools(recs) == {hf.SPEED_POOL: sorted([wide.name, speed.name])}
+    assert "per-utterance normalisation" in compare.recipe(recs[0])
+    with pytest.raises(ValueError, match="does not support per-utterance normalisation"):
+        speaker_norm.refuse(wide, "prediction on single files")

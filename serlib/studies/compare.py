@@ -79,8 +79,9 @@ def recipe(record: dict) -> str:
     aug = c.get("augment_features") or []
     factors = (c.get("view_kwargs") or {}).get("factors")
     view = f"{c.get('view')}" + (f"(factors={factors})" if factors else "")
-    if speaker_normalised(record):
-        view += ", per-speaker normalisation"
+    lvl = speaker_norm.level(c.get("view_kwargs"))
+    if lvl:
+        view += f", per-{lvl} normalisation"
     tta = (c.get("tta") or {}).get("factors")
     return (f"{c.get('model')}({mk}); features {c.get('features')}, view {view}"
             + (f", augment {aug}" if aug else "") + f"; train {train}"
@@ -152,8 +153,8 @@ TRANSDUCTIVE = "per-speaker normalisation (uses the test speakers' unlabelled sp
 
 def speaker_normalised(record: dict) -> bool:
     """Whether a run standardised each speaker's inputs with that speaker's statistics (:mod:`serlib.speaker_norm`),
-    which uses the test speakers' unlabelled speech."""
-    return speaker_norm.in_record(record)
+    which uses the test speakers' unlabelled speech (per-utterance normalisation does not: it is inductive)."""
+    return speaker_norm.transductive(record)
 
 
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",

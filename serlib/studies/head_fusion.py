@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from serlib import report
+from serlib import report, speaker_norm
 from serlib import speed_perturb as _speed_perturb  # noqa: F401  (registers the "speed_segments" view of a lever)
 from serlib.experiment import (
     Experiment,
@@ -103,6 +103,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "noise": ({}, {}),
     "repeat3": ({}, {}),
     "spknorm": ({}, {}),
+    "uttnorm": ({}, {}),
 }
 # levers that change the experiment's view, not the model or the trainer (:func:`lever_view`): "speed", Kaldi's speed
 # perturbation (the training part plus copies played 0.9x and 1.1x as fast, serlib.speed_perturb; three times the
@@ -118,7 +119,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 # "spknorm": per-speaker feature normalisation (serlib.speaker_norm; each speaker's inputs standardised with that
 # speaker's own statistics, from all of its utterances, no labels, so the test speakers' unlabelled test speech is
 # used: transductive, stated wherever it is reported); it modifies the view rather than replacing it, so it stacks on
-# a view lever, and its arms are kept out of the speed pool (:func:`ensemble_pools`), which holds inductive arms only
+# a view lever, and its arms are kept out of the speed pool (:func:`ensemble_pools`), which holds inductive arms only;
+# "uttnorm": its inductive counterpart, every utterance standardised with its own statistics (nothing of another
+# utterance is used), so its speed arms join the inductive pool; the two modifiers never stack
+NORM_LEVERS: dict[str, str] = {"spknorm": speaker_norm.KEY, "uttnorm": speaker_norm.UTTERANCE_KEY}
 # the speed_segments view's factors of each lever that sets it (1.0: an unperturbed copy)
 SPEED_VIEW_LEVERS: dict[str, tuple[float, ...]] = {"speed": (0.9, 1.1), "speedwide": (0.8, 0.9, 1.1, 1.2),
                                                    "speedfar": (0.8, 1.2),
@@ -132,7 +136,8 @@ VIEW_LEVERS: tuple[str, ...] = (*SPEED_VIEW_LEVERS, "noise")
 LEVER_CHOICES: tuple[str, ...] = (tuple(LEVERS) + tuple(f"authors_attention+{k}" for k in LEVERS
                                                         if k != "authors_attention")
                                   + tuple(f"authors_attention+speed+{k}" for k in ("specaug", "mixup", "long"))
-                                  + ("authors_attention+speed+spknorm", "authors_attention+speedwide+spknorm"))
+                                  + ("authors_attention+speed+spknorm", "authors_attention+speedwide+spknorm",
+                                     "authors_attention+speedwide+uttnorm"))
 SWEEP_N_HEADS: tuple[int, ...] = (1, 2, 4, 8)
 SWEEP_N_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
 N_SIZE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -230,10 +235,8 @@ def lever_view(part: str, base: Experiment) -> dict:
     """The Experiment fields lever ``part`` sets on ``base`` beyond the model and trainer ({} for most levers)."""
     if part in SPEED_VIEW_LEVERS:
         return {"view": "speed_segments", "view_kwargs": {"factors": list(SPEED_VIEW_LEVERS[part])}}
-    if part == "spknorm":  # merged into the view's settings by lever_experiments, not replacing them
-        from serlib import speaker_norm
-
-        return {"view_kwargs": {speaker_norm.KEY: True}}
+    if part in NORM_LEVERS:  # merged into the view's settings by lever_experiments, not replacing them
+        return {"view_kwargs": {NORM_LEVERS[part]: True}}
     if part == "noise":
         from serlib.noise_data import default_source
         from serlib.studies.noise import source_types, spec
@@ -253,6 +256,9 @@ def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experimen
         views = [p for p in spec.split("+") if p in VIEW_LEVERS]
         if len(views) > 1:
             raise ValueError(f"lever {spec!r} stacks the view levers {views}; each replaces the view, use one")
+        norms = [p for p in spec.split("+") if p in NORM_LEVERS]
+        if len(norms) > 1:
+            raise ValueError(f"lever {spec!r} stacks the normalisation levers {norms}; use one")
     bad = [s for s in levers if s not in LEVER_CHOICES]
     if bad:
         raise ValueError(f"unknown levers {bad}; known: {list(LEVER_CHOICES)}")
@@ -263,7 +269,7 @@ def lever_experiments(base: Experiment, levers: Sequence[str]) -> list[Experimen
             model.update(LEVERS[part][0])
             train.update(LEVERS[part][1])
             change = lever_view(part, base)
-            if part == "spknorm":  # a modifier: onto the view a lever before it chose
+            if part in NORM_LEVERS:  # a modifier: onto the view a lever before it chose
                 change = {"view_kwargs": {**view.get("view_kwargs", base.view_kwargs), **change["view_kwargs"]}}
             view.update(change)
         out.append(base.replace(name=f"{base.name}__lever-{spec}", arm=f"lever-{spec}", model_kwargs=model,
@@ -590,6 +596,7 @@ STUDY = Study(
 
 __all__ = [
     "LEVERS",
+    "NORM_LEVERS",
     "LEVER_CHOICES",
     "LEVER_CONTROLS",
     "LEVER_RIVALS",
