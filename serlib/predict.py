@@ -11,9 +11,11 @@ in, e.g. after moving the folder) or the checkpoint folder itself. The weights a
 (validation-selected, or the last epoch's for ``select="last"``).
 
 Each file is decoded with :func:`serlib.data.audio.load_audio` (any format soundfile reads, any rate, stereo mixed
-down), turned into the run's inputs exactly as its view built them (segments: windows at the test step, and the
-utterance's probabilities combine its segments as the experiment's aggregate did, by default the mean of their
-softmax; sequences; fixed length; a study's registered view through :func:`register_inputs`), normalised with the
+down), turned into the run's inputs exactly as its view built them (segments, also for runs trained on speed perturbed or
+noisy copies: windows at the test step, standardised with the file's own statistics first for a per-utterance
+normalised run, and the utterance's probabilities combine its segments as the experiment's aggregate did, by
+default the mean of their softmax; a per-speaker normalised run is refused, it needs the speaker's statistics;
+sequences; fixed length; a study's registered view through :func:`register_inputs`), normalised with the
 saved statistics, and classified. A file that cannot be read gives one error entry naming it and why; the others are still predicted.
 """
 
@@ -35,6 +37,9 @@ __all__ = ["LoadedRun", "load_run", "main_predict", "predict_emotion", "register
 
 # view name -> fn(exp, wave (16 kHz mono), normalizer {input: (mean, std)}) -> model keyword inputs (batch of one)
 INPUTS: dict[str, Callable] = {}
+# views whose validation and test inputs are the plain segments (speed_segments and noisy_segments only add
+# perturbed copies to the training part), so a single file's inputs are its segments
+SEGMENT_INPUT_VIEWS: tuple[str, ...] = ("segments", "speed_segments", "noisy_segments")
 
 
 def register_inputs(view: str, fn: Callable) -> None:
@@ -130,11 +135,14 @@ def _inputs(run: LoadedRun, wave: np.ndarray) -> tuple[list[dict], np.ndarray | 
     if exp.view in INPUTS:
         return [INPUTS[exp.view](exp, wave, run.normalizer)], None
     preset = F.PRESETS[exp.features]
-    if exp.view == "segments":
+    if exp.view in SEGMENT_INPUT_VIEWS:
         sr = preset.sr
         seg = segment_batch([wave], win=int(round(exp.win_s * sr)), step=int(round(exp.test_step_s * sr)),
                             short="pad")
-        x = _norm(F.compute(preset, seg.segments).float().cpu(), run.normalizer)
+        x = F.compute(preset, seg.segments).float().cpu()
+        if speaker_norm.level(exp.view_kwargs) == "utterance":
+            x = speaker_norm.standardise_utterance(x)
+        x = _norm(x, run.normalizer)
         return [{"x": x[s: s + 64]} for s in range(0, len(x), 64)], None
     if exp.view == "sequence":
         x, n = F.compute_with_lengths(preset, wave[None], lengths=torch.as_tensor([len(wave)]))
@@ -184,7 +192,8 @@ def predict_emotion(paths: str | Path | Sequence[str | Path], model: str | Path 
     for a file that could not be read or predicted. ``model``: a run record JSON, its checkpoint folder, or a
     :class:`LoadedRun`."""
     run = model if isinstance(model, LoadedRun) else load_run(model, checkpoints)
-    speaker_norm.refuse(run.exp, "prediction on single files")  # a model error, not one file's
+    # a model error, not one file's; per-utterance normalisation needs only the file itself
+    speaker_norm.refuse(run.exp, "prediction on single files", levels=("speaker",))
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     sr = 16_000
     out = []

@@ -73,9 +73,10 @@ def _refusal(name, what: str, lvl: str | None) -> ValueError:
                       "without it")
 
 
-def refuse(exp, what: str) -> None:
-    """Raise a clear error when ``what`` (a tool that rebuilds a run's inputs itself) meets a speaker-normalised run."""
-    if wanted(exp):
+def refuse(exp, what: str, levels: tuple[str, ...] = ("speaker", "utterance")) -> None:
+    """Raise a clear error when ``what`` (a tool that rebuilds a run's inputs itself) meets a run normalised at one of
+    ``levels`` (a tool that normalises an utterance with its own statistics passes ``("speaker",)``)."""
+    if level(exp.view_kwargs) in levels:
         raise _refusal(exp.name, what, level(exp.view_kwargs))
 
 
@@ -102,6 +103,13 @@ def speaker_stats(x: np.ndarray, groups: np.ndarray, speakers: np.ndarray, *, ex
         std = xs.std(dim=(0, 2)).clamp(min=1e-5)
         out[str(s)] = (mean[:, None].float(), std[:, None].float())
     return out
+
+
+def standardise_utterance(x: torch.Tensor) -> torch.Tensor:
+    """One utterance's segment features ``x`` (N, F, T) standardised with their own statistics: the per-utterance
+    normalisation of :func:`apply`, for a single file (prediction)."""
+    mean, std = speaker_stats(x.numpy(), np.zeros(len(x), np.int64), np.array(["u"]))["u"]
+    return (x - mean) / std
 
 
 def apply(parts, speakers: np.ndarray, stats: dict) -> None:

@@ -102,6 +102,23 @@ def test_head_fusion_run_predicts_like_the_pipeline(hf_run, corpus, tmp_path):
     assert again["probabilities"] == pytest.approx(res["probabilities"]) and len(again["embedding"]) > 0
 
 
+def test_speed_perturbed_utterance_normalised_run_predicts_like_the_pipeline(corpus, tmp_path):
+    """The best recipes train on speed perturbed copies (view speed_segments); their test inputs are plain segments,
+    and a per-utterance normalised run standardises the file with its own statistics, as its test view did."""
+    recs = _reproduce(["head_fusion", "--levers", "authors_attention+speedwide+uttnorm"], tmp_path)
+    (rec,) = [p for p in recs if "uttnorm" in p.parent.parent.parent.name]
+    cfg = json.loads(rec.read_text())["config"]
+    assert cfg["view"] == "speed_segments" and cfg["view_kwargs"]["utterance_norm"] is True
+    g, expected = _pipeline_probs(rec, corpus)
+    (res,) = predict_emotion([corpus.paths[g]], model=rec)
+    np.testing.assert_allclose(list(res["probabilities"].values()), expected, atol=1e-4)
+    # a per-speaker normalised run needs the speaker's statistics: refused by name, not predicted wrongly
+    run = load_run(rec)
+    run.exp = run.exp.replace(view_kwargs={"factors": [0.9], "speaker_norm": True})
+    with pytest.raises(ValueError, match="prediction on single files does not support per-speaker normalisation"):
+        predict_emotion([corpus.paths[g]], model=run)
+
+
 def test_predict_cli_on_formats_and_broken_files(hf_run, files, capsys):
     order = ["wav", "broken", "flac", "stereo", "48k", "empty"]
     rc = main(["predict", *(str(files[k]) for k in order), "--model", str(hf_run)])

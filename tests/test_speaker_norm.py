@@ -160,4 +160,4 @@ def test_uttnorm_standardises_every_utterance_with_its_own_statistics_and_is_ind
     assert hf.ensemble_pools(recs) == {hf.SPEED_POOL: sorted([wide.name, speed.name])}
     assert "per-utterance normalisation" in compare.recipe(recs[0])
     with pytest.raises(ValueError, match="does not support per-utterance normalisation"):
-        speaker_norm.refuse(wide, "prediction on single files")
+        speaker_norm.refuse(wide, "test-time speed perturbation")
