@@ -90,8 +90,9 @@ def speaker_stats(x: np.ndarray, groups: np.ndarray, speakers: np.ndarray, *, ex
     """Per-speaker mean and std of every feature bin.
 
     ``x`` (N, F, T) segment features, ``groups`` (N,) the corpus row of each segment, ``speakers`` (n_rows,) the
-    speaker of each corpus row (per-utterance normalisation: the row's own id, so every row is its own "speaker"); rows in ``exclude`` (undecodable, non-finite) are left out. Returns
-    ``{speaker: (mean (F, 1), std (F, 1))}`` as float32 tensors, std clamped at 1e-5.
+    speaker of each corpus row (per-utterance normalisation: the row's own id, so every row is its own "speaker");
+    rows in ``exclude`` (undecodable, non-finite) are left out. Returns ``{speaker: (mean (F, 1), std (F, 1))}`` as
+    float32 tensors, std clamped at 1e-5.
     """
     keep = ~np.isin(groups, np.asarray(sorted(exclude), np.int64))
     x, groups = x[keep], groups[keep]
