@@ -11,12 +11,13 @@ in, e.g. after moving the folder) or the checkpoint folder itself. The weights a
 (validation-selected, or the last epoch's for ``select="last"``).
 
 Each file is decoded with :func:`serlib.data.audio.load_audio` (any format soundfile reads, any rate, stereo mixed
-down), turned into the run's inputs exactly as its view built them (segments, also for runs trained on speed perturbed or
-noisy copies: windows at the test step, standardised with the file's own statistics first for a per-utterance
-normalised run, and the utterance's probabilities combine its segments as the experiment's aggregate did, by
-default the mean of their softmax; a per-speaker normalised run is refused, it needs the speaker's statistics;
-sequences; fixed length; a study's registered view through :func:`register_inputs`), normalised with the
-saved statistics, and classified. A file that cannot be read gives one error entry naming it and why; the others are still predicted.
+down), turned into the run's inputs exactly as its view built them (segments, also for runs trained on speed
+perturbed or noisy copies: windows at the test step, standardised with the file's own statistics first for a
+per-utterance normalised run, and the utterance's probabilities combine its segments as the experiment's aggregate
+did, by default the mean of their softmax; a per-speaker normalised run is refused, it needs the speaker's
+statistics; sequences; fixed length; a study's registered view through :func:`register_inputs`), normalised with the
+saved statistics, and classified. A file that cannot be read gives one error entry naming it and why; the others
+are still predicted.
 """
 
 from __future__ import annotations
