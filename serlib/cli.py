@@ -435,23 +435,28 @@ def cmd_results(args) -> int:
 
 
 def _add_study_options(parser, studies) -> None:
-    """Each registered study's extra options (``Study.options``) as flags, named after the option."""
-    seen: set[str] = set()
+    """Each registered study's extra options (``Study.options``) as flags, named after the option. Studies that
+    share an option name (e.g. ``parts``) share its flag: its choices are the union of theirs and its help names
+    each study's; the study that runs checks the values against its own."""
+    merged: dict[str, list] = {}
     for study in studies.values():
         for name, (choices, default, help_) in study.options.items():
-            if name in seen:
-                continue
-            seen.add(name)
-            flag = "--" + name.replace("_", "-")
-            if choices is None:  # a free value (e.g. a model id or folder), typed like its default
-                parser.add_argument(flag, dest=name, default=None, type=type(default) if default is not None else str,
-                                    help=f"{study.name}: {help_} (default {default})")
-            elif isinstance(default, bool):
-                parser.add_argument(flag, dest=name, default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
-                                    help=f"{study.name}: {help_} (true/false; default {default})")
-            else:
-                parser.add_argument(flag, dest=name, nargs="+", choices=list(choices), default=None,
-                                    help=f"{study.name}: {help_} (default {' '.join(default)})")
+            merged.setdefault(name, []).append((study.name, choices, default, help_))
+    for name, entries in merged.items():
+        flag = "--" + name.replace("_", "-")
+        _, choices, default, _ = entries[0]
+        if choices is None:  # a free value (e.g. a model id or folder), typed like its default
+            help_ = "; ".join(f"{s}: {h} (default {d})" for s, _, d, h in entries)
+            parser.add_argument(flag, dest=name, default=None, type=type(default) if default is not None else str,
+                                help=help_)
+        elif isinstance(default, bool):
+            help_ = "; ".join(f"{s}: {h} (true/false; default {d})" for s, _, d, h in entries)
+            parser.add_argument(flag, dest=name, default=None, type=lambda v: v.lower() in ("1", "true", "yes"),
+                                help=help_)
+        else:
+            union = list(dict.fromkeys(c for _, cs, _, _ in entries for c in cs))
+            help_ = "; ".join(f"{s}: {h} ({', '.join(cs)}; default {' '.join(d)})" for s, cs, d, h in entries)
+            parser.add_argument(flag, dest=name, nargs="+", choices=union, default=None, help=help_)
 
 
 def main(argv: list[str] | None = None) -> int:

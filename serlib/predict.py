@@ -41,6 +41,8 @@ INPUTS: dict[str, Callable] = {}
 # views whose validation and test inputs are the plain segments (speed_segments and noisy_segments only add
 # perturbed copies to the training part), so a single file's inputs are its segments
 SEGMENT_INPUT_VIEWS: tuple[str, ...] = ("segments", "speed_segments", "noisy_segments")
+# the same for fixed-length inputs (speed_fixed adds perturbed copies to the training part only)
+FIXED_INPUT_VIEWS: tuple[str, ...] = ("fixed", "speed_fixed")
 
 
 def register_inputs(view: str, fn: Callable) -> None:
@@ -149,7 +151,7 @@ def _inputs(run: LoadedRun, wave: np.ndarray) -> tuple[list[dict], np.ndarray | 
         x, n = F.compute_with_lengths(preset, wave[None], lengths=torch.as_tensor([len(wave)]))
         x = _norm(x[:, :, : int(n[0])].float().cpu(), run.normalizer)
         return [{"x": x, "lengths": torch.as_tensor([x.shape[-1]])}], None
-    if exp.view == "fixed":
+    if exp.view in FIXED_INPUT_VIEWS:
         n_samples = int(round(exp.fixed_s * preset.sr))
         x = F.compute(preset, center_pad_or_crop(wave, n_samples)[None]).float().cpu()
         return [{"x": _norm(x, run.normalizer)}], None

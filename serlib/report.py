@@ -189,6 +189,7 @@ def results_markdown(results_dir: str | Path = "results") -> str:
     out += ["## Every model on the same speaker-independent RAVDESS folds", "",
             "Test UA (%), mean over seeds per fold; only records of one and the same split are compared.", "",
             markdown(compare.same_split_table(compared, corpus="ravdess")), ""]
+    pools.update(compare.every_model_pools(compared))
     best = compare.best_speaker_independent(compared, corpus="ravdess", pools=pools)
     if not best.empty:
         out += ["**Best speaker-independent** (from scratch, every fold; chosen on the validation folds, never on the "

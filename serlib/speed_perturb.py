@@ -3,7 +3,9 @@
 ``speed_segments`` is the ``segments`` view (:func:`serlib.experiment.build_views`) whose training part also holds
 the segments of every training utterance played ``factor`` times faster, for each factor of
 ``view_kwargs["factors"]`` (default :data:`DEFAULT_FACTORS`, Ko et al. 2015's 0.9 and 1.1;
-:func:`serlib.augment.speed_perturb`). Factor 1 adds the training part once more, unperturbed: ``[1.0, 1.0]`` is the
+:func:`serlib.augment.speed_perturb`). ``speed_fixed`` does the same for the ``fixed`` view (every utterance
+centre-padded / cropped to ``exp.fixed_s``, as ECA-CNN takes it): one fixed-length input per training utterance and
+factor. Factor 1 adds the training part once more, unperturbed: ``[1.0, 1.0]`` is the
 control with the same training steps per epoch as ``[0.9, 1.1]`` and no perturbation. Validation and test parts are the clean ones, unchanged. The normalising
 statistics come from the whole training part, copies included.
 
@@ -23,7 +25,8 @@ import torch
 from serlib.augment import speed_fraction, speed_perturb
 from serlib.data.corpus import Corpus
 
-__all__ = ["DEFAULT_FACTORS", "NONFINITE", "NO_WINDOW", "SpeedCorpus", "speed_copy", "speed_segments_view"]
+__all__ = ["DEFAULT_FACTORS", "NONFINITE", "NO_WINDOW", "SpeedCorpus", "speed_copy", "speed_fixed_copy",
+           "speed_fixed_view", "speed_segments_view", "speed_trained"]
 
 DEFAULT_FACTORS: tuple[float, ...] = (0.9, 1.1)
 NO_WINDOW = "no window after the speed change"
@@ -84,8 +87,34 @@ def speed_copy(exp, corpus: Corpus, rows, factor: float, *, part: str = "train",
     return torch.as_tensor(store["x"][sel]), torch.as_tensor(store["groups"][sel]), bad
 
 
-def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
-    """The ``speed_segments`` view (see the module docstring). ``exp.view_kwargs``: ``factors`` (list of floats)."""
+def speed_fixed_copy(exp, corpus: Corpus, rows, factor: float, *, device=None):
+    """The fixed-length inputs of utterances ``rows`` (ints, rows of ``corpus.table``) played ``factor`` times
+    faster, centre-padded / cropped to ``exp.fixed_s`` as the ``fixed`` view takes them. Features come from the
+    :class:`SpeedCorpus` cache (once per corpus content and factor), unnormalised.
+
+    Returns ``(x, groups, bad)`` as :func:`speed_copy`: ``x`` (N, *feature shape), ``groups`` (N,) int64, ``bad``
+    {row: :data:`NONFINITE`} for the rows whose copy has non-finite features (left out of ``x``)."""
+    from serlib.experiment import fixed_features
+    from serlib.features import PRESETS
+
+    store = fixed_features(SpeedCorpus(corpus, factor), PRESETS[exp.features], seconds=exp.fixed_s, device=device)
+    wanted = sorted({int(i) for i in np.asarray(rows).tolist()})
+    bad = {i: NONFINITE for i in sorted(set(store["nonfinite"].tolist()) & set(wanted))}
+    keep = np.asarray([i for i in wanted if i not in bad], np.int64)
+    return torch.as_tensor(store["x"][keep]), torch.as_tensor(keep), bad
+
+
+def speed_trained(config: dict) -> bool:
+    """Whether a run config trains on speed-perturbed copies: a speed view with a factor other than 1 (the
+    unperturbed control, factors [1, 1], is not)."""
+    return (config.get("view") in VIEW_BASES
+            and any(float(f) != 1.0 for f in ((config.get("view_kwargs") or {}).get("factors") or ())))
+
+
+def _speed_view(exp, corpus: Corpus, split, *, base: str, copy, unit: str, device=None):
+    """View ``base`` of ``exp`` with ``copy(exp, corpus, rows, factor, device=...)``'s perturbed copies of the
+    training utterances added to its training part, normalised over the whole training part (``unit``: what the
+    counts call one input, "segments" or "inputs")."""
     from serlib.experiment import (
         NonFiniteFeaturesError,
         Views,
@@ -95,17 +124,17 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
     from serlib.train import ArrayData
 
     factors = view_factors(exp.view_kwargs)
-    clean = build_views(exp.replace(view="segments", view_kwargs={}, normalize=False), corpus, split, device=device)
+    clean = build_views(exp.replace(view=base, view_kwargs={}, normalize=False), corpus, split, device=device)
     rows = np.unique(clean.train.groups.numpy())
     y_all = torch.as_tensor(np.array(corpus.y))
     units, skips, per_factor = [clean.train], list(clean.skips), {}
     for f in factors:
         if speed_fraction(f) == 1:  # the control: the training part once more, unperturbed (its features as they are)
             units.append(clean.train)
-            per_factor[f"{f:g}"] = {"utterances": int(len(rows)), "segments": len(clean.train), "skipped": 0,
+            per_factor[f"{f:g}"] = {"utterances": int(len(rows)), unit: len(clean.train), "skipped": 0,
                                     "copies": per_factor.get(f"{f:g}", {}).get("copies", 0) + 1}
             continue
-        x, g, bad = speed_copy(exp, corpus, rows, f, part="train", device=device)
+        x, g, bad = copy(exp, corpus, rows, f, device=device)
         broken = sorted(i for i, why in bad.items() if why == NONFINITE)
         if broken and exp.nonfinite == "fail":
             paths = [str(corpus.abspath(i)) for i in broken]
@@ -116,8 +145,7 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
                        "stage": "speed"} for i in sorted(bad) if bad[i] == reason]
         keep_rows = np.setdiff1d(rows, np.asarray(sorted(bad), np.int64))
         units.append(ArrayData(x=x, y=y_all[g], lengths=None, groups=g))
-        per_factor[f"{f:g}"] = {"utterances": int(len(keep_rows)), "segments": int(len(g)),
-                                "skipped": int(len(bad))}
+        per_factor[f"{f:g}"] = {"utterances": int(len(keep_rows)), unit: int(len(g)), "skipped": int(len(bad))}
     train = ArrayData(x=torch.cat([u.x for u in units]), y=torch.cat([u.y for u in units]), lengths=None,
                       groups=torch.cat([u.groups for u in units]))
     val, test = clean.val, clean.test
@@ -128,17 +156,33 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
             if part is not None:
                 part.x = (part.x - mean) / std
         normalizer = {"x": (mean, std)}
-    counts = {**clean.counts, "speed": {"factors": list(factors), "clean_segments": len(clean.train),
+    counts = {**clean.counts, "speed": {"factors": list(factors), f"clean_{unit}": len(clean.train),
                                         "copies": per_factor},
-              "segments": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}}
+              unit: {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}}
     return Views(train, val, test, counts, skips, list(clean.flags), normalizer=normalizer)
+
+
+def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
+    """The ``speed_segments`` view (see the module docstring). ``exp.view_kwargs``: ``factors`` (list of floats)."""
+    return _speed_view(exp, corpus, split, base="segments", copy=speed_copy, unit="segments", device=device)
+
+
+def speed_fixed_view(exp, corpus: Corpus, split, *, device=None):
+    """The ``speed_fixed`` view (see the module docstring): the ``fixed`` view plus one perturbed fixed-length input
+    per training utterance and factor. ``exp.view_kwargs``: ``factors`` (list of floats)."""
+    return _speed_view(exp, corpus, split, base="fixed", copy=speed_fixed_copy, unit="inputs", device=device)
+
+
+# the speed views and the view each perturbs
+VIEW_BASES: dict[str, str] = {"speed_segments": "segments", "speed_fixed": "fixed"}
 
 
 def register() -> None:
     from serlib.experiment import VIEWS, register_view
 
-    if "speed_segments" not in VIEWS:
-        register_view("speed_segments", speed_segments_view)
+    for name, fn in (("speed_segments", speed_segments_view), ("speed_fixed", speed_fixed_view)):
+        if name not in VIEWS:
+            register_view(name, fn)
 
 
 register()

@@ -225,3 +225,60 @@ def test_speedmany_lever_adds_copies_over_speedwides_range_and_is_paired_with_it
     assert (min(many.view_kwargs["factors"]), max(many.view_kwargs["factors"])) == (0.8, 1.2)
     assert many.model_kwargs == wide.model_kwargs and many.train == wide.train
     assert hf.lever_rival(many.arm) == wide.arm and hf.lever_base(many.arm) == hf.lever_base(wide.arm)
+
+
+def test_speed_fixed_view_adds_one_perturbed_input_per_training_utterance_and_factor(synthetic):
+    """speed_fixed (ECA-CNN's fixed-length inputs): the clean ``fixed`` view plus, per factor, the fixed-length input
+    of every training utterance played that much faster (the SpeedCorpus cache's); val / test clean; normalised over
+    the whole training part."""
+    from serlib.experiment import fixed_features
+    from serlib.features import PRESETS
+    from serlib.studies import eca
+
+    split = make_splits("speaker_independent", synthetic, seed=0)[0]
+    exp = eca.speed_experiments(eca.speaker_independent_experiment("synthetic", profile="quick"))[0]
+    assert exp.view == "speed_fixed" and exp.view_kwargs == {"factors": list(eca.SPEED_FACTORS)}
+    raw = exp.replace(normalize=False)
+    clean = build_views(raw.replace(view="fixed", view_kwargs={}), synthetic, split)
+    v = build_views(raw, synthetic, split)
+    n, rows = len(clean.train), clean.train.groups.numpy()
+    assert len(v.train) == 5 * n and torch.equal(v.train.x[:n], clean.train.x)
+    assert torch.equal(v.train.groups, clean.train.groups.repeat(5)) and torch.equal(v.train.y, clean.train.y.repeat(5))
+    for k, f in enumerate(eca.SPEED_FACTORS, start=1):
+        want = fixed_features(sp.SpeedCorpus(synthetic, f), PRESETS[exp.features], seconds=exp.fixed_s)["x"][rows]
+        assert torch.equal(v.train.x[k * n:(k + 1) * n], torch.as_tensor(want))
+        assert not torch.equal(v.train.x[k * n:(k + 1) * n], clean.train.x)  # perturbed
+        assert v.counts["speed"]["copies"][f"{f:g}"] == {"utterances": n, "inputs": n, "skipped": 0}
+    assert torch.equal(v.test.x, clean.test.x) and torch.equal(v.val.x, clean.val.x)
+    assert v.counts["inputs"] == {"train": 5 * n, "val": len(clean.val), "test": len(clean.test)}
+    normed = build_views(exp, synthetic, split)
+    mean, std = normed.normalizer["x"]
+    assert torch.allclose(mean, v.train.x.mean(dim=(0, 2), keepdim=True))
+    assert torch.allclose(normed.test.x, (clean.test.x - mean) / std, atol=1e-5)
+    assert sp.speed_trained(exp.to_dict())
+    assert not sp.speed_trained({"view": "speed_fixed", "view_kwargs": {"factors": [1.0, 1.0]}})
+    assert not sp.speed_trained({"view": "fixed", "view_kwargs": {}})
+
+
+def test_eca_speed_part_runs_and_pools_with_head_fusion_across_models(tmp_path):
+    """The ECA study's ``speed`` part (speaker-independent only, matched steps with cnn_matched_steps) runs end to
+    end, records its copies, and joins the every-model pool of speed-perturbed runs once another study has one;
+    one study alone forms no every-model pool."""
+    from serlib.studies import eca
+
+    exps = eca.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent", "paper"),
+                           parts=("speed",), folds=(0,), seeds=(0, 1))
+    assert [e.arm for e in exps] == [eca.SPEED_ARM] and exps[0].protocol == "speaker_independent"
+    base = eca.speaker_independent_experiment("synthetic", profile="quick")
+    assert exps[0].train["epochs"] == max(1, round(base.train["epochs"] * 8 / 5))
+    recs = eca.run_grid(exps, tmp_path)
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    assert recs[0]["counts"]["speed"]["factors"] == list(eca.SPEED_FACTORS)
+    assert recs[0]["predictions"] and recs[0]["val_predictions"]
+    assert compare.every_model_pools(recs) == {}
+    hf_exps = hf.STUDY.build("synthetic", profile="quick", protocols=("speaker_independent",), folds=(0,),
+                             seeds=(0, 1), levers=("authors_attention+speed",))
+    hf_recs = hf.run_study(hf_exps[1:], results_dir=tmp_path / "hf", backend="serial")
+    pools = compare.every_model_pools(recs + hf_recs)
+    assert pools == {compare.EVERY_MODEL_SPEED_POOL: sorted({recs[0]["kind"], hf_recs[0]["kind"]})}
+    assert hf.ensemble_pools(hf_recs) == {}  # Head Fusion's own pool needs two of its experiments

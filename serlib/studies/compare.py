@@ -157,6 +157,38 @@ def speaker_normalised(record: dict) -> bool:
     return speaker_norm.transductive(record)
 
 
+def speed_perturbed_kinds(records: Iterable[dict]) -> dict[bool, set[str]]:
+    """The speaker-independent experiments of ``records`` that train on speed-perturbed copies
+    (:func:`serlib.speed_perturb.speed_trained`: a speed view with a factor other than 1; the unperturbed control is
+    not one), leaving out test-time perturbation records, keyed by whether they are speaker-normalised."""
+    from serlib.speed_perturb import speed_trained
+
+    kinds: dict[bool, set[str]] = {False: set(), True: set()}
+    for r in records:
+        c = r.get("config") or {}
+        if ((r.get("split") or {}).get("protocol") == "speaker_independent" and speed_trained(c)
+                and not (c.get("tta") or str(r["kind"]).endswith("+tta"))):
+            kinds[speaker_normalised(r)].add(r["kind"])
+    return kinds
+
+
+EVERY_MODEL_SPEED_POOL = "every_model_speaker_independent__pool-speed_perturbed"
+
+
+def every_model_pools(records: Iterable[dict]) -> dict[str, list[str]]:
+    """Pools across studies: :data:`EVERY_MODEL_SPEED_POOL`, every speed-perturbed experiment of ``records``
+    (:func:`speed_perturbed_kinds`, inductive ones; ``+spknorm`` for the speaker-normalised ones, never mixed), when
+    its experiments come from at least two studies (a one-study pool is that study's own, e.g. Head Fusion's). The
+    runs of different models on one fold are ensembled like seeds: the mean of their utterance probabilities."""
+    records = list(records)
+    study_of = {r["kind"]: (r.get("identity") or {}).get("study") or r["kind"].split("_")[0] for r in records}
+    out = {}
+    for spk, kinds in speed_perturbed_kinds(records).items():
+        if len({study_of[k] for k in kinds}) >= 2:
+            out[EVERY_MODEL_SPEED_POOL + ("+spknorm" if spk else "")] = sorted(kinds)
+    return out
+
+
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
                              goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """The best speaker-independent results (:func:`_best_of`), chosen separately, with their ``setting``, among
@@ -376,5 +408,6 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
     return pd.concat([out.astype({"fold": object}), pd.DataFrame([total])], ignore_index=True)
 
 
-__all__ = ["INDUCTIVE", "TRANSDUCTIVE", "best_speaker_independent", "ensemble_size_table", "ensemble_table",
-           "fold_means", "fold_table", "same_split_table", "same_split_tests", "speaker_normalised", "validation_means"]
+__all__ = ["EVERY_MODEL_SPEED_POOL", "INDUCTIVE", "TRANSDUCTIVE", "best_speaker_independent", "every_model_pools",
+           "ensemble_size_table", "ensemble_table", "fold_means", "fold_table", "same_split_table", "same_split_tests",
+           "speaker_normalised", "speed_perturbed_kinds", "validation_means"]

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from serlib import report
+from serlib import speed_perturb as _speed_perturb  # noqa: F401  (registers the speed_fixed view of the speed part)
 from serlib.experiment import (
     Experiment,
     Views,
@@ -293,8 +294,27 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
     return [models[step].replace(name=f"{base.name}__abl-{step}", arm=step) for step, _ in steps]
 
 
+# ours, not the paper's (issue 16, a stronger from-scratch speaker-independent baseline): the plain CNN trained on
+# speed-perturbed copies of the training utterances (serlib.speed_perturb's speed_fixed view) at Head Fusion's
+# speedwide factors, with as many optimiser steps as cnn_matched_steps (its epochs divided by the 1 + 4 copies), so
+# that it pairs with the matched-steps CNN and pools with the speed-perturbed Head Fusion runs
+SPEED_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
+SPEED_ARM = "speed-cnn_speedwide"
+
+
+def speed_experiments(base: Experiment, *, version: int = 8, n_augment: int = N_VERSIONS) -> list[Experiment]:
+    """The plain CNN of ``base`` at version ``version`` with :data:`SPEED_FACTORS` copies of every training
+    utterance (view ``speed_fixed``), ``round(epochs * n_augment / (1 + len(SPEED_FACTORS)))`` epochs: the steps
+    of ``cnn_matched_steps``. Named ``<base>__speed-cnn_speedwide``."""
+    b = _at_version(base, version)
+    epochs = max(1, round(int(b.train["epochs"]) * n_augment / (1 + len(SPEED_FACTORS))))
+    exp = cnn(b).replace(view="speed_fixed", view_kwargs={"factors": list(SPEED_FACTORS)},
+                         train={**b.train, "epochs": epochs})
+    return [exp.replace(name=f"{base.name}__{SPEED_ARM}", arm=SPEED_ARM)]
+
+
 PROTOCOLS: tuple[str, ...] = ("paper", "speaker_independent")
-PARTS: tuple[str, ...] = ("ablation", "grid_slice")
+PARTS: tuple[str, ...] = ("ablation", "grid_slice", "speed")
 # the slice of Fig. 6's k x version grid whose recorded wall times the full grid's projection rests on: the plain
 # CNN at k = 1, 2, 4 (the paper's final k) on version 8, and k = 1 on versions 1 and 4; one seed, fold 0
 GRID_SLICE: tuple[tuple[int, int], ...] = ((1, 8), (2, 8), (4, 8), (1, 1), (1, 4))
@@ -311,8 +331,9 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
                              ) -> list[Experiment]:
     """What ``python -m serlib reproduce eca`` runs. ``parts``: ``"ablation"`` (Tables IV-V with the
     matched-steps control, under the paper's 5-fold protocol and the speaker-independent one; ``profile="cpu"``: :data:`CPU_PROFILE`, the augmentation with
-    its ``n_augment`` versions instead of all 8) and ``"grid_slice"`` (:func:`grid_slice_experiments`, paper
-    protocol only: the recorded basis of :func:`grid_timing`'s projection)."""
+    its ``n_augment`` versions instead of all 8), ``"grid_slice"`` (:func:`grid_slice_experiments`, paper
+    protocol only: the recorded basis of :func:`grid_timing`'s projection) and ``"speed"``
+    (:func:`speed_experiments`, speaker-independent only: issue 16's baseline, not the paper's)."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"parts must be among {PARTS}, got {sorted(unknown)}")
@@ -325,6 +346,9 @@ def reproduction_experiments(corpus: str = "ravdess", data_root: str | None = No
                                                controls=True)]
     if "grid_slice" in parts and "paper" in protocols:
         exps += grid_slice_experiments(paper_experiment(corpus, data_root, profile=profile))
+    if "speed" in parts and "speaker_independent" in protocols:
+        exps += speed_experiments(speaker_independent_experiment(corpus, data_root, profile=profile),
+                                  n_augment=n_augment)
     return exps
 
 
@@ -677,7 +701,8 @@ STUDY = Study(
     paper_reference=paper_reference,
     notebook="04_eca_cnn.ipynb",
     figures={"eca_channel_weights": channel_weights_record},
-    options={"parts": (PARTS, ("ablation",), "the ablation and/or the k x version grid slice behind the timing")},
+    options={"parts": (PARTS, ("ablation",), "the ablation, the k x version grid slice behind the timing and/or "
+                                              "the speed-perturbed CNN (speaker-independent, issue 16)")},
     main_arm="our_eca_stft_aug",
     paper_claim="see the paper's Table IV-V (quoted in docs/RESULTS.md)",
 )
@@ -691,6 +716,8 @@ __all__ = [
     "PAPER_LOSS_KWARGS",
     "PAPER_SEEDS",
     "PAPER_TRAIN",
+    "SPEED_ARM",
+    "SPEED_FACTORS",
     "ablation_experiments",
     "ablation_table",
     "ablation_tests",
@@ -717,6 +744,7 @@ __all__ = [
     "run_grid",
     "run_task",
     "speaker_independent_experiment",
+    "speed_experiments",
     "timing_basis",
     "train_and_keep",
 ]

@@ -555,19 +555,13 @@ SPEED_SPKNORM_POOL = "head_fusion_speaker_independent__pool-speed_perturbed+spkn
 
 def ensemble_pools(records: list[dict]) -> dict[str, list[str]]:
     """Two pools, each when at least two experiments fall in it: :data:`SPEED_POOL`, every speaker-independent
-    experiment of these records that trains on speed perturbed copies (view ``speed_segments`` with a factor other
-    than 1; repeat3, its unperturbed control, is not one), is not a test-time perturbation record and is not
-    speaker-normalised; and :data:`SPEED_SPKNORM_POOL`, the same among the speaker-normalised ones (transductive:
-    they are never pooled with the others)."""
+    experiment of these records that trains on speed perturbed copies (a speed view with a factor other than 1;
+    repeat3, its unperturbed control, is not one), is not a test-time perturbation record and is not
+    speaker-normalised (:func:`serlib.studies.compare.speed_perturbed_kinds`); and :data:`SPEED_SPKNORM_POOL`, the
+    same among the speaker-normalised ones (transductive: they are never pooled with the others)."""
     from serlib.studies import compare
 
-    kinds: dict[bool, set] = {False: set(), True: set()}
-    for r in records:
-        c = r.get("config") or {}
-        if ((r.get("split") or {}).get("protocol") == "speaker_independent" and c.get("view") == "speed_segments"
-                and any(float(f) != 1.0 for f in ((c.get("view_kwargs") or {}).get("factors") or ()))
-                and not (c.get("tta") or str(r["kind"]).endswith("+tta"))):
-            kinds[compare.speaker_normalised(r)].add(r["kind"])
+    kinds = compare.speed_perturbed_kinds(records)
     return {name: sorted(kinds[spk]) for name, spk in ((SPEED_POOL, False), (SPEED_SPKNORM_POOL, True))
             if len(kinds[spk]) >= 2}
 
