@@ -114,3 +114,18 @@ def test_threads_are_recorded_and_the_environment_restored(tmp_path, monkeypatch
                      "--out", str(tmp_path / "nb"), "--results", str(tmp_path / "res")]) == 0
     assert json.loads((tmp_path / "nb" / "study.json").read_text())["torch_threads"] == 2
     assert "SERLIB_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_studies_sharing_an_option_name_share_its_flag_with_every_choice(monkeypatch):
+    """``--parts`` belongs to ECA-CNN (ablation, grid_slice, speed) and CA-SER (ablation, layer_sweep): the flag takes
+    every study's choices (it used to take the first study's only, so ECA's grid_slice and speed were refused), and
+    the study that runs checks the values against its own."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_reproduce", lambda args: seen.append((args.paper, args.parts)) or 0)
+    assert cli.main(["reproduce", "eca", "--parts", "grid_slice", "speed"]) == 0
+    assert cli.main(["reproduce", "ca_ser", "--parts", "layer_sweep"]) == 0
+    assert seen == [("eca", ["grid_slice", "speed"]), ("ca_ser", ["layer_sweep"])]
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "eca", "--parts", "grids"])
+    with pytest.raises(ValueError, match="parts must be among"):
+        eca.reproduction_experiments("ravdess", parts=("layer_sweep",))

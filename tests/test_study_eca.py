@@ -276,6 +276,34 @@ def test_ablation_tests_compare_the_two_ecas_and_eca_on_top_of_augmentation():
     assert math.isclose(both["mean diff (pp)"], -1.0, abs_tol=1e-9) and both["a better in"] == "0/4"
 
 
+def test_speed_arm_joins_the_ablation_table_and_pairs_with_the_matched_steps_cnn():
+    """Issue 16's speed-perturbed CNN (named ``<base>__speed-cnn_speedwide``, no paper figure) is a row of the
+    ablation table with the folds it covers, and is paired run by run with the matched-steps CNN (same steps) and
+    with STFT augmentation."""
+    recs = []
+    for fold in range(3):
+        recs.append(_fake("cnn_matched_steps", 0, fold, 0.50 + 0.01 * fold))
+        r = _fake("cnn_matched_steps", 0, fold, 0.53 + 0.02 * fold)
+        r["kind"] = r["identity"]["experiment"] = f"b__{eca.SPEED_ARM}"
+        r["identity"]["arm"] = eca.SPEED_ARM
+        recs.append(r)
+    recs.append(_fake("stft_aug", 0, 0, 0.55))
+    tab = eca.ablation_table(recs).set_index("model")
+    label = dict(eca.SPEED_STEPS)[eca.SPEED_ARM]
+    assert list(tab.index) == ["+ STFT augmentation", "CNN, as many steps as + STFT augmentation", label]
+    assert tab.loc[label, "base"] == "b" and tab.loc[label, "folds"] == "0 1 2" and tab.loc[label, "n runs"] == 3
+    assert tab.loc["+ STFT augmentation", "folds"] == "0"
+    assert math.isnan(tab.loc[label, "paper UA (%, quoted)"])
+    tests = eca.ablation_tests(recs).set_index("comparison")
+    row = tests.loc[f"{label} vs CNN, as many steps as + STFT augmentation"]
+    assert row["n pairs"] == 3 and math.isclose(row["mean diff (pp)"], 4.0, abs_tol=1e-9) and row["a better in"] == "3/3"
+    assert tests.loc[f"{label} vs STFT augmentation", "n pairs"] == 1
+    exps = eca.reproduction_experiments("ravdess", profile="cpu", parts=("speed",))
+    assert [(e.protocol, e.arm, e.view, e.train["epochs"]) for e in exps] == [
+        ("speaker_independent", eca.SPEED_ARM, "speed_fixed", 12)]  # 30 epochs x 2 versions / 5 copies
+    assert eca.reproduction_experiments("ravdess", profile="cpu", protocols=("paper",), parts=("speed",)) == []
+
+
 def test_paper_reference_is_quoted():
     ref = eca.paper_reference().set_index("key")
     assert ref.loc["cnn", "UA (%)"] == 79.16 and ref.loc["our_eca_stft_aug", "UA (%)"] == 80.28

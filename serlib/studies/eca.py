@@ -86,6 +86,16 @@ ABLATION_STEPS: tuple[tuple[str, str], ...] = (
 # augmented run takes, so that "+ STFT augmentation vs CNN" can be told apart from "more steps vs fewer"
 CONTROL_STEPS: tuple[tuple[str, str], ...] = (("cnn_matched_steps", "CNN, as many steps as + STFT augmentation"),)
 ALL_STEPS: tuple[tuple[str, str], ...] = ABLATION_STEPS + CONTROL_STEPS
+# ours, not the paper's (issue 16, a stronger from-scratch speaker-independent baseline): the plain CNN trained on
+# speed-perturbed copies of the training utterances (serlib.speed_perturb's speed_fixed view) at Head Fusion's
+# speedwide factors, with as many optimiser steps as cnn_matched_steps (its epochs divided by the 1 + 4 copies), so
+# that it pairs with the matched-steps CNN and pools with the speed-perturbed Head Fusion runs (:func:`speed_experiments`)
+SPEED_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
+SPEED_ARM = "speed-cnn_speedwide"
+SPEED_STEPS: tuple[tuple[str, str], ...] = (
+    (SPEED_ARM, "CNN + speed perturbation 0.8-1.2 (ours, issue 16), as many steps as cnn_matched_steps"),)
+# every arm the ablation tables and tests know, in their order
+TABLE_STEPS: tuple[tuple[str, str], ...] = ALL_STEPS + SPEED_STEPS
 
 
 def version_preset(v: int | str) -> str:
@@ -294,14 +304,6 @@ def ablation_experiments(base: Experiment, *, version: int = 8, direction: str =
     return [models[step].replace(name=f"{base.name}__abl-{step}", arm=step) for step, _ in steps]
 
 
-# ours, not the paper's (issue 16, a stronger from-scratch speaker-independent baseline): the plain CNN trained on
-# speed-perturbed copies of the training utterances (serlib.speed_perturb's speed_fixed view) at Head Fusion's
-# speedwide factors, with as many optimiser steps as cnn_matched_steps (its epochs divided by the 1 + 4 copies), so
-# that it pairs with the matched-steps CNN and pools with the speed-perturbed Head Fusion runs
-SPEED_FACTORS: tuple[float, ...] = (0.8, 0.9, 1.1, 1.2)
-SPEED_ARM = "speed-cnn_speedwide"
-
-
 def speed_experiments(base: Experiment, *, version: int = 8, n_augment: int = N_VERSIONS) -> list[Experiment]:
     """The plain CNN of ``base`` at version ``version`` with :data:`SPEED_FACTORS` copies of every training
     utterance (view ``speed_fixed``), ``round(epochs * n_augment / (1 + len(SPEED_FACTORS)))`` epochs: the steps
@@ -483,31 +485,33 @@ def _step_of(record: dict) -> tuple[str, str] | None:
     """(base experiment, ablation step) of an ablation run, from its identity; None for other runs."""
     ident = report.identity(record)
     step = ident["arm"]
-    if step not in dict(ALL_STEPS):
+    if step not in dict(TABLE_STEPS):
         return None
-    return ident["experiment"].removesuffix(f"__abl-{step}"), step
+    return ident["experiment"].removesuffix(f"__abl-{step}").removesuffix(f"__{step}"), step
 
 
 def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
     """Tables IV-V: per ablation step (and base / corpus / protocol), UA and WA mean / std (ddof 1) over seeds and
-    folds in percent, n runs; with ``with_paper`` the paper's figures beside, labelled as quoted."""
+    folds in percent, n runs and the folds they cover (steps on different folds are not comparable by their means:
+    :func:`ablation_tests` pairs runs by (seed, fold)); with ``with_paper`` the paper's figures beside, labelled as
+    quoted. Our rows (the matched-steps control, :data:`SPEED_STEPS`) have no paper figure."""
     from serlib.evaluate import mean_std
 
-    labels = dict(ALL_STEPS)
+    labels = dict(TABLE_STEPS)
     paper = paper_reference().set_index("key") if with_paper else None
     groups: dict[tuple, list[dict]] = {}
     for r in _ok(records):
         bs = _step_of(r)
         if bs:
             groups.setdefault((bs[0], r["corpus"]["name"], r["split"]["protocol"], bs[1]), []).append(r)
-    order = {s: i for i, (s, _) in enumerate(ALL_STEPS)}
+    order = {s: i for i, (s, _) in enumerate(TABLE_STEPS)}
     rows = []
     for (base, corpus, protocol, step), recs in sorted(groups.items(), key=lambda kv: (kv[0][:3], order[kv[0][3]])):
         ua = mean_std([100 * r["metrics"]["ua"] for r in recs])
         wa = mean_std([100 * r["metrics"]["wa"] for r in recs])
         row = {"base": base, "corpus": corpus, "protocol": protocol, "model": labels[step],
                "UA mean (%)": ua["mean"], "UA std (%)": ua["std"], "WA mean (%)": wa["mean"], "WA std (%)": wa["std"],
-               "n runs": ua["n"]}
+               "n runs": ua["n"], "folds": " ".join(str(f) for f in sorted({r["split"].get("fold") for r in recs}))}
         if paper is not None:  # the controls are ours: no paper figure
             row["paper UA (%, quoted)"] = paper.loc[step, "UA (%)"] if step in paper.index else float("nan")
             row["paper WA (%, quoted)"] = paper.loc[step, "WA (%)"] if step in paper.index else float("nan")
@@ -520,6 +524,8 @@ ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("our_eca", "original_eca"),  # is the paper's ECA better than the original one?
     ("our_eca_stft_aug", "stft_aug"),  # does ECA still help on top of the augmentation?
     ("stft_aug", "cnn_matched_steps"),  # does augmentation help beyond giving the CNN more optimiser steps?
+    (SPEED_ARM, "cnn_matched_steps"),  # ours: does speed perturbation help beyond the same steps unperturbed?
+    (SPEED_ARM, "stft_aug"),  # ours: speed copies against STFT-version copies (the same steps)
 )
 
 
@@ -533,7 +539,7 @@ def ablation_tests(records, metric: str = "ua",
     return report.paired_tests(
         records, comparisons, arm_of=lambda r: (_step_of(r) or (None, None))[1],
         group_of=lambda r: (_step_of(r)[0], r["corpus"]["name"], r["split"]["protocol"]),
-        group_names=("base", "corpus", "protocol"), labels=dict(ALL_STEPS), metric=metric)
+        group_names=("base", "corpus", "protocol"), labels=dict(TABLE_STEPS), metric=metric)
 
 
 def paper_reference() -> pd.DataFrame:
@@ -718,6 +724,8 @@ __all__ = [
     "PAPER_TRAIN",
     "SPEED_ARM",
     "SPEED_FACTORS",
+    "SPEED_STEPS",
+    "TABLE_STEPS",
     "ablation_experiments",
     "ablation_table",
     "ablation_tests",
