@@ -81,7 +81,10 @@ function above runs). Per map and query it computes the row of scores, its max, 
 error below 2e-7), the row sum and the key weights in one pass over a row held in registers and L1, and the backward
 recomputes each row the same way and accumulates dq and dk there: no P x P map is ever written, and the torch
 function's separate passes (GEMM, max, exp, sums, GEMMs with K = 8) become one. Heads are split between torch's
-threads. That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
+threads. The library is built with ``-ffp-contract=fast``: under ``-std=c11`` gcc otherwise emits no fused
+multiply-add at all, so every dot product of the kernels was a multiply and an add (issue 18: the faithful step
+~9 % faster on this CPU with them, and ``exp2``'s rounding and 2^n as AVX-512 ``vrndscaleps`` / ``vscalefps``
+another ~5 %; ``results/benchmarks/head_fusion_speed_run7.json``). That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
 every allocation above 32 MiB afresh, so the 50 MB projection and its gradient were page-faulted in on every step).
 ``results/benchmarks/head_fusion_speed_run3.json`` records the step against the authors' code with the kernel and with
 the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step

@@ -37,14 +37,24 @@ static inline v16 vmax(v16 a, v16 b) {
 
 /* 2^x for x <= 0 (and -inf -> 0), lane-wise: x = n + f with n = round(x), |f| <= 1/2, 2^f by a degree-5 polynomial
    fitted for relative error on [-1/2, 1/2] (at most 2e-7 in float32, a few ulp), 2^n from the exponent bits;
-   x < -126 gives 0. */
+   x <= -127 gives 0. With AVX-512: the rounding is one vrndscaleps and 2^n one vscalefps, whose zero-masking
+   clears the lanes at or below -127 (-inf included: its NaN polynomial never leaves the register), 9 instructions
+   instead of 13. */
 static inline v16 ex2(v16 x) {
+#ifdef __AVX512F__
+    __mmask16 live = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-127.0f), _CMP_GT_OQ);
+    __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v16 f = x - (v16)n;
+    v16 p = 1.0f + f * (0.69314698f + f * (0.24022243f + f * (0.05550734f + f * (0.00967148f + f * 0.00132646f))));
+    return (v16)_mm512_maskz_scalef_ps(live, (__m512)p, n);
+#else
     x = vmax(x, (v16){0} - 127.0f);
     v16 n = (x + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23), exact without -ffast-math */
     v16 f = x - n;
     v16 p = 1.0f + f * (0.69314698f + f * (0.24022243f + f * (0.05550734f + f * (0.00967148f + f * 0.00132646f))));
     vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23; /* n = -127 -> 0.0 */
     return p * (v16)bits;
+#endif
 }
 
 /* Horizontal sum and max by a shuffle tree (4 shuffles instead of 15 scalar steps). */
