@@ -519,6 +519,31 @@ def ablation_table(records, *, with_paper: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def speed_summary(records) -> dict[str, pd.DataFrame]:
+    """Issue 16's question for this study, from the records of every study (RAVDESS, speaker-independent): does the
+    speed-perturbed CNN (:data:`SPEED_ARM`) beat its matched-steps control, and how does it stand against the other
+    speed-perturbed experiments (Head Fusion's levers) and in their pool? ``"folds"``: test UA per fold of every
+    inductive speed-perturbed experiment and of the matched-steps CNN (:func:`serlib.studies.compare.same_split_table`);
+    ``"tests"``: their pairs over shared folds with the ECA speed arm as ``a``; ``"best"``:
+    :func:`serlib.studies.compare.best_speaker_independent` over all the records, with Head Fusion's pools and the
+    every-model pool competing (chosen on validation)."""
+    from serlib.studies import compare
+    from serlib.studies import head_fusion as hf
+
+    si = [r for r in report.real(records) if report.is_ok(r) and r["corpus"]["name"] == "ravdess"
+          and r["split"]["protocol"] == "speaker_independent"]
+    kinds = compare.speed_perturbed_kinds(si)[False] | {r["kind"] for r in si
+                                                       if report.identity(r)["arm"] == "cnn_matched_steps"}
+    mine = [r for r in si if r["kind"] in kinds]
+    tests = compare.same_split_tests(mine, corpus="ravdess")
+    if not tests.empty:
+        ours = tests["a"].str.endswith(SPEED_ARM) | tests["b"].str.endswith(SPEED_ARM)
+        tests = tests[ours].reset_index(drop=True)
+    pools = {**hf.ensemble_pools([r for r in si if hf.STUDY.owns(r)]), **compare.every_model_pools(si)}
+    return {"folds": compare.same_split_table(mine, corpus="ravdess"), "tests": tests,
+            "best": compare.best_speaker_independent(si, corpus="ravdess", pools=pools)}
+
+
 ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (
     *((step, "cnn") for step, _ in ABLATION_STEPS[1:]),
     ("our_eca", "original_eca"),  # is the paper's ECA better than the original one?
@@ -753,6 +778,7 @@ __all__ = [
     "run_task",
     "speaker_independent_experiment",
     "speed_experiments",
+    "speed_summary",
     "timing_basis",
     "train_and_keep",
 ]
