@@ -77,19 +77,19 @@ points and gradients) is 2.9x slower on this CPU (memory traffic; ``results/benc
 On the CPU the same function runs by default as a fused C kernel (``head_fusion_eq1.c`` through
 :mod:`serlib.models._eq1_native`: compiled with the system's C compiler on first use, about a second, and cached under
 ``$SERLIB_CACHE/native``; without a compiler, or with ``SERLIB_EQ1_NATIVE=0`` or ``EQ1_IMPL = "blocked"``, the torch
-function above runs). Per map and query it computes the row of scores, its max, ``exp2`` (a polynomial, relative
-error below 2e-7), the row sum and the key weights in one pass over a row held in registers and L1, and the backward
-recomputes each row the same way and accumulates dq and dk there: no P x P map is ever written, and the torch
-function's separate passes (GEMM, max, exp, sums, GEMMs with K = 8) become one. Heads are split between torch's
-threads. The library is built with ``-ffp-contract=fast``: under ``-std=c11`` gcc otherwise emits no fused
-multiply-add at all, so every dot product of the kernels was a multiply and an add (issue 18: the faithful step
-~9 % faster on this CPU with them, and ``exp2``'s rounding and 2^n as AVX-512 ``vrndscaleps`` / ``vscalefps``
-another ~5 %; ``results/benchmarks/head_fusion_speed_run7.json``). That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
+function above runs). Per map and query it computes the row of scores, its max, ``exp2`` (a polynomial, relative error
+below 2e-7), the row sum and the key weights in one pass over a row held in registers and L1, and the backward
+recomputes each row the same way and accumulates dq and dk there: no P x P map is ever written, and the torch function's
+separate passes (GEMM, max, exp, sums, GEMMs with K = 8) become one. Heads are split between torch's threads. The
+library is built with ``-ffp-contract=fast``: under ``-std=c11`` gcc otherwise emits no fused multiply-add at all, so
+every dot product of the kernels was a multiply and an add; ``exp2``'s rounding and 2^n are AVX-512 ``vrndscaleps`` /
+``vscalefps`` (issue 18: ``results/benchmarks/head_fusion_speed_run7.json`` measures the step with both, ``run6``
+without). That path also runs the projection GEMM in chunks of whole heads of at most ``PROJ_CHUNK_BYTES`` (glibc maps
 every allocation above 32 MiB afresh, so the 50 MB projection and its gradient were page-faulted in on every step).
 ``results/benchmarks/head_fusion_speed_run3.json`` records the step against the authors' code with the kernel and with
-the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step
-is then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each
-8 per map entry) and the 80 -> 4352-channel projection GEMM forward and backward.
+the torch function, at one and two threads, and an inductor-compiled forward (slower than both: not used). The step is
+then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each 8 per map
+entry) and the 80 -> 4352-channel projection GEMM forward and backward.
 
 The code variant (``"head_fusion_code"``) uses the same library on the CPU: its Q/K/V projection is one GEMM
 without bias into a (B * P, 3 * n_head * n_size) matrix, and one C pass per segment adds the bias, takes the channel
