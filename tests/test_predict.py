@@ -119,6 +119,17 @@ def test_speed_perturbed_utterance_normalised_run_predicts_like_the_pipeline(cor
         predict_emotion([corpus.paths[g]], model=run)
 
 
+def test_speed_perturbed_fixed_length_run_predicts_like_the_pipeline(corpus, tmp_path):
+    """ECA-CNN's speed part (view speed_fixed, asked for with the shared ``--parts`` flag) tests on plain fixed-length
+    inputs: a file is centre-padded / cropped and normalised as its test view was."""
+    (rec,) = _reproduce(["eca", "--parts", "speed"], tmp_path)
+    cfg = json.loads(rec.read_text())["config"]
+    assert cfg["view"] == "speed_fixed" and cfg["view_kwargs"]["factors"] == [0.8, 0.9, 1.1, 1.2]
+    g, expected = _pipeline_probs(rec, corpus)
+    (res,) = predict_emotion([corpus.paths[g]], model=rec)
+    np.testing.assert_allclose(list(res["probabilities"].values()), expected, atol=1e-4)
+
+
 def test_predict_cli_on_formats_and_broken_files(hf_run, files, capsys):
     order = ["wav", "broken", "flac", "stereo", "48k", "empty"]
     rc = main(["predict", *(str(files[k]) for k in order), "--model", str(hf_run)])
