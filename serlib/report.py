@@ -196,7 +196,9 @@ def results_markdown(results_dir: str | Path = "results") -> str:
                 "test set: single runs by the highest mean validation UA of their runs, a tie going to the simpler "
                 "recipe, then to the one with more runs; ensembles by their own validation UA, each experiment's seed ensemble and each pool of "
                 "experiments ("
-                + ("; ".join(f"{k}: {', '.join(v)}" for k, v in pools.items()) or "none")
+                + ("; ".join(f"{k}: {', '.join(compare.pool_members(v))}"
+                             + (" (each model weighted equally)" if isinstance(v, dict) else "")
+                             for k, v in pools.items()) or "none")
                 + ") over their runs that recorded validation predictions; the test UA is reported; "
                 f"issue 16's goal is {compare.SI_GOAL_UA:g} UA). Chosen separately per setting: inductive runs "
                 "(the headline) and runs with per-speaker normalisation, which use the test speakers' unlabelled "

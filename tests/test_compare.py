@@ -294,3 +294,27 @@ def test_speaker_normalised_runs_get_their_own_best_rows_never_the_headline():
     ens = t[t["form"] != "single runs (fold mean over seeds)"].set_index("setting")["experiment"]
     assert ens.to_dict() == {compare.INDUCTIVE: "A", compare.TRANSDUCTIVE: "B"}
     assert compare.best_speaker_independent([]).empty
+
+
+def test_a_grouped_pool_weighs_each_model_equally_whatever_its_runs():
+    """A pool given as {group: experiments} (compare.every_model_pools: one group per study) averages each group's
+    mean probabilities, so three runs of one model do not outvote one run of another; a flat pool weighs runs."""
+    def rec(kind, seed, fold, prob, study):
+        labels = ["a", "b"]
+        pred = {"utt_id": ["u1", "u2"], "label": ["a", "b"], "prob": prob}
+        return {"kind": kind, "seed": seed, "status": "ok", "corpus": {"name": "ravdess", "labels": labels},
+                "identity": {"study": study}, "split": {"protocol": "speaker_independent", "fold": fold},
+                "predictions": pred, "val_predictions": pred}
+
+    runs = []
+    for fold in (0, 1):
+        # model x: three runs, each sure that both utterances are "a"; model y: one run, sure of the truth
+        runs += [rec("x_si", s, fold, [[0.9, 0.1], [0.9, 0.1]], "x") for s in range(3)]
+        runs += [rec("y_si", 0, fold, [[0.8, 0.2], [0.05, 0.95]], "y")]
+    flat = compare._val_ensembles(runs, 2, {"flat": ["x_si", "y_si"]})["flat"]
+    grouped = compare._val_ensembles(runs, 2, {"grouped": {"x": ["x_si"], "y": ["y_si"]}})["grouped"]
+    assert flat["test"] == [50.0, 50.0]  # u2: (3 x 0.1 + 0.95) / 4 = 0.31 for "b": y is outvoted
+    assert grouped["test"] == [100.0, 100.0]  # u2: (0.1 + 0.95) / 2 = 0.525 for "b"
+    assert grouped["groups"] == {"x_si": "x", "y_si": "y"} and flat["groups"] is None
+    # one group alone is no cross-model pool
+    assert "alone" not in compare._val_ensembles(runs, 2, {"alone": {"x": ["x_si", "y_si"]}})

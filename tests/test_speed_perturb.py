@@ -280,5 +280,5 @@ def test_eca_speed_part_runs_and_pools_with_head_fusion_across_models(tmp_path):
                              seeds=(0, 1), levers=("authors_attention+speed",))
     hf_recs = hf.run_study(hf_exps[1:], results_dir=tmp_path / "hf", backend="serial")
     pools = compare.every_model_pools(recs + hf_recs)
-    assert pools == {compare.EVERY_MODEL_SPEED_POOL: sorted({recs[0]["kind"], hf_recs[0]["kind"]})}
+    assert pools == {compare.EVERY_MODEL_SPEED_POOL: {"eca": [recs[0]["kind"]], "head_fusion": [hf_recs[0]["kind"]]}}
     assert hf.ensemble_pools(hf_recs) == {}  # Head Fusion's own pool needs two of its experiments

@@ -118,31 +118,44 @@ def _val_choice(val: pd.Series, n_runs: dict | None = None) -> str:
     return min(tied, key=lambda e: (str(e).count("+"), -int((n_runs or {}).get(e, 0)), str(e)))
 
 
-def _val_ensembles(records: list[dict], n_all: int, pools: dict[str, Sequence[str]]) -> dict[str, dict]:
+Pools = dict[str, "Sequence[str] | dict[str, Sequence[str]]"]
+
+
+def pool_members(members) -> list[str]:
+    """The experiments of a pool: a list of them (their runs weighted equally), or ``{group: [experiments]}`` (each
+    group weighted equally, its runs equally within it)."""
+    return [m for ms in members.values() for m in ms] if isinstance(members, dict) else list(members)
+
+
+def _val_ensembles(records: list[dict], n_all: int, pools: Pools) -> dict[str, dict]:
     """The ensembles that can be chosen on their own validation UA: per experiment, and per pool of experiments
-    (``pools``: name -> experiment names, their runs pooled per fold), the runs that recorded both test and validation
-    predictions, where every one of the ``n_all`` folds has at least two. Per candidate: its test and validation
-    ensemble UA per fold (:func:`_ensemble_ua`), its runs and whether it is a pool."""
+    (``pools``: name -> experiment names, their runs pooled per fold, or name -> {group: experiment names}, each
+    group's mean probabilities weighted equally, :func:`pool_members`), the runs that recorded both test and
+    validation predictions, where every one of the ``n_all`` folds has at least two. Per candidate: its test and
+    validation ensemble UA per fold (:func:`_ensemble_ua`), its runs, whether it is a pool and its groups."""
     by: dict[str, dict[int, list[dict]]] = {}
     for r in records:
         if r.get("status", "ok") == "ok" and r.get("predictions") and r.get("val_predictions") and \
                 r["split"].get("protocol") == "speaker_independent":
             by.setdefault(r["kind"], {}).setdefault(int(r["split"]["fold"]), []).append(r)
-    cands = {name: (folds, False) for name, folds in by.items()}
+    cands = {name: (folds, False, None) for name, folds in by.items()}
     for name, members in pools.items():
+        flat = pool_members(members)
+        groups = {m: g for g, ms in members.items() for m in ms} if isinstance(members, dict) else None
         folds: dict[int, list[dict]] = {}
-        for m in members:
+        for m in flat:
             for f, runs in by.get(m, {}).items():
                 folds.setdefault(f, []).extend(runs)
-        if len({m for m in members if m in by}) >= 2:
-            cands[name] = (folds, True)
+        present = {m for m in flat if m in by}
+        if len(present) >= 2 and (groups is None or len({groups[m] for m in present}) >= 2):
+            cands[name] = (folds, True, groups)
     out = {}
-    for name, (folds, pooled) in cands.items():
+    for name, (folds, pooled, groups) in cands.items():
         if len(folds) != n_all or any(len(runs) < 2 for runs in folds.values()):
             continue
-        out[name] = {"pool": pooled, "runs": [r for f in sorted(folds) for r in folds[f]],
-                     "test": [_ensemble_ua(folds[f], f"{name} fold {f}") for f in sorted(folds)],
-                     "val": [_ensemble_ua(folds[f], f"{name} fold {f} (validation)", "val_predictions")
+        out[name] = {"pool": pooled, "groups": groups, "runs": [r for f in sorted(folds) for r in folds[f]],
+                     "test": [_ensemble_ua(folds[f], f"{name} fold {f}", groups=groups) for f in sorted(folds)],
+                     "val": [_ensemble_ua(folds[f], f"{name} fold {f} (validation)", "val_predictions", groups=groups)
                              for f in sorted(folds)]}
     return out
 
@@ -175,22 +188,32 @@ def speed_perturbed_kinds(records: Iterable[dict]) -> dict[bool, set[str]]:
 EVERY_MODEL_SPEED_POOL = "every_model_speaker_independent__pool-speed_perturbed"
 
 
-def every_model_pools(records: Iterable[dict]) -> dict[str, list[str]]:
+def study_of(record: dict) -> str:
+    """The study a record belongs to (its identity's ``study``, else its experiment name's first word)."""
+    return (record.get("identity") or {}).get("study") or str(record["kind"]).split("_")[0]
+
+
+def every_model_pools(records: Iterable[dict]) -> dict[str, dict[str, list[str]]]:
     """Pools across studies: :data:`EVERY_MODEL_SPEED_POOL`, every speed-perturbed experiment of ``records``
     (:func:`speed_perturbed_kinds`, inductive ones; ``+spknorm`` for the speaker-normalised ones, never mixed), when
-    its experiments come from at least two studies (a one-study pool is that study's own, e.g. Head Fusion's). The
-    runs of different models on one fold are ensembled like seeds: the mean of their utterance probabilities."""
+    its experiments come from at least two studies (a one-study pool is that study's own, e.g. Head Fusion's),
+    grouped by study: each model weighs the same in the ensemble, whatever its number of runs (the mean over
+    studies of the mean probabilities of each study's runs on the fold), so that a study with many runs does not
+    drown a model that errs differently. No weight is tuned."""
     records = list(records)
-    study_of = {r["kind"]: (r.get("identity") or {}).get("study") or r["kind"].split("_")[0] for r in records}
+    study = {r["kind"]: study_of(r) for r in records}
     out = {}
     for spk, kinds in speed_perturbed_kinds(records).items():
-        if len({study_of[k] for k in kinds}) >= 2:
-            out[EVERY_MODEL_SPEED_POOL + ("+spknorm" if spk else "")] = sorted(kinds)
+        groups: dict[str, list[str]] = {}
+        for k in sorted(kinds):
+            groups.setdefault(study[k], []).append(k)
+        if len(groups) >= 2:
+            out[EVERY_MODEL_SPEED_POOL + ("+spknorm" if spk else "")] = dict(sorted(groups.items()))
     return out
 
 
 def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "ravdess",
-                             goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+                             goal: float = SI_GOAL_UA, pools: Pools | None = None) -> pd.DataFrame:
     """The best speaker-independent results (:func:`_best_of`), chosen separately, with their ``setting``, among
     the inductive experiments (the headline) and among the speaker-normalised ones, whose test speakers' unlabelled
     speech was used: the two are never compared with or pooled into each other."""
@@ -205,7 +228,7 @@ def best_speaker_independent(records: Iterable[dict], *, corpus: str | None = "r
 
 
 def _best_of(records: list[dict], *, corpus: str | None = "ravdess",
-             goal: float = SI_GOAL_UA, pools: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+             goal: float = SI_GOAL_UA, pools: Pools | None = None) -> pd.DataFrame:
     """The best speaker-independent result among experiments that have every fold of the protocol, chosen on the
     validation folds (never on the test set), in up to two rows.
 
@@ -267,8 +290,15 @@ def _best_of(records: list[dict], *, corpus: str | None = "ravdess",
         lacking = sorted(set(stats_.index) - set(own)) if lead is not None else []
         by = (f"the ensemble's val UA (best of {len(own)} ensembles of runs with validation predictions"
               + (f"; {len(lacking)} experiments without them not compared" if lacking else "") + ")")
-        how = ("pool of " + ", ".join(sorted({r["kind"] for r in c["runs"]})) if c["pool"]
-               else recipe(c["runs"][0]))
+        if not c["pool"]:
+            how = recipe(c["runs"][0])
+        elif c["groups"]:
+            kinds = sorted({r["kind"] for r in c["runs"]})
+            how = "pool, each model weighted equally, of " + "; ".join(
+                f"{g}: " + ", ".join(k for k in kinds if c["groups"][k] == g) for g in sorted(set(c["groups"].values()))
+                if any(c["groups"][k] == g for k in kinds))
+        else:
+            how = "pool of " + ", ".join(sorted({r["kind"] for r in c["runs"]}))
         rows.append(row("pooled ensemble (mean probabilities)" if c["pool"] else "seed ensemble (mean probabilities)",
                         e, float(np.mean(c["test"])), float(np.std(c["test"], ddof=1)), n_all, c["runs"], float(on[e]),
                         by, how))
@@ -297,17 +327,21 @@ def same_split_tests(records: Iterable[dict], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "n folds", "mean diff (pp)", "p (paired t)", "a better in"])
 
 
-def _ensemble_ua(runs: list[dict], where: str, key: str = "predictions") -> float:
+def _ensemble_ua(runs: list[dict], where: str, key: str = "predictions", groups: dict[str, str] | None = None
+                 ) -> float:
     """UA (%) of the mean of ``runs``' per-utterance probabilities ``record[key]`` (test: ``"predictions"``,
     validation: ``"val_predictions"``; argmax); the runs must have the same utterances (else ``ValueError`` naming
-    ``where``)."""
+    ``where``). With ``groups`` (experiment -> group), the mean over groups of each group's mean."""
     from serlib.evaluate import classification_metrics
 
     first = runs[0][key]
     if any(r[key]["utt_id"] != first["utt_id"] for r in runs):
         raise ValueError(f"{where}: runs tested different utterances; not an ensemble")
     labels = list(runs[0]["corpus"]["labels"])
-    prob = np.mean([np.asarray(r[key]["prob"], dtype=float) for r in runs], axis=0)
+    probs: dict[str, list[np.ndarray]] = {}
+    for r in runs:
+        probs.setdefault(groups[r["kind"]] if groups else "", []).append(np.asarray(r[key]["prob"], dtype=float))
+    prob = np.mean([np.mean(p, axis=0) for p in probs.values()], axis=0)
     return 100 * classification_metrics(first["label"], [labels[i] for i in prob.argmax(axis=1)], labels=labels)["ua"]
 
 
@@ -409,5 +443,6 @@ def fold_table(records, protocol: str = "speaker_independent") -> pd.DataFrame:
 
 
 __all__ = ["EVERY_MODEL_SPEED_POOL", "INDUCTIVE", "TRANSDUCTIVE", "best_speaker_independent", "every_model_pools",
+           "pool_members", "study_of",
            "ensemble_size_table", "ensemble_table", "fold_means", "fold_table", "same_split_table", "same_split_tests",
            "speaker_normalised", "speed_perturbed_kinds", "validation_means"]
