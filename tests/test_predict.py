@@ -119,6 +119,16 @@ def test_speed_perturbed_utterance_normalised_run_predicts_like_the_pipeline(cor
         predict_emotion([corpus.paths[g]], model=run)
 
 
+def test_noise_trained_run_predicts_like_the_pipeline(corpus, tmp_path):
+    """The noise lever trains on a noisy copy of the training part (view noisy_segments); its validation and test
+    parts are clean segments, so a file is predicted from its plain segments, as the pipeline tested it."""
+    recs = _reproduce(["head_fusion", "--levers", "authors_attention+noise"], tmp_path)
+    (rec,) = [p for p in recs if json.loads(p.read_text())["config"]["view"] == "noisy_segments"]
+    g, expected = _pipeline_probs(rec, corpus)
+    (res,) = predict_emotion([corpus.paths[g]], model=rec)
+    np.testing.assert_allclose(list(res["probabilities"].values()), expected, atol=1e-4)
+
+
 def test_speed_perturbed_fixed_length_run_predicts_like_the_pipeline(corpus, tmp_path):
     """ECA-CNN's speed part (view speed_fixed, asked for with the shared ``--parts`` flag) tests on plain fixed-length
     inputs: a file is centre-padded / cropped and normalised as its test view was."""
