@@ -256,6 +256,8 @@ def test_speed_fixed_view_adds_one_perturbed_input_per_training_utterance_and_fa
     assert torch.allclose(mean, v.train.x.mean(dim=(0, 2), keepdim=True))
     assert torch.allclose(normed.test.x, (clean.test.x - mean) / std, atol=1e-5)
     assert sp.speed_trained(exp.to_dict())
+    assert eca.describe(exp.to_dict())["model"] == "CNN + speed 0.8/0.9/1.1/1.2"
+    assert eca.describe(eca.cnn(exp.replace(view="fixed", view_kwargs={})).to_dict())["model"] == "CNN"
     assert not sp.speed_trained({"view": "speed_fixed", "view_kwargs": {"factors": [1.0, 1.0]}})
     assert not sp.speed_trained({"view": "fixed", "view_kwargs": {}})
 

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from serlib import report
-from serlib import speed_perturb as _speed_perturb  # noqa: F401  (registers the speed_fixed view of the speed part)
+from serlib import speed_perturb as _speed_perturb  # (also registers the speed_fixed view of the speed part)
 from serlib.experiment import (
     Experiment,
     Views,
@@ -444,8 +444,9 @@ def _ok(records) -> list[dict]:
 
 
 def describe(config: dict) -> dict:
-    """Readable settings of one run config: model label (CNN / original ECA / our ECA <layers> k<kernel>), STFT
-    version, k, ECA layers / kernel / variant, number and list of training versions."""
+    """Readable settings of one run config: model label (CNN / original ECA / our ECA <layers> k<kernel>, with
+    "+ speed <factors>" when it trains on speed-perturbed copies), STFT version, k, ECA layers / kernel / variant,
+    number and list of training versions."""
     mk = config.get("model_kwargs", {})
     aug = [preset_version(a) for a in config.get("augment_features") or ()]
     layers = tuple(mk.get("eca_layers") or ())
@@ -455,6 +456,8 @@ def describe(config: dict) -> dict:
         model = "original ECA" + ("" if len(layers) == N_BLOCKS else f" {''.join(map(str, layers))}")
     else:
         model = f"our ECA {''.join(map(str, layers))} k{mk.get('eca_kernel')}"
+    if _speed_perturb.speed_trained(config):
+        model += " + speed " + "/".join(f"{float(f):g}" for f in config["view_kwargs"]["factors"])
     return {"model": model, "version": preset_version(config["features"]), "k": mk.get("scale"),
             "eca_layers": "".join(map(str, layers)) or "-",
             "eca_kernel": (mk.get("eca_kernel") or "adaptive") if layers else "-",
