@@ -169,7 +169,8 @@ def speed_segments_view(exp, corpus: Corpus, split, *, device=None):
 
 def speed_fixed_view(exp, corpus: Corpus, split, *, device=None):
     """The ``speed_fixed`` view (see the module docstring): the ``fixed`` view plus one perturbed fixed-length input
-    per training utterance and factor. ``exp.view_kwargs``: ``factors`` (list of floats)."""
+    per training utterance and factor. ``exp.view_kwargs``: ``factors`` (list of floats). With ``augment_features``
+    the clean training part already holds the other STFT versions; the perturbed copies are of ``exp.features``."""
     return _speed_view(exp, corpus, split, base="fixed", copy=speed_fixed_copy, unit="inputs", device=device)
 
 

@@ -318,3 +318,6 @@ def test_a_grouped_pool_weighs_each_model_equally_whatever_its_runs():
     assert grouped["groups"] == {"x_si": "x", "y_si": "y"} and flat["groups"] is None
     # one group alone is no cross-model pool
     assert "alone" not in compare._val_ensembles(runs, 2, {"alone": {"x": ["x_si", "y_si"]}})
+    # a record without an identity belongs to the study that owns its experiment name
+    assert compare.study_of({"kind": "head_fusion_speaker_independent__lever-x"}) == "head_fusion"
+    assert compare.study_of({"kind": "eca_speaker_independent_cpu__x", "identity": {"study": "eca"}}) == "eca"

@@ -189,8 +189,14 @@ EVERY_MODEL_SPEED_POOL = "every_model_speaker_independent__pool-speed_perturbed"
 
 
 def study_of(record: dict) -> str:
-    """The study a record belongs to (its identity's ``study``, else its experiment name's first word)."""
-    return (record.get("identity") or {}).get("study") or str(record["kind"]).split("_")[0]
+    """The study a record belongs to: its identity's ``study``, else the registered study that owns it (by its
+    experiment name's prefix), else its experiment name."""
+    from serlib.studies.base import all_studies
+
+    named = (record.get("identity") or {}).get("study")
+    if named:
+        return named
+    return next((s.name for s in all_studies().values() if s.owns(record)), str(record["kind"]))
 
 
 def every_model_pools(records: Iterable[dict]) -> dict[str, dict[str, list[str]]]:
