@@ -157,6 +157,23 @@ def runs_line(records: list[dict]) -> str:
     return f"{len(records)} records; git revisions {', '.join(revs)}"
 
 
+def best_speaker_independent(everything: list[dict]) -> pd.DataFrame:
+    """:func:`serlib.studies.compare.best_speaker_independent` on RAVDESS over the studies in the comparison, with
+    each study's ensemble pools and the every-model pools competing (what docs/RESULTS.md and README show)."""
+    from serlib.studies import compare
+    from serlib.studies.base import all_studies
+
+    compared, pools = [], {}
+    for study in all_studies().values():
+        recs = [r for r in everything if study.owns(r)]
+        if study.in_comparison:
+            compared += recs
+            if study.ensemble_pools is not None:
+                pools.update(study.ensemble_pools(recs))
+    pools.update(compare.every_model_pools(compared))
+    return compare.best_speaker_independent(compared, corpus="ravdess", pools=pools)
+
+
 def results_markdown(results_dir: str | Path = "results") -> str:
     """The whole generated results document: per registered study its tables and tests on the real-corpus
     records, then every model on the same speaker-independent folds."""
@@ -376,6 +393,12 @@ def status_markdown(results_dir: str | Path = "results") -> str:
         rows += study.status(recs) or [{"paper": study.title, "corpus": "-", "protocol": "-", "profile": "-",
                                         "our UA (%)": "no records yet", "paper's (quoted)": study.paper_claim}]
     out = markdown(pd.DataFrame(rows))
+    best = best_speaker_independent(everything)
+    if not best.empty:
+        goal = next(c for c in best.columns if c.startswith("goal"))
+        cols = ["setting", "form", "experiment", "UA mean of folds (%)", "chosen on: val UA (%)", "n runs", goal]
+        out += ("\n\nBest speaker-independent result on RAVDESS (issue 16: from scratch, all 6 actor folds, chosen on "
+                "the validation folds; recipes and the rule in docs/RESULTS.md):\n\n" + markdown(best[cols]))
     speed = speed_goals_table(results_dir)
     if not speed.empty:
         out += ("\n\nSpeed goals (issue 18), each from the benchmark record that measured it (CPU rows: this project's "
