@@ -157,9 +157,9 @@ def runs_line(records: list[dict]) -> str:
     return f"{len(records)} records; git revisions {', '.join(revs)}"
 
 
-def best_speaker_independent(everything: list[dict]) -> pd.DataFrame:
-    """:func:`serlib.studies.compare.best_speaker_independent` on RAVDESS over the studies in the comparison, with
-    each study's ensemble pools and the every-model pools competing (what docs/RESULTS.md and README show)."""
+def comparison(everything: list[dict]) -> tuple[list[dict], dict]:
+    """The records of the studies in the cross-study comparison and the ensemble pools that compete there: each
+    study's own (``Study.ensemble_pools``) and the every-model pools (:func:`serlib.studies.compare.every_model_pools`)."""
     from serlib.studies import compare
     from serlib.studies.base import all_studies
 
@@ -171,6 +171,15 @@ def best_speaker_independent(everything: list[dict]) -> pd.DataFrame:
             if study.ensemble_pools is not None:
                 pools.update(study.ensemble_pools(recs))
     pools.update(compare.every_model_pools(compared))
+    return compared, pools
+
+
+def best_speaker_independent(everything: list[dict]) -> pd.DataFrame:
+    """:func:`serlib.studies.compare.best_speaker_independent` on RAVDESS over :func:`comparison`'s records and pools
+    (what docs/RESULTS.md and README show)."""
+    from serlib.studies import compare
+
+    compared, pools = comparison(everything)
     return compare.best_speaker_independent(compared, corpus="ravdess", pools=pools)
 
 
@@ -186,7 +195,7 @@ def results_markdown(results_dir: str | Path = "results") -> str:
            "Generated from the run records under `results/` by `python -m serlib results`; do not edit by hand "
            "(CI regenerates it and fails when it differs). Synthetic-corpus records are left out. Every row's "
            "records name their config, seed, git revision, corpus fingerprint and split.", ""]
-    compared, pools = [], {}
+    compared, pools = comparison(everything)
     for study in all_studies().values():
         recs = [r for r in everything if study.owns(r)]
         out += [f"## {study.title}", "", f"Paper: {study.paper}.", ""]
@@ -199,14 +208,9 @@ def results_markdown(results_dir: str | Path = "results") -> str:
                 out += [table.note, ""]
             out += [markdown(df, table.digits), ""]
         out += [runs_line(recs) if recs else "(no records yet)", ""]
-        if study.in_comparison:
-            compared += recs
-            if study.ensemble_pools is not None:
-                pools.update(study.ensemble_pools(recs))
     out += ["## Every model on the same speaker-independent RAVDESS folds", "",
             "Test UA (%), mean over seeds per fold; only records of one and the same split are compared.", "",
             markdown(compare.same_split_table(compared, corpus="ravdess")), ""]
-    pools.update(compare.every_model_pools(compared))
     best = compare.best_speaker_independent(compared, corpus="ravdess", pools=pools)
     if not best.empty:
         out += ["**Best speaker-independent** (from scratch, every fold; chosen on the validation folds, never on the "

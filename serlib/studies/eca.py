@@ -528,10 +528,9 @@ def speed_summary(records) -> dict[str, pd.DataFrame]:
     speed-perturbed experiments (Head Fusion's levers) and in their pool? ``"folds"``: test UA per fold of every
     inductive speed-perturbed experiment and of the matched-steps CNN (:func:`serlib.studies.compare.same_split_table`);
     ``"tests"``: their pairs over shared folds with the ECA speed arm as ``a``; ``"best"``:
-    :func:`serlib.studies.compare.best_speaker_independent` over all the records, with Head Fusion's pools and the
-    every-model pool competing (chosen on validation)."""
+    :func:`serlib.report.best_speaker_independent` over all the records (the results table's: every study's pools
+    and the every-model pool competing, chosen on validation)."""
     from serlib.studies import compare
-    from serlib.studies import head_fusion as hf
 
     si = [r for r in report.real(records) if report.is_ok(r) and r["corpus"]["name"] == "ravdess"
           and r["split"]["protocol"] == "speaker_independent"]
@@ -542,9 +541,8 @@ def speed_summary(records) -> dict[str, pd.DataFrame]:
     if not tests.empty:
         ours = tests["a"].str.endswith(SPEED_ARM) | tests["b"].str.endswith(SPEED_ARM)
         tests = tests[ours].reset_index(drop=True)
-    pools = {**hf.ensemble_pools([r for r in si if hf.STUDY.owns(r)]), **compare.every_model_pools(si)}
     return {"folds": compare.same_split_table(mine, corpus="ravdess"), "tests": tests,
-            "best": compare.best_speaker_independent(si, corpus="ravdess", pools=pools)}
+            "best": report.best_speaker_independent(si)}
 
 
 ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (
