@@ -202,6 +202,9 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         import copy
 
         models["serlib_faithful_blocked"] = copy.deepcopy(faithful)  # same model, Eq. 1 by the torch blocked op
+        # same model, the C kernels as before the Jacobian moved into the forward (a backward kernel that computes
+        # every map again)
+        models["serlib_faithful_two_kernels"] = copy.deepcopy(faithful)
         models["serlib_code_blocked"] = copy.deepcopy(serlib_code)  # same model, its attention in torch ops
     ref = load_reference_v0() if only is None else None
     if only is not None:
@@ -219,9 +222,11 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-6)
         m.train()
 
-        def step(m=m, opt=opt, authors=name == "authors", idx=None, impl="blocked" if "blocked" in name else "auto"):
+        def step(m=m, opt=opt, authors=name == "authors", idx=None, impl="blocked" if "blocked" in name else "auto",
+                 jacobian="two_kernels" not in name):
             xb, yb = x[idx], y[idx]
             hf.EQ1_IMPL = impl
+            hf._eq1_native.JACOBIAN_IN_FORWARD = jacobian
             try:
                 out = m(xb.unsqueeze(1)) if authors else m(xb)[0]
                 loss = F.cross_entropy(out, yb)
@@ -230,6 +235,7 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
                 opt.step()
             finally:
                 hf.EQ1_IMPL = "auto"
+                hf._eq1_native.JACOBIAN_IN_FORWARD = True
 
         steps[name] = step
     g = torch.Generator().manual_seed(1)
@@ -331,7 +337,9 @@ def eq1_forward_times(reps: int = 3, batch: int = 32, compile_: bool = False) ->
     v = proj[:, 2 * d :]
     sides = {"blocked": lambda: _HeadFusionPoints.apply(proj, None, None, d, BLOCK_HEADS, False)[0]}
     if _eq1_native.library() is not None:
-        sides["native"] = lambda: _eq1_native.NativePoints.apply(proj, None, None, d, False)[0]
+        sides["native"] = lambda: _eq1_native.NativePoints.apply(proj, None, None, d, False)[0]  # hf_eq1_fwdpts
+        # the row-wise forward kernel that also writes the per-query outputs (plots; the inference path before)
+        sides["native_rowwise_with_u"] = lambda: _eq1_native.NativePoints.apply(proj, None, None, d, True)[0]
     rec: dict = {}
     if compile_:
         # without raised thresholds inductor writes the (GH, B, P, P) partial scores to memory (measured: slower)
@@ -383,6 +391,13 @@ def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
         (pts * g).sum().backward()
         return pts
 
+    def native_two_kernels():  # the backward kernel recomputing every map, as before the Jacobian path
+        _eq1_native.JACOBIAN_IN_FORWARD = False
+        try:
+            return native()
+        finally:
+            _eq1_native.JACOBIAN_IN_FORWARD = True
+
     proj.grad = None
     ref = blocked()
     g1 = proj.grad.clone()
@@ -396,7 +411,11 @@ def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
         out = native()
         rec["native_max_abs_points_diff"] = (ref - out).abs().max().item()
         rec["native_max_abs_grad_diff"] = (g1 - proj.grad).abs().max().item()
-        sides.append(("native", native))
+        proj.grad = None
+        out = native_two_kernels()
+        rec["native_two_kernels_max_abs_points_diff"] = (ref - out).abs().max().item()
+        rec["native_two_kernels_max_abs_grad_diff"] = (g1 - proj.grad).abs().max().item()
+        sides += [("native", native), ("native_two_kernels", native_two_kernels)]
     times: dict[str, list] = {name: [] for name, _ in sides}
     for _ in range(reps):
         for name, f in sides:
@@ -408,6 +427,7 @@ def eq1_kernel_times(reps: int = 3, batch: int = 32) -> dict:
     rec["batched_over_blocked"] = rec["batched_one_op_median_s"] / rec["blocked_median_s"]
     if "native_median_s" in rec:
         rec["native_over_blocked"] = rec["native_median_s"] / rec["blocked_median_s"]
+        rec["native_over_native_two_kernels"] = rec["native_median_s"] / rec["native_two_kernels_median_s"]
     return rec
 
 

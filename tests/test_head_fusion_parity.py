@@ -230,6 +230,82 @@ def test_native_kernel_matches_blocked(masked, d, dv, threads):
         torch.testing.assert_close(b_, a, **TOL, msg=lambda s, k=label: f"{k}: {s}")
 
 
+def _spy_kernels(monkeypatch) -> list[str]:
+    """Record which of the C library's Eq. 1 entry points run (names appended to the returned list)."""
+    lib, calls = _eq1_native.library(), []
+
+    def spy_on(name):
+        fn = getattr(lib, name)
+
+        def spy(*args):
+            calls.append(name)
+            return fn(*args)
+
+        return spy
+
+    for name in ("hf_eq1_forward_par", "hf_eq1_backward_par", "hf_eq1_fwdjac_par", "hf_eq1_fwdpts_par"):
+        monkeypatch.setattr(lib, name, spy_on(name))
+    return calls
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("d", "p", "threads"), [(8, 90, 1), (8, 37, 2), (5, 37, 1), (3, 17, 3)])
+def test_native_jacobian_and_inference_paths_match_blocked(monkeypatch, masked, d, p, threads):
+    """value_dim 1 without per-query outputs (training and inference as the model runs them): the forward that also
+    computes the Jacobian (``hf_eq1_fwdjac``, backward one multiply), the two-kernel path it replaced
+    (``JACOBIAN_IN_FORWARD = False``) and the points-only inference kernel (``hf_eq1_fwdpts``), each checked to have
+    run, against the torch blocked function: points and the gradient of proj to 1e-5, for head_dim 8 at P = 90 (the
+    paper's shapes, their specialised copy), other widths, P not a multiple of 16, masked keys and query weights, and
+    heads split between threads."""
+    torch.manual_seed(4)
+    gh, b = 7, 3
+    proj = (torch.randn(gh, 2 * d + 1, b, p) * 2.0).requires_grad_()
+    w = bias = None
+    if masked:
+        key_mask = torch.arange(p)[None, :] < torch.tensor([p, p // 2, 3])[:, None]
+        bias = torch.full((b, -(-p // hf.KEY_PAD) * hf.KEY_PAD), float("-inf"))
+        bias[:, :p].masked_fill_(key_mask, 0.0)
+        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+    g = torch.randn(b, gh, 1)
+    pts, _ = hf._HeadFusionPoints.apply(proj, w, bias, d, 4, False)
+    (pts * g).sum().backward()
+    ref_pts, ref_grad = pts.detach(), proj.grad.clone()
+    calls = _spy_kernels(monkeypatch)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for jacobian, kernels in ((True, ["hf_eq1_fwdjac_par"]), (False, ["hf_eq1_forward_par", "hf_eq1_backward_par"])):
+            monkeypatch.setattr(_eq1_native, "JACOBIAN_IN_FORWARD", jacobian)
+            proj.grad = None
+            calls.clear()
+            pts, u = _eq1_native.NativePoints.apply(proj, w, bias, d, False)
+            (pts * g).sum().backward()
+            assert calls == kernels and u.numel() == 0
+            torch.testing.assert_close(pts.detach(), ref_pts, **TOL)
+            assert torch.isfinite(proj.grad).all()
+            torch.testing.assert_close(proj.grad, ref_grad, **TOL)
+        calls.clear()
+        with torch.no_grad():  # as in the model's eval: the projection computed without grad
+            pts, _ = _eq1_native.NativePoints.apply(proj.detach(), w, bias, d, False)
+        assert calls == ["hf_eq1_fwdpts_par"]
+        torch.testing.assert_close(pts, ref_pts, **TOL)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+def test_jacobian_backward_scales_in_place_and_refuses_a_second_pass():
+    """The Jacobian path's backward scales its saved Jacobian in place: a second backward through the same graph
+    (retain_graph) raises autograd's error instead of returning a gradient scaled twice."""
+    torch.manual_seed(5)
+    proj = torch.randn(4, 17, 2, 90, requires_grad=True)
+    pts, _ = _eq1_native.NativePoints.apply(proj, None, None, 8, False)
+    pts.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        pts.sum().backward()
+
+
 @pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("n_head", "n_size", "threads"), [(4, 64, 1), (4, 64, 2), (3, 20, 1), (2, 37, 3)])

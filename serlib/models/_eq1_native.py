@@ -36,6 +36,9 @@ _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 64  # MAXD of head_fusion_eq1.c: wider heads run the torch function
 MAX_CODE_SIZE = 1024  # MAXNS of head_fusion_eq1.c: the code variant's n_size; wider runs the torch function
 MAX_BN_CHANNELS = 4096  # BN_MAXC of head_fusion_eq1.c
+# Training with value_dim 1: the forward also computes the points' Jacobian (hf_eq1_fwdjac) and the backward is one
+# multiply, instead of a backward kernel that computes every map a second time. False: the two-kernel path
+JACOBIAN_IN_FORWARD = True
 _state: dict = {}
 
 
@@ -103,6 +106,10 @@ def _build() -> ctypes.CDLL:
     lib.hf_eq1_forward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32] + [ptr] * 5
     lib.hf_eq1_backward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, f32] + [ptr] * 5
     lib.hf_eq1_forward_par.restype = lib.hf_eq1_backward_par.restype = i32
+    lib.hf_eq1_fwdjac_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, f32] + [ptr] * 2
+    lib.hf_eq1_fwdjac_par.restype = i32
+    lib.hf_eq1_fwdpts_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, ptr]
+    lib.hf_eq1_fwdpts_par.restype = i32
     return lib
 
 
@@ -153,7 +160,9 @@ def _par(fn, n: int, args_before: tuple, args_after: tuple) -> None:
 class NativePoints(torch.autograd.Function):
     """:class:`serlib.models.head_fusion._HeadFusionPoints`' function and arguments (without ``block``), computed
     by the C kernel: proj (GH, 2d + dv, B, P) float32, w (B, P) or None, bias (B, Pk >= P) or None ->
-    points (B, GH, dv), u (B, GH, P, dv) or empty."""
+    points (B, GH, dv), u (B, GH, P, dv) or empty. Which kernels run: with dv = 1 and no ``u``,
+    ``hf_eq1_fwdjac`` when proj needs a gradient (the backward is a multiply) and ``hf_eq1_fwdpts`` when it
+    does not; otherwise the row-wise ``hf_eq1_forward`` and ``hf_eq1_backward``."""
 
     @staticmethod
     def forward(ctx, proj, w, bias, d: int, want_u: bool = True):
@@ -163,6 +172,31 @@ class NativePoints(torch.autograd.Function):
         dv = ch - 2 * d
         w = None if w is None else w.to(proj.dtype).contiguous()
         bias = None if bias is None else bias[:, :p].to(proj.dtype).contiguous()
+        ctx.d = d
+        if JACOBIAN_IN_FORWARD and ctx.needs_input_grad[0] and dv == 1 and not want_u:
+            # dv = 1: a map's output and its incoming gradient are scalars, so the gradient of proj is dpoint times
+            # a Jacobian the forward computes from the rows it already has (head_fusion_eq1.c, fwdjac_core)
+            jac = torch.empty_like(proj)  # every element written by the kernel
+            points = proj.new_empty(b, gh, 1)
+            nt = max(1, min(torch.get_num_threads(), gh))
+            code = lib.hf_eq1_fwdjac_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
+                                         d**-0.5, _ptr(points), _ptr(jac))
+            _check(code, "hf_eq1_fwdjac")
+            ctx.jacobian = True
+            ctx.save_for_backward(jac)
+            u = proj.new_empty((0,))
+            ctx.mark_non_differentiable(u)
+            return points, u
+        ctx.jacobian = False
+        if not ctx.needs_input_grad[0] and dv == 1 and not want_u:  # inference: the points alone
+            points = proj.new_empty(b, gh, 1)
+            nt = max(1, min(torch.get_num_threads(), gh))
+            code = lib.hf_eq1_fwdpts_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
+                                         _ptr(points))
+            _check(code, "hf_eq1_fwdpts")
+            u = proj.new_empty((0,))
+            ctx.mark_non_differentiable(u)
+            return points, u
         c, rowmax, rowsum = (proj.new_empty(gh, b, p) for _ in range(3))
         u = proj.new_empty((b, gh, p, dv) if want_u else (0,))
         points = proj.new_empty(b, gh, dv)
@@ -170,13 +204,16 @@ class NativePoints(torch.autograd.Function):
         code = lib.hf_eq1_forward_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
                                       _ptr(c), _ptr(rowmax), _ptr(rowsum), _ptr(u) if want_u else None, _ptr(points))
         _check(code, "hf_eq1_forward")
-        ctx.d = d
         ctx.save_for_backward(proj, w, bias, c, rowmax, rowsum)
         ctx.mark_non_differentiable(u)
         return points, u
 
     @staticmethod
     def backward(ctx, dpoints, du):
+        if ctx.jacobian:
+            (jac,) = ctx.saved_tensors  # in place: nothing else reads it (a second backward through this graph
+            # fails with autograd's "modified by an inplace operation" error, as it would for a freed buffer)
+            return jac.mul_(dpoints.to(jac.dtype).permute(1, 2, 0).unsqueeze(-1)), None, None, None, None
         lib = library()
         proj, w, bias, c, rowmax, rowsum = ctx.saved_tensors
         d = ctx.d

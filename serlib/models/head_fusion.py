@@ -91,6 +91,18 @@ the torch function, at one and two threads, and an inductor-compiled forward (sl
 then bound by what the model computes, not by how: the kernel's multiply-adds (the scores, dq and dk are each 8 per map
 entry) and the 80 -> 4352-channel projection GEMM forward and backward.
 
+Issue 18, the Jacobian in the forward: with ``value_dim`` 1 a map's output and the gradient reaching it are both
+scalars, so the backward's ``T_ij = w_i A_ij (z_j - y_i) / sqrt(d)`` is ``dpoint * T1_ij``, ``T1_ij = w_i A_ij (v_j -
+o_i) / sqrt(d)``, ``o_i = sum_j A_ij v_j``. In training the C forward (``hf_eq1_fwdjac``) computes the points and, from
+the same scores and exponentials, ``dq``, ``dk`` and ``c`` per unit of ``dpoint`` (saved in the layout of the
+projection); the backward is one in-place multiply by ``dpoint``. Every map is computed once per step instead of
+twice. That kernel holds 16 queries in the lanes of a vector and runs over the keys one at a time: each row's max and
+sums are lane-wise (no horizontal reduction per row), ``dq`` accumulates in registers and ``dk = T1^T q`` is one pass
+over the map's stored ``T1`` at its end. Inference without per-query outputs (``hf_eq1_fwdpts``) uses ``point =
+sum_i w_i o_i`` and writes only the points. Per-query outputs (the plots), ``value_dim`` above 1 and
+``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep the row-wise forward and backward kernels. Same function
+(``tests/test_head_fusion_parity.py``); ``results/benchmarks/head_fusion_speed_run8.json`` times both.
+
 The code variant (``"head_fusion_code"``) uses the same library on the CPU: its Q/K/V projection is one GEMM
 without bias into a (B * P, 3 * n_head * n_size) matrix, and one C pass per segment adds the bias, takes the channel
 softmax, ReLU and GAP (``hf_code_forward``); the backward recomputes the softmax per row and writes dq, dk, dv and

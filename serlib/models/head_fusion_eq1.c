@@ -12,6 +12,9 @@
    backward: from dpoint (B, GH, dv), with z_j = v_j . dpoint, y_i = sum_j A_ij z_j, T_ij = w_i A_ij (z_j - y_i) /
      sqrt(d): dv_j = c_j dpoint, dq_i = sum_j T_ij k_j, dk_j = sum_i T_ij q_i, written into grad (the layout of proj);
      the maps are recomputed from the saved m and r, never stored.
+   With dv = 1 two more kernels (issue 18): hf_eq1_fwdjac, training's forward, writes the points and their Jacobian
+   (the backward is then one multiply by dpoint, done by the caller), and hf_eq1_fwdpts, inference's, the points
+   alone; both hold V queries in the lanes of a vector (see fwdjac_core).
    Every row of a map stays in registers / L1; nothing of size P x P is written. Only the maps of heads g0 <= g < g1
    are computed (the caller may split the heads between threads; the outputs of different heads do not overlap). */
 #include <stdint.h>
@@ -275,6 +278,192 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
     }
     free(buf);
     return 0;
+}
+
+/* Training's forward when dv = 1: the points and, in the same pass over each row, their Jacobian. With dv = 1 a map's
+   output is one scalar and dpoint one scalar per map, so the backward's T_ij = w_i A_ij (z_j - y_i) / sqrt(d) is
+   dpoint times T1_ij = w_i A_ij (v_j - o_i) / sqrt(d), o_i = sum_j A_ij v_j (z = v dpoint, y = o dpoint): the
+   gradient of proj is dpoint times jac, jac (the layout of proj) holding dq_i = sum_j T1_ij k_j, dk_j = sum_i T1_ij q_i
+   and, in the value channel, c_j. Each row's scores and exponentials are computed once instead of again in the
+   backward (which becomes one multiply, done by the caller); rowmax and rowsum are not needed. */
+static inline __attribute__((always_inline)) int fwdjac_core(const float *restrict proj, const float *restrict bias,
+                                                             const float *restrict w, int gh, int ch, int b, int p,
+                                                             int g0, int g1, int d, int nqc, float qscale,
+                                                             float gscale, float *restrict points,
+                                                             float *restrict jac) {
+    if (d > MAXD || d < 1) return 1;
+    if (ch != 2 * d + 1) return 3;
+    /* queries in lanes: nq vectors of V queries (the padding queries have weight 0); keys one at a time */
+    int nq = nqc > 0 ? nqc : (p + V - 1) / V, pq = nq * V;
+    long bp = (long)b * p;
+    /* per map: qv (d x nq vectors), tb (nq x p vectors: T1 rows of each query block), sv (p vectors), cv (p vectors),
+       wl (nq vectors), dql (d x nq vectors); kt (p x d floats), vj, bj (p floats) */
+    size_t nvec = (size_t)d * nq + (size_t)nq * p + 2 * (size_t)p + nq + (size_t)d * nq;
+    v16 *buf = (v16 *)aligned_alloc(64, sizeof(v16) * nvec + sizeof(float) * ((size_t)p * d + 2 * (size_t)p + 16));
+    if (!buf) return 2;
+    v16 *qv = buf, *tb = qv + (size_t)d * nq, *sv = tb + (size_t)nq * p, *cv = sv + p, *wl = cv + p, *dql = wl + nq;
+    float *kt = (float *)(dql + (size_t)d * nq), *vj = kt + (size_t)p * d, *bj = vj + p;
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            long off = ((long)g * ch * b + bi) * p;
+            const float *base = proj + off;
+            float *dqb = jac + off, *dkb = jac + off + (long)d * bp, *cb = jac + off + (long)(2 * d) * bp;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            const float *bb = bias ? bias + (long)bi * p : NULL;
+            for (int t = 0; t < d; t++) { /* q rows, zero-padded to pq */
+                float *qt = (float *)(qv + t * nq);
+                memcpy(qt, base + t * bp, sizeof(float) * (size_t)p);
+                for (int i = p; i < pq; i++) qt[i] = 0.0f;
+            }
+            for (int t = 0; t < d; t++) { /* keys transposed: kt[j * d + t] */
+                const float *kr = base + (long)(d + t) * bp;
+                for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
+            }
+            memcpy(vj, base + (long)(2 * d) * bp, sizeof(float) * (size_t)p);
+            for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
+            {
+                float *wf = (float *)wl;
+                for (int i = 0; i < pq; i++) wf[i] = i < p ? (wb ? wb[i] : 1.0f / (float)p) : 0.0f;
+            }
+            for (int j = 0; j < p; j++) cv[j] = (v16){0};
+            for (int ib = 0; ib < nq; ib++) {
+                v16 q[MAXD], acc[MAXD];
+                for (int t = 0; t < d; t++) {
+                    q[t] = qv[t * nq + ib] * qscale;
+                    acc[t] = (v16){0};
+                }
+                v16 m = (v16){0} - __builtin_inff();
+                for (int j = 0; j < p; j++) { /* scores of V queries against key j */
+                    v16 a = bj[j] - (v16){0};
+                    const float *kj = kt + j * d;
+                    for (int t = 0; t < d; t++) a += q[t] * kj[t];
+                    sv[j] = a;
+                    m = vmax(m, a);
+                }
+                v16 r = {0}, o = {0};
+                for (int j = 0; j < p; j++) {
+                    v16 e = ex2(sv[j] - m);
+                    sv[j] = e;
+                    r += e;
+                    o += e * vj[j];
+                }
+                v16 inv = 1.0f / r;
+                o *= inv;
+                v16 u = wl[ib] * inv, ca = gscale * u;
+                v16 *t1 = tb + (size_t)ib * p;
+                for (int j = 0; j < p; j++) {
+                    v16 e = sv[j];
+                    cv[j] += u * e;
+                    v16 tv = ca * e * (vj[j] - o); /* T1_ij for the V queries */
+                    t1[j] = tv;
+                    const float *kj = kt + j * d;
+                    for (int t = 0; t < d; t++) acc[t] += tv * kj[t];
+                }
+                for (int t = 0; t < d; t++) dql[t * nq + ib] = acc[t];
+            }
+            for (int t = 0; t < d; t++) memcpy(dqb + t * bp, dql + t * nq, sizeof(float) * (size_t)p);
+            float pt = 0.0f;
+            for (int j = 0; j < p; j++) { /* c_j = sum over query lanes; dk_j = sum_i T1_ij q_i */
+                float cj = hsum(cv[j]);
+                cb[j] = cj;
+                pt += cj * vj[j];
+                v16 dk[MAXD];
+                for (int t = 0; t < d; t++) dk[t] = (v16){0};
+                for (int ib = 0; ib < nq; ib++) {
+                    v16 tv = tb[(size_t)ib * p + j];
+                    for (int t = 0; t < d; t++) dk[t] += tv * qv[t * nq + ib];
+                }
+                float dks[MAXD];
+                if (d == 8) {
+                    hsum8(dk, dks);
+                } else {
+                    for (int t = 0; t < d; t++) dks[t] = hsum(dk[t]);
+                }
+                for (int t = 0; t < d; t++) dkb[t * bp + j] = dks[t];
+            }
+            points[(long)bi * gh + g] = pt;
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Inference's forward when dv = 1 (no gradient, no per-query output): point = sum_i w_i o_i with o_i = sum_j A_ij v_j,
+   the same sum as sum_j c_j v_j regrouped, so each row needs only its scores, max, exponentials, r_i and o_i: queries
+   in lanes, nothing written but the points. */
+static inline __attribute__((always_inline)) int fwdpts_core(const float *restrict proj, const float *restrict bias,
+                                                             const float *restrict w, int gh, int ch, int b, int p,
+                                                             int g0, int g1, int d, int nqc, float qscale,
+                                                             float *restrict points) {
+    if (d > MAXD || d < 1) return 1;
+    if (ch != 2 * d + 1) return 3;
+    int nq = nqc > 0 ? nqc : (p + V - 1) / V, pq = nq * V;
+    long bp = (long)b * p;
+    size_t nvec = (size_t)d * nq + (size_t)p + nq;
+    v16 *buf = (v16 *)aligned_alloc(64, sizeof(v16) * nvec + sizeof(float) * ((size_t)p * d + 2 * (size_t)p + 16));
+    if (!buf) return 2;
+    v16 *qv = buf, *sv = qv + (size_t)d * nq, *wl = sv + p;
+    float *kt = (float *)(wl + nq), *vj = kt + (size_t)p * d, *bj = vj + p;
+    for (int g = g0; g < g1; g++) {
+        for (int bi = 0; bi < b; bi++) {
+            const float *base = proj + ((long)g * ch * b + bi) * p;
+            const float *wb = w ? w + (long)bi * p : NULL;
+            const float *bb = bias ? bias + (long)bi * p : NULL;
+            for (int t = 0; t < d; t++) {
+                float *qt = (float *)(qv + t * nq);
+                memcpy(qt, base + t * bp, sizeof(float) * (size_t)p);
+                for (int i = p; i < pq; i++) qt[i] = 0.0f;
+            }
+            for (int t = 0; t < d; t++) {
+                const float *kr = base + (long)(d + t) * bp;
+                for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
+            }
+            memcpy(vj, base + (long)(2 * d) * bp, sizeof(float) * (size_t)p);
+            for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
+            {
+                float *wf = (float *)wl;
+                for (int i = 0; i < pq; i++) wf[i] = i < p ? (wb ? wb[i] : 1.0f / (float)p) : 0.0f;
+            }
+            v16 acc = {0};
+            for (int ib = 0; ib < nq; ib++) {
+                v16 q[MAXD];
+                for (int t = 0; t < d; t++) q[t] = qv[t * nq + ib] * qscale;
+                v16 m = (v16){0} - __builtin_inff();
+                for (int j = 0; j < p; j++) {
+                    v16 a = bj[j] - (v16){0};
+                    const float *kj = kt + j * d;
+                    for (int t = 0; t < d; t++) a += q[t] * kj[t];
+                    sv[j] = a;
+                    m = vmax(m, a);
+                }
+                v16 r = {0}, o = {0};
+                for (int j = 0; j < p; j++) {
+                    v16 e = ex2(sv[j] - m);
+                    r += e;
+                    o += e * vj[j];
+                }
+                acc += wl[ib] * o / r;
+            }
+            points[(long)bi * gh + g] = hsum(acc);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int hf_eq1_fwdpts(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
+                  int d, float qscale, float *points) {
+    if (d == 8 && (p + V - 1) / V == 6) return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, points);
+    if (d == 8) return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, points);
+    return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, points);
+}
+
+int hf_eq1_fwdjac(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
+                  int d, float qscale, float gscale, float *points, float *jac) {
+    if (d == 8 && (p + V - 1) / V == 6)
+        return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, gscale, points, jac);
+    if (d == 8) return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, gscale, points, jac);
+    return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, points, jac);
 }
 
 /* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
@@ -704,4 +893,16 @@ int hf_eq1_backward_par(const float *proj, const float *bias, const float *w, in
                         const float *dpoints, float *grad) {
     const int n = gh;
     HF_PAR(hf_eq1_backward(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, rowmax, rowsum, c, dpoints, grad))
+}
+
+int hf_eq1_fwdjac_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt, int d,
+                      float qscale, float gscale, float *points, float *jac) {
+    const int n = gh;
+    HF_PAR(hf_eq1_fwdjac(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, points, jac))
+}
+
+int hf_eq1_fwdpts_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt, int d,
+                      float qscale, float *points) {
+    const int n = gh;
+    HF_PAR(hf_eq1_fwdpts(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, points))
 }
