@@ -16,7 +16,10 @@ Sides, all on the same cached RAVDESS segments of the paper protocol (fold 0), f
   the metrics);
 * per training step only (batch 32): ``serlib_faithful`` (``attention="head_fusion"``, Eq. 1) and, for before/after,
   the implementation this issue replaced (``tests/reference_head_fusion_v0.py``) for both variants, and where the C
-  kernels build, both serlib variants with their attention in torch ops instead (``*_blocked``).
+  kernels build, both serlib variants with their attention in torch ops instead (``*_blocked``), and the faithful
+  model with its Eq. 1 Jacobian kernel fed by the projection GEMM (``serlib_faithful_gemm``,
+  ``FUSED_PROJECTION = False``) and with the row-wise forward and backward kernels it replaced
+  (``serlib_faithful_two_kernels``, ``JACOBIAN_IN_FORWARD = False``: run7's configuration).
 
 serlib's epochs run through its ``Trainer``, which uses torch's fused Adam on the CPU; the authors' loop keeps their
 code's ``torch.optim.Adam`` defaults (the per-step timings give every side the same default Adam). The Trainer also
@@ -205,6 +208,8 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         # same model, the C kernels as before the Jacobian moved into the forward (a backward kernel that computes
         # every map again)
         models["serlib_faithful_two_kernels"] = copy.deepcopy(faithful)
+        # same model, the Jacobian kernel fed by the projection GEMM instead of projecting inside the kernel
+        models["serlib_faithful_gemm"] = copy.deepcopy(faithful)
         models["serlib_code_blocked"] = copy.deepcopy(serlib_code)  # same model, its attention in torch ops
     ref = load_reference_v0() if only is None else None
     if only is not None:
@@ -223,10 +228,11 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
         m.train()
 
         def step(m=m, opt=opt, authors=name == "authors", idx=None, impl="blocked" if "blocked" in name else "auto",
-                 jacobian="two_kernels" not in name):
+                 jacobian="two_kernels" not in name, fused="gemm" not in name):
             xb, yb = x[idx], y[idx]
             hf.EQ1_IMPL = impl
             hf._eq1_native.JACOBIAN_IN_FORWARD = jacobian
+            hf.FUSED_PROJECTION = fused
             try:
                 out = m(xb.unsqueeze(1)) if authors else m(xb)[0]
                 loss = F.cross_entropy(out, yb)
@@ -236,6 +242,7 @@ def step_times(x: torch.Tensor, y: torch.Tensor, n_steps: int, batch: int = 32, 
             finally:
                 hf.EQ1_IMPL = "auto"
                 hf._eq1_native.JACOBIAN_IN_FORWARD = True
+                hf.FUSED_PROJECTION = True
 
         steps[name] = step
     g = torch.Generator().manual_seed(1)

@@ -47,6 +47,7 @@ def test_timing_helpers_record_both_sides(tmp_path):
         # before / after the Jacobian moved into the forward: both timed, same points and gradients
         assert k["native_two_kernels_max_abs_points_diff"] < 1e-5 and k["native_two_kernels_max_abs_grad_diff"] < 1e-5
         assert rec["step"]["ratios"]["serlib_faithful_two_kernels_over_authors"] > 0
+        assert rec["step"]["ratios"]["serlib_faithful_gemm_over_authors"] > 0
         assert fwd["native_rowwise_with_u"] < 1e-5
         assert rec["native_build_s"] > 0
     else:

@@ -295,6 +295,91 @@ def test_native_jacobian_and_inference_paths_match_blocked(monkeypatch, masked, 
 
 
 @pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("d", "p", "c", "threads"), [(8, 90, 80, 1), (8, 37, 13, 2), (5, 17, 80, 1), (3, 100, 6, 3)])
+def test_projection_inside_the_kernel_matches_the_gemm(monkeypatch, masked, d, p, c, threads):
+    """:class:`NativeProjectedPoints` (the Q/K/V projection computed map by map inside the kernels) against the GEMM
+    + :class:`NativePoints` it replaces: points and the gradients of the features, the projection's weight and bias
+    to 1e-5, for head_dim 8 at P = 90 and C = 80 (the paper's shapes), other widths, P and C that are not multiples
+    of the kernel's tiles (P > 96: two tiles of positions), masked keys and query weights, heads split between
+    threads; without a gradient, and with ``jacobian=False`` under autograd, only the points kernel runs."""
+    torch.manual_seed(6)
+    gh, b, ch = 6, 3, 2 * d + 1
+    x = torch.randn(b * p, c, requires_grad=True)
+    weight = (torch.randn(gh * ch, c) * 0.4).requires_grad_()
+    bias_proj = (torch.randn(gh * ch) * 0.3).requires_grad_()
+    w = bias = None
+    if masked:
+        key_mask = torch.arange(p)[None, :] < torch.tensor([p, p // 2, 3])[:, None]
+        bias = torch.full((b, -(-p // hf.KEY_PAD) * hf.KEY_PAD), float("-inf"))
+        bias[:, :p].masked_fill_(key_mask, 0.0)
+        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+    g = torch.randn(b, gh, 1)
+    proj = torch.addmm(bias_proj.unsqueeze(1), weight, x.t()).view(gh, ch, b, p)
+    pts, _ = _eq1_native.NativePoints.apply(proj, w, bias, d, False)
+    (pts * g).sum().backward()
+    ref = [pts.detach()] + [t.grad.clone() for t in (x, weight, bias_proj)]
+    calls = _spy_kernels(monkeypatch)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for t in (x, weight, bias_proj):
+            t.grad = None
+        pts = _eq1_native.NativeProjectedPoints.apply(x, weight, bias_proj, w, bias, b, d)
+        (pts * g).sum().backward()
+        assert calls == ["hf_eq1_fwdjac_par"]
+        for label, a, r in zip(("points", "dx", "dweight", "dbias"), [pts.detach(), x.grad, weight.grad, bias_proj.grad],
+                               ref):
+            torch.testing.assert_close(a, r, **TOL, msg=lambda s, k=label: f"{k}: {s}")
+        calls.clear()
+        with torch.no_grad():
+            pts = _eq1_native.NativeProjectedPoints.apply(x, weight, bias_proj, w, bias, b, d, None, False)
+        assert calls == ["hf_eq1_fwdpts_par"]
+        torch.testing.assert_close(pts, ref[0], **TOL)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
+def test_model_runs_the_projecting_kernels_and_no_jacobian_without_grad(monkeypatch):
+    """The paper's model on the CPU: a training step runs the Jacobian kernel (in chunks of heads), eval under
+    no_grad / inference_mode the points-only one (autograd's needs_input_grad is True for parameters even under
+    no_grad, so the model decides), plot maps the row-wise kernel; FUSED_PROJECTION = False returns to the GEMM,
+    with the same logits and gradients."""
+    calls = _spy_kernels(monkeypatch)
+    torch.manual_seed(7)
+    model = HeadFusionACNN(HeadFusionConfig(n_classes=4))
+    x, y = torch.randn(4, 26, 63), torch.tensor([0, 1, 2, 3])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = {}
+    for fused in (True, False):
+        monkeypatch.setattr(hf, "FUSED_PROJECTION", fused)
+        model.load_state_dict(state)  # the same BatchNorm statistics for both (a training step updates them)
+        calls.clear()
+        model.zero_grad()
+        model.train()
+        F.cross_entropy(model(x)[0], y).backward()
+        assert set(calls) == {"hf_eq1_fwdjac_par"}, calls
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.eval()
+        calls.clear()
+        with torch.no_grad():
+            a = model(x, return_maps=False)[0]
+        with torch.inference_mode():
+            b_ = model(x, return_maps=False)[0]
+        assert calls == ["hf_eq1_fwdpts_par"] * 2 if fused else set(calls) == {"hf_eq1_fwdpts_par"}
+        calls.clear()
+        with torch.no_grad():
+            model(x)  # eval's default: the plot maps too
+        assert set(calls) == {"hf_eq1_forward_par"}
+        out[fused] = (a, b_, grads)
+    torch.testing.assert_close(out[True][0], out[False][0], **TOL)
+    torch.testing.assert_close(out[True][1], out[True][0], **TOL)
+    for n in out[True][2]:
+        torch.testing.assert_close(out[True][2][n], out[False][2][n], **TOL, msg=lambda s, n=n: f"{n}: {s}")
+
+
+@pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
 def test_jacobian_backward_scales_in_place_and_refuses_a_second_pass():
     """The Jacobian path's backward scales its saved Jacobian in place: a second backward through the same graph
     (retain_graph) raises autograd's error instead of returning a gradient scaled twice."""

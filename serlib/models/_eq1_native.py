@@ -106,9 +106,10 @@ def _build() -> ctypes.CDLL:
     lib.hf_eq1_forward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32] + [ptr] * 5
     lib.hf_eq1_backward_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, f32] + [ptr] * 5
     lib.hf_eq1_forward_par.restype = lib.hf_eq1_backward_par.restype = i32
-    lib.hf_eq1_fwdjac_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, f32] + [ptr] * 2
+    # (proj | xp, wt, bt, c_in), key bias, query weights, gh, ch, b, p, nt, d, qscale, [gscale], points, [jac]
+    lib.hf_eq1_fwdjac_par.argtypes = [ptr] * 4 + [i32] + [ptr] * 2 + [i32] * 6 + [f32, f32] + [ptr] * 2
     lib.hf_eq1_fwdjac_par.restype = i32
-    lib.hf_eq1_fwdpts_par.argtypes = [ptr] * 3 + [i32] * 6 + [f32, ptr]
+    lib.hf_eq1_fwdpts_par.argtypes = [ptr] * 4 + [i32] + [ptr] * 2 + [i32] * 6 + [f32, ptr]
     lib.hf_eq1_fwdpts_par.restype = i32
     return lib
 
@@ -179,8 +180,8 @@ class NativePoints(torch.autograd.Function):
             jac = torch.empty_like(proj)  # every element written by the kernel
             points = proj.new_empty(b, gh, 1)
             nt = max(1, min(torch.get_num_threads(), gh))
-            code = lib.hf_eq1_fwdjac_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
-                                         d**-0.5, _ptr(points), _ptr(jac))
+            code = lib.hf_eq1_fwdjac_par(_ptr(proj), None, None, None, 0, _ptr(bias), _ptr(w), gh, ch, b, p, nt, d,
+                                         d**-0.5 * _LOG2E, d**-0.5, _ptr(points), _ptr(jac))
             _check(code, "hf_eq1_fwdjac")
             ctx.jacobian = True
             ctx.save_for_backward(jac)
@@ -191,8 +192,8 @@ class NativePoints(torch.autograd.Function):
         if not ctx.needs_input_grad[0] and dv == 1 and not want_u:  # inference: the points alone
             points = proj.new_empty(b, gh, 1)
             nt = max(1, min(torch.get_num_threads(), gh))
-            code = lib.hf_eq1_fwdpts_par(_ptr(proj), _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E,
-                                         _ptr(points))
+            code = lib.hf_eq1_fwdpts_par(_ptr(proj), None, None, None, 0, _ptr(bias), _ptr(w), gh, ch, b, p, nt, d,
+                                         d**-0.5 * _LOG2E, _ptr(points))
             _check(code, "hf_eq1_fwdpts")
             u = proj.new_empty((0,))
             ctx.mark_non_differentiable(u)
@@ -225,6 +226,65 @@ class NativePoints(torch.autograd.Function):
                                        d**-0.5, _ptr(rowmax), _ptr(rowsum), _ptr(c), _ptr(dpoints), _ptr(grad))
         _check(code, "hf_eq1_backward")
         return grad, None, None, None, None
+
+
+class NativeProjectedPoints(torch.autograd.Function):
+    """:class:`NativePoints` with value_dim 1 and no per-query outputs, the Q/K/V projection computed inside the
+    kernel, map by map (``hf_eq1_fwdjac`` / ``hf_eq1_fwdpts`` given the features instead of the projection): x
+    (B * P, C) the features, one row per (sample, point) (a view of the channels-last map), weight (GH * CH, C) and
+    bias_proj (GH * CH,) the 1x1 conv's rows of these GH heads (CH = 2d + 1, channel order [q | k | v] per head),
+    w (B, P) or None, bias (B, Pk >= P) or None -> points (B, GH, 1). The (GH, CH, B, P) projection is never written;
+    with a gradient the forward writes the Jacobian (the projection's layout) and the backward is the multiply plus
+    the projection's GEMMs: dW = dY x, dx = dY^T W, dbias = the sums of dY. ``xp``: x as
+    :func:`padded_channel_major` gives it (computed here when None; pass it when calling for several head ranges).
+    ``jacobian``: whether to compute the Jacobian (None: when an input requires grad; autograd's
+    ``needs_input_grad`` says so under ``no_grad`` too, so a caller that may run without grad passes it)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias_proj, w, bias, b: int, d: int, xp=None, jacobian: bool | None = None):
+        lib = library()
+        bp, c = x.shape
+        p, ch = bp // b, 2 * d + 1
+        gh = weight.shape[0] // ch
+        if bp != b * p or weight.shape != (gh * ch, c) or bias_proj.shape != (gh * ch,):
+            raise ValueError(f"x must be (B * P, C) with B = {b}, weight (GH * {ch}, C) and bias_proj (GH * {ch},), "
+                             f"got {tuple(x.shape)}, {tuple(weight.shape)} and {tuple(bias_proj.shape)}")
+        if xp is None:
+            xp = padded_channel_major(x, b)
+        wt, bt = weight.detach().contiguous(), bias_proj.detach().contiguous()
+        w = None if w is None else w.to(x.dtype).contiguous()
+        bias = None if bias is None else bias[:, :p].to(x.dtype).contiguous()
+        points = x.new_empty(b, gh, 1)
+        nt = max(1, min(torch.get_num_threads(), gh))
+        args = (None, _ptr(xp), _ptr(wt), _ptr(bt), c, _ptr(bias), _ptr(w), gh, ch, b, p, nt, d, d**-0.5 * _LOG2E)
+        if jacobian is None:  # (needs_input_grad holds under no_grad too: the caller knows better)
+            jacobian = any(ctx.needs_input_grad[:3])
+        if jacobian:
+            jac = x.new_empty(gh, ch, b, p)  # every element written by the kernel
+            _check(lib.hf_eq1_fwdjac_par(*args, d**-0.5, _ptr(points), _ptr(jac)), "hf_eq1_fwdjac")
+            ctx.save_for_backward(jac, x, weight)
+        else:
+            _check(lib.hf_eq1_fwdpts_par(*args, _ptr(points)), "hf_eq1_fwdpts")
+        return points
+
+    @staticmethod
+    def backward(ctx, dpoints):
+        jac, x, weight = ctx.saved_tensors  # the Jacobian is scaled in place (see NativePoints.backward)
+        gh, ch, b, p = jac.shape
+        dy = jac.mul_(dpoints.to(jac.dtype).permute(1, 2, 0).unsqueeze(-1)).view(gh * ch, b * p)
+        dx = torch.mm(dy.t(), weight) if ctx.needs_input_grad[0] else None
+        dw = torch.mm(dy, x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(dim=1) if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None, None, None, None
+
+
+def padded_channel_major(x: torch.Tensor, b: int) -> torch.Tensor:
+    """x (B * P, C) -> (B, C, P16), P16 = P rounded up to 16 (zero padding), contiguous, without autograd: the
+    features as :class:`NativeProjectedPoints`' kernels read them (one 16-lane vector of positions at a time)."""
+    p, c = x.shape[0] // b, x.shape[1]
+    xp = x.new_zeros(b, c, -(-p // 16) * 16)
+    xp[..., :p] = x.detach().view(b, p, c).transpose(1, 2)
+    return xp
 
 
 class NativeCodePoints(torch.autograd.Function):

@@ -99,9 +99,13 @@ projection); the backward is one in-place multiply by ``dpoint``. Every map is c
 twice. That kernel holds 16 queries in the lanes of a vector and runs over the keys one at a time: each row's max and
 sums are lane-wise (no horizontal reduction per row), ``dq`` accumulates in registers and ``dk = T1^T q`` is one pass
 over the map's stored ``T1`` at its end. Inference without per-query outputs (``hf_eq1_fwdpts``) uses ``point =
-sum_i w_i o_i`` and writes only the points. Per-query outputs (the plots), ``value_dim`` above 1 and
-``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep the row-wise forward and backward kernels. Same function
-(``tests/test_head_fusion_parity.py``); ``results/benchmarks/head_fusion_speed_run8.json`` times both.
+sum_i w_i o_i`` and writes only the points. Both compute the Q/K/V projection themselves
+(:class:`_eq1_native.NativeProjectedPoints`, ``FUSED_PROJECTION``): a map's 2d + 1 rows from its sample's (C, P)
+features in register tiles, samples outermost so that a sample's features stay in cache across the heads; the
+(GH, 2d + 1, B, P) projection is never written, and the backward's GEMMs (dW, dx) and bias sums take the scaled
+Jacobian. Per-query outputs (the plots), ``value_dim`` above 1 and ``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep
+the projection GEMM and the row-wise forward and backward kernels. Same function (``tests/test_head_fusion_parity.py``);
+``results/benchmarks/head_fusion_speed_run8.json`` times the step each way.
 
 The code variant (``"head_fusion_code"``) uses the same library on the CPU: its Q/K/V projection is one GEMM
 without bias into a (B * P, 3 * n_head * n_size) matrix, and one C pass per segment adds the bias, takes the channel
@@ -340,6 +344,9 @@ BLOCK_HEADS = 64  # maps per block (heads of one sample): 64 x 90 x 96 floats = 
 EQ1_IMPL = "auto"
 EQ1_IMPLS = ("auto", "native", "blocked", "dense")
 PROJ_CHUNK_BYTES = 16 * 2**20  # the native path's projection GEMM in chunks of whole heads at most this large
+# value_dim 1 without plot maps, native: the Q/K/V projection inside the C kernel (NativeProjectedPoints), map by map,
+# instead of a GEMM writing the (GH, 2d + 1, B, P) projection for the kernel to read. False: the GEMM, as before
+FUSED_PROJECTION = True
 
 
 def _blocks(b: int, gh: int, block: int):
@@ -702,6 +709,26 @@ class HeadFusionACNN(nn.Module):
         return [torch.addmm(bias[h0:h1].reshape(-1, 1), weight[h0:h1].reshape(-1, c), x).view(h1 - h0, ch, b, h * w)
                 for h0, h1 in zip(bounds[:-1], bounds[1:])]
 
+    def _projected_points(self, feat: torch.Tensor, weights: torch.Tensor | None,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 1 + GAP with the projection inside the C kernel (:class:`_eq1_native.NativeProjectedPoints`):
+        (B, GH, 1), over head ranges whose Jacobian is at most ``PROJ_CHUNK_BYTES`` (see :meth:`_projection_chunks`)."""
+        cfg = self.config
+        b, c, h, w = feat.shape
+        gh, ch = cfg.n_size * cfg.n_head, 2 * cfg.head_dim + cfg.value_dim
+        x = _points_last(feat).reshape(b * h * w, c)  # a view for channels-last maps
+        weight, bias_proj = self.qkv.weight.view(gh, ch, c), self.qkv.bias.view(gh, ch)
+        xp = _eq1_native.padded_channel_major(x, b)
+        jacobian = torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad
+                                                or self.qkv.bias.requires_grad)
+        n = 1  # without a gradient nothing of the projection's size is written: all heads in one call
+        if jacobian:
+            n = min(gh, max(1, math.ceil(gh * ch * b * h * w * feat.element_size() / PROJ_CHUNK_BYTES)))
+        bounds = [gh * i // n for i in range(n + 1)]
+        return torch.cat([_eq1_native.NativeProjectedPoints.apply(
+            x, weight[h0:h1].reshape(-1, c), bias_proj[h0:h1].reshape(-1), weights, bias, b, cfg.head_dim, xp, jacobian)
+            for h0, h1 in zip(bounds[:-1], bounds[1:])], dim=1)
+
     def split_qkv(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Head-fusion projections of feat (B, C, H, W): q, k (B, n_size, n_head, P, d), v (B, n_size, n_head, P, dv)."""
         return self._split(self._projections(feat))
@@ -725,6 +752,11 @@ class HeadFusionACNN(nn.Module):
             m = key_mask.to(feat.dtype)
             weights = m / m.sum(dim=-1, keepdim=True)  # GAP over valid queries
         impl, proj = _eq1_impl(feat, cfg.head_dim), None
+        if (impl == "native" and FUSED_PROJECTION and not maps and dv == 1 and feat.dtype == torch.float32
+                and (_eq1_native.JACOBIAN_IN_FORWARD or not torch.is_grad_enabled())
+                and not torch.is_autocast_enabled("cpu")):
+            pts = self._projected_points(feat, weights, bias)
+            return pts.reshape(b, g, nh).mean(dim=2)  # Eq. 2 + GAP -> n_size points
         if impl == "native":
             chunks = self._projection_chunks(feat)
             if chunks[0].dtype == torch.float32:  # (not under a lower-precision autocast)

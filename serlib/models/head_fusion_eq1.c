@@ -280,13 +280,51 @@ static inline __attribute__((always_inline)) int backward_core(const float *rest
     return 0;
 }
 
+/* The Q/K/V projection of one map inside the kernels below (issue 18): out (CH rows of nq vectors) = W_g (CH, C)
+   X_b (C, nq vectors) + bias_g, X_b zero-padded to nq * V positions, in tiles of PR rows x PVB vectors held in
+   registers (one tile: PR broadcasts and PVB loads per input channel for PR * PVB multiply-adds). */
+#define PR 4
+#define PVB 6
+static inline __attribute__((always_inline)) void proj_tile(const float *restrict w, const float *restrict bias,
+                                                            const v16 *restrict x, int c_in, int nq, int rows, int nvb,
+                                                            v16 *restrict out) {
+    v16 acc[PR][PVB];
+    for (int r = 0; r < PR; r++)
+        for (int v = 0; v < PVB; v++) acc[r][v] = (r < rows ? bias[r] : 0.0f) - (v16){0};
+    for (int c = 0; c < c_in; c++) {
+        const v16 *xc = x + (long)c * nq;
+        for (int r = 0; r < rows; r++) {
+            float wr = w[(long)r * c_in + c];
+            for (int v = 0; v < nvb; v++) acc[r][v] += wr * xc[v];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nvb; v++) out[(long)r * nq + v] = acc[r][v];
+}
+
+static inline __attribute__((always_inline)) void project_map(const float *restrict wg, const float *restrict bg,
+                                                              const v16 *restrict xb, int c_in, int ch, int nq,
+                                                              v16 *restrict out) {
+    for (int t0 = 0; t0 < ch; t0 += PR) {
+        int rows = ch - t0 < PR ? ch - t0 : PR;
+        for (int v0 = 0; v0 < nq; v0 += PVB) {
+            int nvb = nq - v0 < PVB ? nq - v0 : PVB;
+            if (rows == PR && nvb == PVB) /* the full tile, with constant sizes */
+                proj_tile(wg + (long)t0 * c_in, bg + t0, xb + v0, c_in, nq, PR, PVB, out + (long)t0 * nq + v0);
+            else
+                proj_tile(wg + (long)t0 * c_in, bg + t0, xb + v0, c_in, nq, rows, nvb, out + (long)t0 * nq + v0);
+        }
+    }
+}
+
 /* Training's forward when dv = 1: the points and, in the same pass over each row, their Jacobian. With dv = 1 a map's
    output is one scalar and dpoint one scalar per map, so the backward's T_ij = w_i A_ij (z_j - y_i) / sqrt(d) is
    dpoint times T1_ij = w_i A_ij (v_j - o_i) / sqrt(d), o_i = sum_j A_ij v_j (z = v dpoint, y = o dpoint): the
    gradient of proj is dpoint times jac, jac (the layout of proj) holding dq_i = sum_j T1_ij k_j, dk_j = sum_i T1_ij q_i
    and, in the value channel, c_j. Each row's scores and exponentials are computed once instead of again in the
    backward (which becomes one multiply, done by the caller); rowmax and rowsum are not needed. */
-static inline __attribute__((always_inline)) int fwdjac_core(const float *restrict proj, const float *restrict bias,
+static inline __attribute__((always_inline)) int fwdjac_core(const float *restrict proj, const float *restrict xp,
+    const float *restrict wt, const float *restrict bt, int c_in, const float *restrict bias,
                                                              const float *restrict w, int gh, int ch, int b, int p,
                                                              int g0, int g1, int d, int nqc, float qscale,
                                                              float gscale, float *restrict points,
@@ -300,26 +338,44 @@ static inline __attribute__((always_inline)) int fwdjac_core(const float *restri
        wl (nq vectors), dql (d x nq vectors); kt (p x d floats), vj, bj (p floats) */
     size_t nvec = (size_t)d * nq + (size_t)nq * p + 2 * (size_t)p + nq + (size_t)d * nq;
     v16 *buf = (v16 *)aligned_alloc(64, sizeof(v16) * nvec + sizeof(float) * ((size_t)p * d + 2 * (size_t)p + 16));
-    if (!buf) return 2;
+    v16 *pv = xp ? (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)ch * nq) : NULL;
+    if (!buf || (xp && !pv)) {
+        free(buf);
+        free(pv);
+        return 2;
+    }
     v16 *qv = buf, *tb = qv + (size_t)d * nq, *sv = tb + (size_t)nq * p, *cv = sv + p, *wl = cv + p, *dql = wl + nq;
     float *kt = (float *)(dql + (size_t)d * nq), *vj = kt + (size_t)p * d, *bj = vj + p;
-    for (int g = g0; g < g1; g++) {
-        for (int bi = 0; bi < b; bi++) {
+    long nmaps = (long)(g1 - g0) * b;
+    for (long mi = 0; mi < nmaps; mi++) { /* projecting: sample-major, so X_b stays in cache across the heads */
+        int g = xp ? g0 + (int)(mi % (g1 - g0)) : g0 + (int)(mi / b);
+        int bi = xp ? (int)(mi / (g1 - g0)) : (int)(mi % b);
+        {
             long off = ((long)g * ch * b + bi) * p;
-            const float *base = proj + off;
+            const float *base; /* the map's q, k, v rows, rs floats apart */
+            long rs;
+            if (xp) {
+                project_map(wt + (long)g * ch * c_in, bt + (long)g * ch, (const v16 *)xp + (long)bi * c_in * nq, c_in,
+                            ch, nq, pv);
+                base = (const float *)pv;
+                rs = pq;
+            } else {
+                base = proj + ((long)g * ch * b + bi) * p;
+                rs = bp;
+            }
             float *dqb = jac + off, *dkb = jac + off + (long)d * bp, *cb = jac + off + (long)(2 * d) * bp;
             const float *wb = w ? w + (long)bi * p : NULL;
             const float *bb = bias ? bias + (long)bi * p : NULL;
             for (int t = 0; t < d; t++) { /* q rows, zero-padded to pq */
                 float *qt = (float *)(qv + t * nq);
-                memcpy(qt, base + t * bp, sizeof(float) * (size_t)p);
+                memcpy(qt, base + t * rs, sizeof(float) * (size_t)p);
                 for (int i = p; i < pq; i++) qt[i] = 0.0f;
             }
             for (int t = 0; t < d; t++) { /* keys transposed: kt[j * d + t] */
-                const float *kr = base + (long)(d + t) * bp;
+                const float *kr = base + (long)(d + t) * rs;
                 for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
             }
-            memcpy(vj, base + (long)(2 * d) * bp, sizeof(float) * (size_t)p);
+            memcpy(vj, base + (long)(2 * d) * rs, sizeof(float) * (size_t)p);
             for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
             {
                 float *wf = (float *)wl;
@@ -385,13 +441,15 @@ static inline __attribute__((always_inline)) int fwdjac_core(const float *restri
         }
     }
     free(buf);
+    free(pv);
     return 0;
 }
 
 /* Inference's forward when dv = 1 (no gradient, no per-query output): point = sum_i w_i o_i with o_i = sum_j A_ij v_j,
    the same sum as sum_j c_j v_j regrouped, so each row needs only its scores, max, exponentials, r_i and o_i: queries
    in lanes, nothing written but the points. */
-static inline __attribute__((always_inline)) int fwdpts_core(const float *restrict proj, const float *restrict bias,
+static inline __attribute__((always_inline)) int fwdpts_core(const float *restrict proj, const float *restrict xp,
+    const float *restrict wt, const float *restrict bt, int c_in, const float *restrict bias,
                                                              const float *restrict w, int gh, int ch, int b, int p,
                                                              int g0, int g1, int d, int nqc, float qscale,
                                                              float *restrict points) {
@@ -401,24 +459,42 @@ static inline __attribute__((always_inline)) int fwdpts_core(const float *restri
     long bp = (long)b * p;
     size_t nvec = (size_t)d * nq + (size_t)p + nq;
     v16 *buf = (v16 *)aligned_alloc(64, sizeof(v16) * nvec + sizeof(float) * ((size_t)p * d + 2 * (size_t)p + 16));
-    if (!buf) return 2;
+    v16 *pv = xp ? (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)ch * nq) : NULL;
+    if (!buf || (xp && !pv)) {
+        free(buf);
+        free(pv);
+        return 2;
+    }
     v16 *qv = buf, *sv = qv + (size_t)d * nq, *wl = sv + p;
     float *kt = (float *)(wl + nq), *vj = kt + (size_t)p * d, *bj = vj + p;
-    for (int g = g0; g < g1; g++) {
-        for (int bi = 0; bi < b; bi++) {
-            const float *base = proj + ((long)g * ch * b + bi) * p;
+    long nmaps = (long)(g1 - g0) * b;
+    for (long mi = 0; mi < nmaps; mi++) { /* projecting: sample-major, so X_b stays in cache across the heads */
+        int g = xp ? g0 + (int)(mi % (g1 - g0)) : g0 + (int)(mi / b);
+        int bi = xp ? (int)(mi / (g1 - g0)) : (int)(mi % b);
+        {
+            const float *base; /* the map's q, k, v rows, rs floats apart */
+            long rs;
+            if (xp) {
+                project_map(wt + (long)g * ch * c_in, bt + (long)g * ch, (const v16 *)xp + (long)bi * c_in * nq, c_in,
+                            ch, nq, pv);
+                base = (const float *)pv;
+                rs = pq;
+            } else {
+                base = proj + ((long)g * ch * b + bi) * p;
+                rs = bp;
+            }
             const float *wb = w ? w + (long)bi * p : NULL;
             const float *bb = bias ? bias + (long)bi * p : NULL;
             for (int t = 0; t < d; t++) {
                 float *qt = (float *)(qv + t * nq);
-                memcpy(qt, base + t * bp, sizeof(float) * (size_t)p);
+                memcpy(qt, base + t * rs, sizeof(float) * (size_t)p);
                 for (int i = p; i < pq; i++) qt[i] = 0.0f;
             }
             for (int t = 0; t < d; t++) {
-                const float *kr = base + (long)(d + t) * bp;
+                const float *kr = base + (long)(d + t) * rs;
                 for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
             }
-            memcpy(vj, base + (long)(2 * d) * bp, sizeof(float) * (size_t)p);
+            memcpy(vj, base + (long)(2 * d) * rs, sizeof(float) * (size_t)p);
             for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
             {
                 float *wf = (float *)wl;
@@ -448,22 +524,26 @@ static inline __attribute__((always_inline)) int fwdpts_core(const float *restri
         }
     }
     free(buf);
+    free(pv);
     return 0;
 }
 
-int hf_eq1_fwdpts(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
-                  int d, float qscale, float *points) {
-    if (d == 8 && (p + V - 1) / V == 6) return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, points);
-    if (d == 8) return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, points);
-    return fwdpts_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, points);
+int hf_eq1_fwdpts(const float *proj, const float *xp, const float *wt, const float *bt, int c_in, const float *bias,
+                  const float *w, int gh, int ch, int b, int p, int g0, int g1, int d, float qscale, float *points) {
+    if (d == 8 && (p + V - 1) / V == 6)
+        return fwdpts_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, points);
+    if (d == 8) return fwdpts_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, points);
+    return fwdpts_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, points);
 }
 
-int hf_eq1_fwdjac(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
-                  int d, float qscale, float gscale, float *points, float *jac) {
+int hf_eq1_fwdjac(const float *proj, const float *xp, const float *wt, const float *bt, int c_in, const float *bias,
+                  const float *w, int gh, int ch, int b, int p, int g0, int g1, int d, float qscale, float gscale,
+                  float *points, float *jac) {
     if (d == 8 && (p + V - 1) / V == 6)
-        return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, gscale, points, jac);
-    if (d == 8) return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, gscale, points, jac);
-    return fwdjac_core(proj, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, points, jac);
+        return fwdjac_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, 8, 6, qscale, gscale, points, jac);
+    if (d == 8)
+        return fwdjac_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, 8, 0, qscale, gscale, points, jac);
+    return fwdjac_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, points, jac);
 }
 
 /* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
@@ -895,14 +975,15 @@ int hf_eq1_backward_par(const float *proj, const float *bias, const float *w, in
     HF_PAR(hf_eq1_backward(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, rowmax, rowsum, c, dpoints, grad))
 }
 
-int hf_eq1_fwdjac_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt, int d,
-                      float qscale, float gscale, float *points, float *jac) {
+int hf_eq1_fwdjac_par(const float *proj, const float *xp, const float *wt, const float *bt, int c_in, const float *bias,
+                      const float *w, int gh, int ch, int b, int p, int nt, int d, float qscale, float gscale,
+                      float *points, float *jac) {
     const int n = gh;
-    HF_PAR(hf_eq1_fwdjac(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, points, jac))
+    HF_PAR(hf_eq1_fwdjac(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, lo, hi, d, qscale, gscale, points, jac))
 }
 
-int hf_eq1_fwdpts_par(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int nt, int d,
-                      float qscale, float *points) {
+int hf_eq1_fwdpts_par(const float *proj, const float *xp, const float *wt, const float *bt, int c_in, const float *bias,
+                      const float *w, int gh, int ch, int b, int p, int nt, int d, float qscale, float *points) {
     const int n = gh;
-    HF_PAR(hf_eq1_fwdpts(proj, bias, w, gh, ch, b, p, lo, hi, d, qscale, points))
+    HF_PAR(hf_eq1_fwdpts(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, lo, hi, d, qscale, points))
 }
