@@ -111,6 +111,8 @@ def _build() -> ctypes.CDLL:
     lib.hf_eq1_fwdjac_par.restype = i32
     lib.hf_eq1_fwdpts_par.argtypes = [ptr] * 4 + [i32] + [ptr] * 2 + [i32] * 6 + [f32, ptr]
     lib.hf_eq1_fwdpts_par.restype = i32
+    lib.hf_eq1_scale_jac_par.argtypes = [ptr] * 2 + [i32] * 5 + [ptr]
+    lib.hf_eq1_scale_jac_par.restype = i32
     return lib
 
 
@@ -271,10 +273,14 @@ class NativeProjectedPoints(torch.autograd.Function):
     def backward(ctx, dpoints):
         jac, x, weight = ctx.saved_tensors  # the Jacobian is scaled in place (see NativePoints.backward)
         gh, ch, b, p = jac.shape
-        dy = jac.mul_(dpoints.to(jac.dtype).permute(1, 2, 0).unsqueeze(-1)).view(gh * ch, b * p)
+        dp = dpoints.to(jac.dtype).reshape(b, gh).contiguous()
+        db = jac.new_empty(gh * ch)  # the scaling and the bias gradient's sums in one pass over the Jacobian
+        nt = max(1, min(torch.get_num_threads(), gh))
+        _check(library().hf_eq1_scale_jac_par(_ptr(jac), _ptr(dp), gh, ch, b, p, nt, _ptr(db)), "hf_eq1_scale_jac")
+        dy = jac.view(gh * ch, b * p)
         dx = torch.mm(dy.t(), weight) if ctx.needs_input_grad[0] else None
         dw = torch.mm(dy, x) if ctx.needs_input_grad[1] else None
-        db = dy.sum(dim=1) if ctx.needs_input_grad[2] else None
+        db = db if ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None, None, None, None
 
 

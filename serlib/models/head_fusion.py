@@ -102,8 +102,8 @@ over the map's stored ``T1`` at its end. Inference without per-query outputs (``
 sum_i w_i o_i`` and writes only the points. Both compute the Q/K/V projection themselves
 (:class:`_eq1_native.NativeProjectedPoints`, ``FUSED_PROJECTION``): a map's 2d + 1 rows from its sample's (C, P)
 features in register tiles, samples outermost so that a sample's features stay in cache across the heads; the
-(GH, 2d + 1, B, P) projection is never written, and the backward's GEMMs (dW, dx) and bias sums take the scaled
-Jacobian. Per-query outputs (the plots), ``value_dim`` above 1 and ``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep
+(GH, 2d + 1, B, P) projection is never written; the backward scales the Jacobian and sums the bias gradient in one C
+pass (``hf_eq1_scale_jac``), and the projection's GEMMs (dW, dx) take the scaled Jacobian. Per-query outputs (the plots), ``value_dim`` above 1 and ``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep
 the projection GEMM and the row-wise forward and backward kernels. Same function (``tests/test_head_fusion_parity.py``);
 ``results/benchmarks/head_fusion_speed_run8.json`` times the step each way.
 

@@ -546,6 +546,36 @@ int hf_eq1_fwdjac(const float *proj, const float *xp, const float *wt, const flo
     return fwdjac_core(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, g0, g1, d, 0, qscale, gscale, points, jac);
 }
 
+/* The Jacobian path's backward in one pass: jac (GH, CH, B, P) row (g, t, b) times dpoints[b, g] (B, GH), in place,
+   and dbias[g * CH + t] = the sum of the scaled rows over (b, i) (the projection bias's gradient). Heads g0 <= g < g1. */
+int hf_eq1_scale_jac(float *restrict jac, const float *restrict dpoints, int gh, int ch, int b, int p, int g0, int g1,
+                     float *restrict dbias) {
+    for (int g = g0; g < g1; g++)
+        for (int t = 0; t < ch; t++) {
+            double acc = 0.0;
+            for (int bi = 0; bi < b; bi++) {
+                float sc = dpoints[(long)bi * gh + g], sum = 0.0f;
+                float *row = jac + (((long)g * ch + t) * b + bi) * p;
+                v16 vs = {0};
+                int i = 0;
+                for (; i + V <= p; i += V) { /* whole vectors (unaligned), then the tail */
+                    v16 r;
+                    memcpy(&r, row + i, sizeof r);
+                    r *= sc;
+                    memcpy(row + i, &r, sizeof r);
+                    vs += r;
+                }
+                for (; i < p; i++) {
+                    row[i] *= sc;
+                    sum += row[i];
+                }
+                acc += (double)(hsum(vs) + sum);
+            }
+            dbias[(long)g * ch + t] = (float)acc;
+        }
+    return 0;
+}
+
 /* Exported entry points; head_dim 8 (the model's default) gets a copy of the code with d a constant. */
 int hf_eq1_forward(const float *proj, const float *bias, const float *w, int gh, int ch, int b, int p, int g0, int g1,
                    int d, float qscale, float *c, float *rowmax, float *rowsum, float *u, float *points) {
@@ -986,4 +1016,9 @@ int hf_eq1_fwdpts_par(const float *proj, const float *xp, const float *wt, const
                       const float *w, int gh, int ch, int b, int p, int nt, int d, float qscale, float *points) {
     const int n = gh;
     HF_PAR(hf_eq1_fwdpts(proj, xp, wt, bt, c_in, bias, w, gh, ch, b, p, lo, hi, d, qscale, points))
+}
+
+int hf_eq1_scale_jac_par(float *jac, const float *dpoints, int gh, int ch, int b, int p, int nt, float *dbias) {
+    const int n = gh;
+    HF_PAR(hf_eq1_scale_jac(jac, dpoints, gh, ch, b, p, lo, hi, dbias))
 }
