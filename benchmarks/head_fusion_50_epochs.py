@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             "record": run,
         }
         print(f"{side}: {t['total_s']:.0f} s ({t['epoch_mean_s']:.1f} s/epoch), UA {100 * run['metrics']['ua']:.1f} "
-              f"(committed faithful run: {100 * committed['metrics']['ua']:.1f}), load {load_before} -> "
+              f"(committed run: {100 * committed['metrics']['ua']:.1f}), load {load_before} -> "
               f"{rec['sides'][side]['load_avg_after']}", flush=True)
         out = Path(args.out)
         write_text_atomic(out, json.dumps(rec, indent=1, default=str) + "\n")  # a kill never leaves half a record

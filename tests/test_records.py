@@ -335,6 +335,21 @@ def test_speed_goals_table_reads_each_goal_from_its_record(tmp_path):
     rec = json.loads((bench / SPEED_GOALS[0][1]).read_text())
     (bench / SPEED_GOALS[0][1]).write_text(json.dumps({**rec, "git": "abcdef123+dirty"}))
     assert set(speed_goals_table(tmp_path)["git"]) == {"abcdef1+dirty"}  # a run from an uncommitted tree says so
+    assert set(t["accuracy"]) == {""}  # ratios: no accuracy
+    fifty = next(g for g in SPEED_GOALS if g[2].startswith("sides."))
+    side = fifty[2].split(".")[1]
+    (bench / fifty[1]).write_text(json.dumps({"git": "abc", "committed_test_ua": 0.5827, "sides": {
+        side: {"seconds_per_run": 400.0, "test_ua": 0.5694}}}))
+    row = speed_goals_table(tmp_path).set_index("record").loc[f"results/benchmarks/{fifty[1]}"]
+    assert row["accuracy"] == "test UA 56.9 (committed run 58.3)"  # a rerun states its accuracy beside the record's
+    committed = tmp_path.parent / "committed.json"  # a committed run of the other attention variant is named
+    committed.write_text(json.dumps({"config": {"model_kwargs": {"attention": "head_fusion_code"}}}))
+    (bench / fifty[1]).write_text(json.dumps({"git": "abc", "committed_test_ua": 0.5827, "committed_record":
+                                             "committed.json", "sides": {side: {"seconds_per_run": 1.0,
+                                                                                "test_ua": 0.5694}}}))
+    row = speed_goals_table(tmp_path).set_index("record").loc[f"results/benchmarks/{fifty[1]}"]
+    assert row["accuracy"] == ("test UA 56.9 (committed head_fusion_code run 58.3)" if side != "head_fusion_code"
+                               else "test UA 56.9 (committed run 58.3)")
 
 
 def test_markdown_keeps_small_p_values_readable():
