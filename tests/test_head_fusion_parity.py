@@ -193,6 +193,15 @@ def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path, cc, why):
     assert not list(tmp_path.rglob("*.so"))
 
 
+def _key_bias_and_weights(valid: list[int], p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """As the model builds them for samples with ``valid`` leading keys of ``p``: the additive key bias
+    (B, P padded to KEY_PAD; 0 or -inf) and the query weights of the GAP over valid points (B, P)."""
+    key_mask = torch.arange(p)[None, :] < torch.tensor(valid)[:, None]
+    bias = torch.full((len(valid), -(-p // hf.KEY_PAD) * hf.KEY_PAD), float("-inf"))
+    bias[:, :p].masked_fill_(key_mask, 0.0)
+    return bias, key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+
+
 @pytest.mark.skipif(bool(NATIVE_MISSING), reason=f"native Eq. 1 kernel unavailable: {NATIVE_MISSING}")
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("d", "dv", "threads"), [(8, 1, 1), (5, 2, 1), (8, 1, 2), (3, 1, 3)])
@@ -205,11 +214,7 @@ def test_native_kernel_matches_blocked(masked, d, dv, threads):
     proj = (torch.randn(gh, 2 * d + dv, b, p) * 2.0).requires_grad_()
     w = bias = None
     if masked:
-        key_mask = torch.arange(p)[None, :] < torch.tensor([37, 20, 5])[:, None]
-        pk = -(-p // hf.KEY_PAD) * hf.KEY_PAD
-        bias = torch.full((b, pk), float("-inf"))
-        bias[:, :p].masked_fill_(key_mask, 0.0)
-        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+        bias, w = _key_bias_and_weights([37, 20, 5], p)
     g = torch.randn(b, gh, dv)
     out = {}
     old_threads = torch.get_num_threads()
@@ -263,10 +268,7 @@ def test_native_jacobian_and_inference_paths_match_blocked(monkeypatch, masked, 
     proj = (torch.randn(gh, 2 * d + 1, b, p) * 2.0).requires_grad_()
     w = bias = None
     if masked:
-        key_mask = torch.arange(p)[None, :] < torch.tensor([p, p // 2, 3])[:, None]
-        bias = torch.full((b, -(-p // hf.KEY_PAD) * hf.KEY_PAD), float("-inf"))
-        bias[:, :p].masked_fill_(key_mask, 0.0)
-        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+        bias, w = _key_bias_and_weights([p, p // 2, 3], p)
     g = torch.randn(b, gh, 1)
     pts, _ = hf._HeadFusionPoints.apply(proj, w, bias, d, 4, False)
     (pts * g).sum().backward()
@@ -275,7 +277,8 @@ def test_native_jacobian_and_inference_paths_match_blocked(monkeypatch, masked, 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for jacobian, kernels in ((True, ["hf_eq1_fwdjac_par"]), (False, ["hf_eq1_forward_par", "hf_eq1_backward_par"])):
+        two_kernels = ["hf_eq1_forward_par", "hf_eq1_backward_par"]
+        for jacobian, kernels in ((True, ["hf_eq1_fwdjac_par"]), (False, two_kernels)):
             monkeypatch.setattr(_eq1_native, "JACOBIAN_IN_FORWARD", jacobian)
             proj.grad = None
             calls.clear()
@@ -310,10 +313,7 @@ def test_projection_inside_the_kernel_matches_the_gemm(monkeypatch, masked, d, p
     bias_proj = (torch.randn(gh * ch) * 0.3).requires_grad_()
     w = bias = None
     if masked:
-        key_mask = torch.arange(p)[None, :] < torch.tensor([p, p // 2, 3])[:, None]
-        bias = torch.full((b, -(-p // hf.KEY_PAD) * hf.KEY_PAD), float("-inf"))
-        bias[:, :p].masked_fill_(key_mask, 0.0)
-        w = key_mask.float() / key_mask.float().sum(dim=-1, keepdim=True)
+        bias, w = _key_bias_and_weights([p, p // 2, 3], p)
     g = torch.randn(b, gh, 1)
     proj = torch.addmm(bias_proj.unsqueeze(1), weight, x.t()).view(gh, ch, b, p)
     pts, _ = _eq1_native.NativePoints.apply(proj, w, bias, d, False)
@@ -328,8 +328,8 @@ def test_projection_inside_the_kernel_matches_the_gemm(monkeypatch, masked, d, p
         pts = _eq1_native.NativeProjectedPoints.apply(x, weight, bias_proj, w, bias, b, d)
         (pts * g).sum().backward()
         assert calls == ["hf_eq1_fwdjac_par"]
-        for label, a, r in zip(("points", "dx", "dweight", "dbias"), [pts.detach(), x.grad, weight.grad, bias_proj.grad],
-                               ref):
+        got = [pts.detach(), x.grad, weight.grad, bias_proj.grad]
+        for label, a, r in zip(("points", "dx", "dweight", "dbias"), got, ref):
             torch.testing.assert_close(a, r, **TOL, msg=lambda s, k=label: f"{k}: {s}")
         calls.clear()
         with torch.no_grad():

@@ -95,7 +95,7 @@ Issue 18, the Jacobian in the forward: with ``value_dim`` 1 a map's output and t
 scalars, so the backward's ``T_ij = w_i A_ij (z_j - y_i) / sqrt(d)`` is ``dpoint * T1_ij``, ``T1_ij = w_i A_ij (v_j -
 o_i) / sqrt(d)``, ``o_i = sum_j A_ij v_j``. In training the C forward (``hf_eq1_fwdjac``) computes the points and, from
 the same scores and exponentials, ``dq``, ``dk`` and ``c`` per unit of ``dpoint`` (saved in the layout of the
-projection); the backward is one in-place multiply by ``dpoint``. Every map is computed once per step instead of
+projection); the backward only scales it by ``dpoint``. Every map is computed once per step instead of
 twice. That kernel holds 16 queries in the lanes of a vector and runs over the keys one at a time: each row's max and
 sums are lane-wise (no horizontal reduction per row), ``dq`` accumulates in registers and ``dk = T1^T q`` is one pass
 over the map's stored ``T1`` at its end. Inference without per-query outputs (``hf_eq1_fwdpts``) uses ``point =
@@ -103,8 +103,9 @@ sum_i w_i o_i`` and writes only the points. Both compute the Q/K/V projection th
 (:class:`_eq1_native.NativeProjectedPoints`, ``FUSED_PROJECTION``): a map's 2d + 1 rows from its sample's (C, P)
 features in register tiles, samples outermost so that a sample's features stay in cache across the heads; the
 (GH, 2d + 1, B, P) projection is never written; the backward scales the Jacobian and sums the bias gradient in one C
-pass (``hf_eq1_scale_jac``), and the projection's GEMMs (dW, dx) take the scaled Jacobian. Per-query outputs (the plots), ``value_dim`` above 1 and ``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep
-the projection GEMM and the row-wise forward and backward kernels. Same function (``tests/test_head_fusion_parity.py``);
+pass (``hf_eq1_scale_jac``), and the projection's GEMMs (dW, dx) take the scaled Jacobian. Per-query outputs (the
+plots), ``value_dim`` above 1 and ``_eq1_native.JACOBIAN_IN_FORWARD = False`` keep the projection GEMM and the row-wise
+forward and backward kernels. Same function (``tests/test_head_fusion_parity.py``);
 ``results/benchmarks/head_fusion_speed_run8.json`` times the step each way.
 
 The code variant (``"head_fusion_code"``) uses the same library on the CPU: its Q/K/V projection is one GEMM

@@ -317,6 +317,45 @@ static inline __attribute__((always_inline)) void project_map(const float *restr
     }
 }
 
+/* One map (g, b) of the lane-wise kernels below, into their buffers: q rows qv (d x nq vectors, zero-padded), keys
+   transposed kt[j * d + t], values vj and key bias bj (p floats), query weights wl (nq vectors, 0 for the padding
+   queries). The rows come from proj, or with xp from the projection computed here into pv (CH x nq vectors). */
+static inline __attribute__((always_inline)) void load_map(const float *restrict proj, const float *restrict xp,
+                                                           const float *restrict wt, const float *restrict bt,
+                                                           int c_in, const float *restrict bias,
+                                                           const float *restrict w, int ch, int b, int p, int g,
+                                                           int bi, int d, int nq, v16 *restrict pv, v16 *restrict qv,
+                                                           float *restrict kt, float *restrict vj, float *restrict bj,
+                                                           v16 *restrict wl) {
+    int pq = nq * V;
+    const float *base; /* the map's q, k, v rows, rs floats apart */
+    long rs;
+    if (xp) {
+        project_map(wt + (long)g * ch * c_in, bt + (long)g * ch, (const v16 *)xp + (long)bi * c_in * nq, c_in, ch, nq,
+                    pv);
+        base = (const float *)pv;
+        rs = pq;
+    } else {
+        base = proj + ((long)g * ch * b + bi) * p;
+        rs = (long)b * p;
+    }
+    const float *wb = w ? w + (long)bi * p : NULL;
+    const float *bb = bias ? bias + (long)bi * p : NULL;
+    for (int t = 0; t < d; t++) {
+        float *qt = (float *)(qv + t * nq);
+        memcpy(qt, base + t * rs, sizeof(float) * (size_t)p);
+        for (int i = p; i < pq; i++) qt[i] = 0.0f;
+    }
+    for (int t = 0; t < d; t++) {
+        const float *kr = base + (long)(d + t) * rs;
+        for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
+    }
+    memcpy(vj, base + (long)(2 * d) * rs, sizeof(float) * (size_t)p);
+    for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
+    float *wf = (float *)wl;
+    for (int i = 0; i < pq; i++) wf[i] = i < p ? (wb ? wb[i] : 1.0f / (float)p) : 0.0f;
+}
+
 /* Training's forward when dv = 1: the points and, in the same pass over each row, their Jacobian. With dv = 1 a map's
    output is one scalar and dpoint one scalar per map, so the backward's T_ij = w_i A_ij (z_j - y_i) / sqrt(d) is
    dpoint times T1_ij = w_i A_ij (v_j - o_i) / sqrt(d), o_i = sum_j A_ij v_j (z = v dpoint, y = o dpoint): the
@@ -332,7 +371,7 @@ static inline __attribute__((always_inline)) int fwdjac_core(const float *restri
     if (d > MAXD || d < 1) return 1;
     if (ch != 2 * d + 1) return 3;
     /* queries in lanes: nq vectors of V queries (the padding queries have weight 0); keys one at a time */
-    int nq = nqc > 0 ? nqc : (p + V - 1) / V, pq = nq * V;
+    int nq = nqc > 0 ? nqc : (p + V - 1) / V;
     long bp = (long)b * p;
     /* per map: qv (d x nq vectors), tb (nq x p vectors: T1 rows of each query block), sv (p vectors), cv (p vectors),
        wl (nq vectors), dql (d x nq vectors); kt (p x d floats), vj, bj (p floats) */
@@ -352,35 +391,8 @@ static inline __attribute__((always_inline)) int fwdjac_core(const float *restri
         int bi = xp ? (int)(mi / (g1 - g0)) : (int)(mi % b);
         {
             long off = ((long)g * ch * b + bi) * p;
-            const float *base; /* the map's q, k, v rows, rs floats apart */
-            long rs;
-            if (xp) {
-                project_map(wt + (long)g * ch * c_in, bt + (long)g * ch, (const v16 *)xp + (long)bi * c_in * nq, c_in,
-                            ch, nq, pv);
-                base = (const float *)pv;
-                rs = pq;
-            } else {
-                base = proj + ((long)g * ch * b + bi) * p;
-                rs = bp;
-            }
+            load_map(proj, xp, wt, bt, c_in, bias, w, ch, b, p, g, bi, d, nq, pv, qv, kt, vj, bj, wl);
             float *dqb = jac + off, *dkb = jac + off + (long)d * bp, *cb = jac + off + (long)(2 * d) * bp;
-            const float *wb = w ? w + (long)bi * p : NULL;
-            const float *bb = bias ? bias + (long)bi * p : NULL;
-            for (int t = 0; t < d; t++) { /* q rows, zero-padded to pq */
-                float *qt = (float *)(qv + t * nq);
-                memcpy(qt, base + t * rs, sizeof(float) * (size_t)p);
-                for (int i = p; i < pq; i++) qt[i] = 0.0f;
-            }
-            for (int t = 0; t < d; t++) { /* keys transposed: kt[j * d + t] */
-                const float *kr = base + (long)(d + t) * rs;
-                for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
-            }
-            memcpy(vj, base + (long)(2 * d) * rs, sizeof(float) * (size_t)p);
-            for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
-            {
-                float *wf = (float *)wl;
-                for (int i = 0; i < pq; i++) wf[i] = i < p ? (wb ? wb[i] : 1.0f / (float)p) : 0.0f;
-            }
             for (int j = 0; j < p; j++) cv[j] = (v16){0};
             for (int ib = 0; ib < nq; ib++) {
                 v16 q[MAXD], acc[MAXD];
@@ -455,8 +467,7 @@ static inline __attribute__((always_inline)) int fwdpts_core(const float *restri
                                                              float *restrict points) {
     if (d > MAXD || d < 1) return 1;
     if (ch != 2 * d + 1) return 3;
-    int nq = nqc > 0 ? nqc : (p + V - 1) / V, pq = nq * V;
-    long bp = (long)b * p;
+    int nq = nqc > 0 ? nqc : (p + V - 1) / V;
     size_t nvec = (size_t)d * nq + (size_t)p + nq;
     v16 *buf = (v16 *)aligned_alloc(64, sizeof(v16) * nvec + sizeof(float) * ((size_t)p * d + 2 * (size_t)p + 16));
     v16 *pv = xp ? (v16 *)aligned_alloc(64, sizeof(v16) * (size_t)ch * nq) : NULL;
@@ -472,34 +483,7 @@ static inline __attribute__((always_inline)) int fwdpts_core(const float *restri
         int g = xp ? g0 + (int)(mi % (g1 - g0)) : g0 + (int)(mi / b);
         int bi = xp ? (int)(mi / (g1 - g0)) : (int)(mi % b);
         {
-            const float *base; /* the map's q, k, v rows, rs floats apart */
-            long rs;
-            if (xp) {
-                project_map(wt + (long)g * ch * c_in, bt + (long)g * ch, (const v16 *)xp + (long)bi * c_in * nq, c_in,
-                            ch, nq, pv);
-                base = (const float *)pv;
-                rs = pq;
-            } else {
-                base = proj + ((long)g * ch * b + bi) * p;
-                rs = bp;
-            }
-            const float *wb = w ? w + (long)bi * p : NULL;
-            const float *bb = bias ? bias + (long)bi * p : NULL;
-            for (int t = 0; t < d; t++) {
-                float *qt = (float *)(qv + t * nq);
-                memcpy(qt, base + t * rs, sizeof(float) * (size_t)p);
-                for (int i = p; i < pq; i++) qt[i] = 0.0f;
-            }
-            for (int t = 0; t < d; t++) {
-                const float *kr = base + (long)(d + t) * rs;
-                for (int j = 0; j < p; j++) kt[j * d + t] = kr[j];
-            }
-            memcpy(vj, base + (long)(2 * d) * rs, sizeof(float) * (size_t)p);
-            for (int j = 0; j < p; j++) bj[j] = bb ? bb[j] : 0.0f;
-            {
-                float *wf = (float *)wl;
-                for (int i = 0; i < pq; i++) wf[i] = i < p ? (wb ? wb[i] : 1.0f / (float)p) : 0.0f;
-            }
+            load_map(proj, xp, wt, bt, c_in, bias, w, ch, b, p, g, bi, d, nq, pv, qv, kt, vj, bj, wl);
             v16 acc = {0};
             for (int ib = 0; ib < nq; ib++) {
                 v16 q[MAXD];
@@ -547,7 +531,8 @@ int hf_eq1_fwdjac(const float *proj, const float *xp, const float *wt, const flo
 }
 
 /* The Jacobian path's backward in one pass: jac (GH, CH, B, P) row (g, t, b) times dpoints[b, g] (B, GH), in place,
-   and dbias[g * CH + t] = the sum of the scaled rows over (b, i) (the projection bias's gradient). Heads g0 <= g < g1. */
+   and dbias[g * CH + t] = the sum of the scaled rows over (b, i) (the projection bias's gradient). Heads
+   g0 <= g < g1. */
 int hf_eq1_scale_jac(float *restrict jac, const float *restrict dpoints, int gh, int ch, int b, int p, int g0, int g1,
                      float *restrict dbias) {
     for (int g = g0; g < g1; g++)
